@@ -1,0 +1,16 @@
+"""vit_zoo: OpenAI CLIP's vision tower for timm and transformers, with patch features and attention maps."""
+
+from .config import VitZooConfig
+from .model import VisionTransformer
+from .zoo import ZooEntry, get_entry, list_entries, register_config
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "VisionTransformer",
+    "VitZooConfig",
+    "ZooEntry",
+    "get_entry",
+    "list_entries",
+    "register_config",
+]

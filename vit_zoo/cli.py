@@ -1,0 +1,96 @@
+"""The ``vit-zoo`` command line. Each subcommand is a ``(add_arguments, run)`` pair in ``COMMANDS``.
+
+Errors end the command with one line on stderr and a non-zero exit code; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from . import __version__
+from .zoo import list_entries
+
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+
+class CliError(Exception):
+    """A user-facing error: its message is printed as is."""
+
+
+def _add_list_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--names-only", action="store_true", help="print only the variant names")
+
+
+def _run_list(args: argparse.Namespace) -> int:
+    """Show the zoo: every variant with its geometry, size and pretrained sources."""
+    entries = list_entries()
+    if args.names_only:
+        print("\n".join(entry.name for entry in entries))
+        return 0
+    header = ("name", "res", "patch", "width", "layers", "heads", "out", "params (M)", "GFLOPs", "pretrained")
+    rows = [
+        (
+            entry.name,
+            entry.model["input_resolution"],
+            entry.model["patch_size"],
+            entry.model["width"],
+            entry.model["layers"],
+            entry.model["heads"],
+            entry.model["output_dim"],
+            f"{entry.num_params / 1e6:.1f}",
+            f"{2 * entry.gmacs:.1f}",
+            ", ".join(
+                f"{tag} ({source.openai_name})" if source.openai_name else tag for tag, source in entry.pretrained.items()
+            )
+            or "-",
+        )
+        for entry in entries
+    ]
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+    return 0
+
+
+Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
+COMMANDS: list[Command] = [
+    ("list", _add_list_arguments, _run_list),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vit-zoo", description="OpenAI CLIP vision towers for timm and transformers: convert, push, pull, embed."
+    )
+    parser.add_argument("--version", action="version", version=f"vit-zoo {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, add_arguments, run in COMMANDS:
+        summary = (run.__doc__ or "").strip().splitlines()[0] if run.__doc__ else None
+        sub = subparsers.add_parser(name, help=summary, description=summary)
+        add_arguments(sub)
+        sub.set_defaults(run=run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``vit-zoo`` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        print("vit-zoo: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as error:  # noqa: BLE001 - every failure becomes one line unless --debug
+        if args.debug:
+            raise
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"vit-zoo {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""``VitZooConfig``: the transformers configuration of the vit_zoo tower, validated at construction.
+
+It travels as a flat file inside saved model folders for ``trust_remote_code`` users, so it imports only
+transformers and its sibling ``model``.
+"""
+
+from __future__ import annotations
+
+from transformers import PreTrainedConfig
+
+try:  # flat copy next to model.py in a remote-code folder
+    from .model import check_geometry
+except ImportError:  # pragma: no cover - only when loaded as a top-level module
+    from model import check_geometry
+
+
+class VitZooConfig(PreTrainedConfig):
+    r"""Geometry of OpenAI CLIP's vision tower, field names as the seed's ``VisionTransformer``.
+
+    Args:
+        input_resolution: side of the square input image in pixels.
+        patch_size: side of a square patch; must divide ``input_resolution``.
+        width: token dimension.
+        layers: number of residual attention blocks.
+        heads: attention heads; must divide ``width``.
+        output_dim: dimension of the projected CLS embedding (``image_embeds``).
+        in_channels: image channels.
+        mlp_ratio: MLP hidden size as a multiple of ``width``.
+        activation: ``"quick_gelu"`` (OpenAI) or ``"gelu"``.
+        layer_norm_eps: LayerNorm epsilon.
+        initializer_factor: scale of the random initialisation (1.0 = OpenAI's).
+
+    Invalid values raise ``ValueError`` naming the field and the fix.
+
+    Example:
+
+    ```python
+    >>> from vit_zoo import VitZooConfig, VitZooModel
+    >>> config = VitZooConfig(input_resolution=32, patch_size=8, width=64, layers=2, heads=2, output_dim=32)
+    >>> model = VitZooModel(config)
+    ```
+    """
+
+    model_type = "vit_zoo"
+
+    input_resolution: int = 224
+    patch_size: int = 32
+    width: int = 768
+    layers: int = 12
+    heads: int = 12
+    output_dim: int = 512
+    in_channels: int = 3
+    mlp_ratio: float = 4.0
+    activation: str = "quick_gelu"
+    layer_norm_eps: float = 1e-5
+    initializer_factor: float = 1.0
+
+    def __post_init__(self, **kwargs) -> None:
+        check_geometry(**self.geometry)  # a plain ValueError, before transformers wraps anything
+        super().__post_init__(**kwargs)
+
+    @property
+    def geometry(self) -> dict:
+        """The keyword arguments of ``VisionTransformer`` this config describes."""
+        return dict(
+            input_resolution=self.input_resolution,
+            patch_size=self.patch_size,
+            width=self.width,
+            layers=self.layers,
+            heads=self.heads,
+            output_dim=self.output_dim,
+            in_channels=self.in_channels,
+            mlp_ratio=self.mlp_ratio,
+            activation=self.activation,
+            layer_norm_eps=self.layer_norm_eps,
+        )

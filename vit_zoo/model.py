@@ -1,0 +1,378 @@
+"""OpenAI CLIP's vision tower with patch features and CLS->patch attention maps, in plain torch.
+
+The parameter names are those of OpenAI CLIP's ``visual`` module, so an OpenAI ``visual.*`` state dict
+loads once the prefix is removed. Tokens are kept batch-first internally (OpenAI's code runs
+sequence-first through ``nn.MultiheadAttention``); the outputs are the seed's.
+
+This module knows nothing of timm, transformers or the Hub: adapters build on it. It also travels, as a
+flat file, inside saved model folders for ``trust_remote_code`` users, so it imports torch only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+ACTIVATIONS = ("quick_gelu", "gelu")
+ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
+
+
+def check_geometry(
+    input_resolution: int,
+    patch_size: int,
+    width: int,
+    layers: int,
+    heads: int,
+    output_dim: int,
+    in_channels: int = 3,
+    mlp_ratio: float = 4.0,
+    activation: str = "quick_gelu",
+    layer_norm_eps: float = 1e-5,
+) -> None:
+    """Raise ``ValueError`` naming the field and the fix if the geometry cannot build a model."""
+    sizes = dict(
+        input_resolution=input_resolution,
+        patch_size=patch_size,
+        width=width,
+        layers=layers,
+        heads=heads,
+        output_dim=output_dim,
+        in_channels=in_channels,
+    )
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name} must be a positive int, got {value!r} ({type(value).__name__})")
+        if value <= 0:
+            raise ValueError(f"{name} must be a positive int, got {value}")
+    if input_resolution % patch_size:
+        raise ValueError(
+            f"input_resolution ({input_resolution}) must be divisible by patch_size ({patch_size}); "
+            f"use e.g. input_resolution={input_resolution // patch_size * patch_size or patch_size}"
+        )
+    if width % heads:
+        raise ValueError(f"width ({width}) must be divisible by heads ({heads}); choose heads among the divisors of width")
+    if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or not mlp_ratio > 0:
+        raise ValueError(f"mlp_ratio must be a positive number, got {mlp_ratio!r}")
+    if int(width * mlp_ratio) <= 0:
+        raise ValueError(f"width * mlp_ratio must give at least one hidden unit, got {width} * {mlp_ratio}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    if isinstance(layer_norm_eps, bool) or not isinstance(layer_norm_eps, (int, float)) or not layer_norm_eps > 0:
+        raise ValueError(f"layer_norm_eps must be a positive number, got {layer_norm_eps!r}")
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in fp32 and returned in the input's dtype, as OpenAI's subclass does.
+
+    OpenAI's version upcasts the input only, which fails once the weights themselves are fp16/bf16;
+    weight and bias are upcast together with it here.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
+            return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        out = F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps)
+        return out.to(x.dtype)
+
+
+class QuickGELU(nn.Module):
+    """OpenAI CLIP's GELU approximation, ``x * sigmoid(1.702 x)``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with ``nn.MultiheadAttention``'s parameter names, batch-first.
+
+    Runs through ``F.scaled_dot_product_attention`` (``implementation="sdpa"``) or explicit
+    matmul-softmax (``"eager"``). Attention probabilities are computed only when asked: the CLS query
+    row alone for attention maps, the full matrix only when ``output_full_attention`` is set.
+    """
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.head_dim = width // heads
+        self.implementation = "sdpa"
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
+        self.in_proj_bias = nn.Parameter(torch.empty(3 * width))
+        self.out_proj = nn.Linear(width, width)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.in_proj_bias)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(
+        self, x: torch.Tensor, output_cls_attention: bool = False, output_full_attention: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """``x [b, n, width]`` -> ``(out [b, n, width], cls_attention [b, heads, n-1] | None,
+        attention [b, heads, n, n] | None)``."""
+        batch, tokens, width = x.shape
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
+        q, k, v = qkv.view(batch, tokens, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        full_attention = cls_attention = None
+        if output_full_attention or self.implementation == "eager":
+            probs = self._probabilities(q, k)
+            out = probs @ v
+            full_attention = probs if output_full_attention else None
+            if output_cls_attention:
+                cls_attention = probs[:, :, 0, 1:]
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)
+            if output_cls_attention:
+                cls_attention = self._probabilities(q[:, :, :1], k)[:, :, 0, 1:]
+        out = self.out_proj(out.transpose(1, 2).reshape(batch, tokens, width))
+        return out, cls_attention, full_attention
+
+    def _probabilities(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        scores = (q * (1.0 / math.sqrt(self.head_dim))) @ k.transpose(-2, -1)
+        return scores.softmax(dim=-1, dtype=torch.float32).to(q.dtype)
+
+
+class ResidualAttentionBlock(nn.Module):
+    """Pre-norm transformer block: ``x + attn(ln_1(x))``, then ``x + mlp(ln_2(x))``."""
+
+    def __init__(
+        self, width: int, heads: int, mlp_ratio: float = 4.0, activation: str = "quick_gelu", eps: float = 1e-5
+    ) -> None:
+        super().__init__()
+        hidden = int(width * mlp_ratio)
+        self.attn = Attention(width, heads)
+        self.ln_1 = LayerNorm(width, eps=eps)
+        self.mlp = nn.Sequential(
+            OrderedDict(
+                c_fc=nn.Linear(width, hidden),
+                gelu=QuickGELU() if activation == "quick_gelu" else nn.GELU(),
+                c_proj=nn.Linear(hidden, width),
+            )
+        )
+        self.ln_2 = LayerNorm(width, eps=eps)
+
+    def forward(
+        self, x: torch.Tensor, output_cls_attention: bool = False, output_full_attention: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        attended, cls_attention, full_attention = self.attn(self.ln_1(x), output_cls_attention, output_full_attention)
+        x = x + attended
+        x = x + self.mlp(self.ln_2(x))
+        return x, cls_attention, full_attention
+
+
+class Transformer(nn.Module):
+    """A stack of ``layers`` residual attention blocks (``resblocks.N``), with optional checkpointing."""
+
+    def __init__(
+        self, width: int, layers: int, heads: int, mlp_ratio: float = 4.0, activation: str = "quick_gelu", eps: float = 1e-5
+    ) -> None:
+        super().__init__()
+        self.width = width
+        self.layers = layers
+        self.grad_checkpointing = False
+        self.resblocks = nn.ModuleList(
+            ResidualAttentionBlock(width, heads, mlp_ratio, activation, eps) for _ in range(layers)
+        )
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        output_cls_attention: bool = False,
+        output_full_attention: bool = False,
+        output_hidden_states: bool = False,
+    ) -> TransformerOutput:
+        hidden_states = [x] if output_hidden_states else None
+        cls_attentions = [] if output_cls_attention else None
+        full_attentions = [] if output_full_attention else None
+        for block in self.resblocks:
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x, cls_attention, full_attention = checkpoint(
+                    block, x, output_cls_attention, output_full_attention, use_reentrant=False
+                )
+            else:
+                x, cls_attention, full_attention = block(x, output_cls_attention, output_full_attention)
+            if hidden_states is not None:
+                hidden_states.append(x)
+            if cls_attentions is not None:
+                cls_attentions.append(cls_attention)
+            if full_attentions is not None:
+                full_attentions.append(full_attention)
+        return TransformerOutput(
+            last_hidden_state=x,
+            hidden_states=tuple(hidden_states) if hidden_states is not None else None,
+            cls_attentions=tuple(cls_attentions) if cls_attentions is not None else None,
+            attentions=tuple(full_attentions) if full_attentions is not None else None,
+        )
+
+
+@dataclass
+class TransformerOutput:
+    """What the tower computes before ``ln_post`` and ``proj``.
+
+    Attributes:
+        last_hidden_state: ``[b, 1 + grid*grid, width]``, CLS token first.
+        hidden_states: ``layers + 1`` tensors ``[b, 1 + grid*grid, width]`` (after ``ln_pre``, then
+            each block), when asked.
+        cls_attentions: ``layers`` tensors ``[b, heads, grid*grid]``, the CLS query's attention
+            over the patches, when asked.
+        attentions: ``layers`` tensors ``[b, heads, 1 + grid*grid, 1 + grid*grid]``, when asked.
+    """
+
+    last_hidden_state: torch.Tensor
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    cls_attentions: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+def resample_positional_embedding(positional_embedding: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Bicubically resample ``[1 + g*g, width]`` (CLS first) to ``[1 + grid[0]*grid[1], width]``."""
+    cls_pos, patch_pos = positional_embedding[:1], positional_embedding[1:]
+    old = math.isqrt(patch_pos.shape[0])
+    if (old, old) == tuple(grid):
+        return positional_embedding
+    patch_pos = patch_pos.reshape(1, old, old, -1).permute(0, 3, 1, 2)
+    patch_pos = F.interpolate(patch_pos.float(), size=grid, mode="bicubic", align_corners=False)
+    patch_pos = patch_pos.to(positional_embedding.dtype).permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1)
+    return torch.cat([cls_pos, patch_pos])
+
+
+class VisionTransformer(nn.Module):
+    """OpenAI CLIP's ``VisionTransformer``, returning patch features and CLS->patch attention maps on request.
+
+    Args:
+        input_resolution: side of the square input image in pixels.
+        patch_size: side of a square patch; must divide ``input_resolution``.
+        width: token dimension.
+        layers: number of residual attention blocks.
+        heads: attention heads; must divide ``width``.
+        output_dim: dimension of the projected CLS embedding.
+        in_channels: image channels.
+        mlp_ratio: MLP hidden size as a multiple of ``width`` (OpenAI: 4).
+        activation: ``"quick_gelu"`` (OpenAI) or ``"gelu"`` (open_clip's non-QuickGELU models).
+        layer_norm_eps: LayerNorm epsilon (OpenAI: 1e-5).
+    """
+
+    def __init__(
+        self,
+        input_resolution: int,
+        patch_size: int,
+        width: int,
+        layers: int,
+        heads: int,
+        output_dim: int,
+        in_channels: int = 3,
+        *,
+        mlp_ratio: float = 4.0,
+        activation: str = "quick_gelu",
+        layer_norm_eps: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        check_geometry(
+            input_resolution, patch_size, width, layers, heads, output_dim, in_channels, mlp_ratio, activation, layer_norm_eps
+        )
+        self.input_resolution = input_resolution
+        self.patch_size = patch_size
+        self.in_channels = in_channels
+        self.output_dim = output_dim
+        self.conv1 = nn.Conv2d(in_channels, width, kernel_size=patch_size, stride=patch_size, bias=False)
+
+        scale = width**-0.5
+        self.class_embedding = nn.Parameter(scale * torch.randn(width))
+        self.positional_embedding = nn.Parameter(scale * torch.randn((input_resolution // patch_size) ** 2 + 1, width))
+        self.ln_pre = LayerNorm(width, eps=layer_norm_eps)
+        self.transformer = Transformer(width, layers, heads, mlp_ratio, activation, layer_norm_eps)
+        self.ln_post = LayerNorm(width, eps=layer_norm_eps)
+        self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
+
+    @property
+    def grid_size(self) -> int:
+        return self.input_resolution // self.patch_size
+
+    def set_attention_implementation(self, implementation: str) -> None:
+        """Pick ``"sdpa"`` (default, fused kernels) or ``"eager"`` (explicit softmax) for every block."""
+        if implementation not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(f"attention implementation must be one of {ATTENTION_IMPLEMENTATIONS}, got {implementation!r}")
+        for block in self.transformer.resblocks:
+            block.attn.implementation = implementation
+
+    def check_input(self, x: torch.Tensor, interpolate_pos_encoding: bool = False) -> None:
+        """Raise ``ValueError`` saying what was expected if ``x`` is not an image batch this model takes."""
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"expected a torch.Tensor of images [batch, {self.in_channels}, H, W], got {type(x).__name__}")
+        if x.ndim != 4:
+            raise ValueError(
+                f"expected a 4D image batch [batch, {self.in_channels}, {self.input_resolution}, {self.input_resolution}], "
+                f"got a {x.ndim}D tensor of shape {tuple(x.shape)}; add a batch dimension with x[None] for one image"
+            )
+        if not x.is_floating_point():
+            raise ValueError(f"expected floating-point pixel values, got dtype {x.dtype}; normalise the images first")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"expected {self.in_channels} channels, got {x.shape[1]} (input shape {tuple(x.shape)})")
+        height, width = x.shape[-2:]
+        if interpolate_pos_encoding:
+            if height < self.patch_size or width < self.patch_size:
+                raise ValueError(f"image size {height}x{width} is smaller than one {self.patch_size}px patch")
+        elif (height, width) != (self.input_resolution, self.input_resolution):
+            raise ValueError(
+                f"expected images of {self.input_resolution}x{self.input_resolution}, got {height}x{width}; "
+                f"resize them, or pass interpolate_pos_encoding=True to resample the positional embedding"
+            )
+
+    def embed_patches(self, x: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
+        """Images ``[b, c, H, W]`` -> tokens after ``ln_pre`` ``[b, 1 + grid_h*grid_w, width]``."""
+        self.check_input(x, interpolate_pos_encoding)
+        x = self.conv1(x.to(self.conv1.weight.dtype))
+        grid = tuple(x.shape[-2:])
+        x = x.flatten(2).transpose(1, 2)
+        cls_token = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        positional_embedding = self.positional_embedding
+        if interpolate_pos_encoding:
+            positional_embedding = resample_positional_embedding(positional_embedding, grid)
+        x = torch.cat([cls_token, x], dim=1) + positional_embedding.to(x.dtype)
+        return self.ln_pre(x)
+
+    def forward_tokens(
+        self,
+        x: torch.Tensor,
+        output_cls_attention: bool = False,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+        interpolate_pos_encoding: bool = False,
+    ) -> TransformerOutput:
+        """Run the tower up to (not including) ``ln_post``; see ``TransformerOutput`` for shapes."""
+        tokens = self.embed_patches(x, interpolate_pos_encoding)
+        return self.transformer(tokens, output_cls_attention, output_attentions, output_hidden_states)
+
+    def project(self, last_hidden_state: torch.Tensor) -> torch.Tensor:
+        """CLS token of ``[b, n, width]`` -> ``ln_post`` -> ``proj`` -> ``[b, output_dim]``."""
+        return self.ln_post(last_hidden_state[:, 0, :]) @ self.proj.to(last_hidden_state.dtype)
+
+    def forward(
+        self, x: torch.Tensor, output_all_features: bool = False, output_attention_map: bool = False
+    ) -> tuple[torch.Tensor, ...]:
+        """Encode images ``x [b, in_channels, input_resolution, input_resolution]``.
+
+        Returns the seed's tuple: ``(cls_feature [b, output_dim],)``, followed by
+        ``patch_tokens [b, grid*grid, width]`` (last block's output, CLS excluded) if
+        ``output_all_features``, followed by ``attention_map [layers, b, heads, grid, grid]`` (each
+        layer's CLS-query attention over the patches) if ``output_attention_map``.
+        """
+        out = self.forward_tokens(x, output_cls_attention=output_attention_map)
+        outputs = (self.project(out.last_hidden_state),)
+        if output_all_features:
+            outputs += (out.last_hidden_state[:, 1:, :],)
+        if output_attention_map:
+            grid = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
+            outputs += (stack_attention_map(out.cls_attentions, grid),)
+        return outputs
+
+
+def stack_attention_map(cls_attentions: tuple[torch.Tensor, ...], grid: tuple[int, int]) -> torch.Tensor:
+    """``layers`` tensors ``[b, heads, gh*gw]`` -> the seed's ``[layers, b, heads, gh, gw]``."""
+    return torch.stack(cls_attentions).unflatten(-1, grid)
