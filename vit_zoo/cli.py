@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from . import __version__
+from .hub import pull, push_folder
 from .zoo import list_entries
 
 EXIT_ERROR = 1
@@ -55,9 +56,47 @@ def _run_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_push_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("folder", metavar="DIR", help="a folder written by `vit-zoo convert`")
+    parser.add_argument("repo_id", metavar="REPO_ID", help="Hub repo to push to, e.g. your-name/vit-zoo-b32")
+    parser.add_argument("--private", action="store_true", help="create the repo private (if it does not exist yet)")
+    parser.add_argument("--revision", help="branch to push to (created from main when missing)")
+    parser.add_argument("--commit-message", help="commit title (default: 'Upload DIR with vit-zoo')")
+    parser.add_argument("--token", help="Hub token (default: HF_TOKEN or the token saved by `hf auth login`)")
+
+
+def _run_push(args: argparse.Namespace) -> int:
+    """Upload a converted folder to the Hugging Face Hub as one commit."""
+    commit = push_folder(
+        args.folder,
+        args.repo_id,
+        token=args.token,
+        private=args.private,
+        revision=args.revision,
+        commit_message=args.commit_message,
+    )
+    print(f"pushed {args.folder} to {args.repo_id} (commit {commit})")
+    return 0
+
+
+def _add_pull_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("repo_id", metavar="REPO_ID", help="Hub repo written by vit-zoo")
+    parser.add_argument("--revision", help="branch, tag or commit id to pin (default: main)")
+    parser.add_argument("--output", metavar="DIR", help="copy the files into this new folder (default: HF cache only)")
+    parser.add_argument("--token", help="Hub token for private repos")
+
+
+def _run_pull(args: argparse.Namespace) -> int:
+    """Download a vit_zoo repo from the Hub (through the HF cache) and print its local folder."""
+    print(pull(args.repo_id, revision=args.revision, output=args.output, token=args.token))
+    return 0
+
+
 Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 COMMANDS: list[Command] = [
     ("list", _add_list_arguments, _run_list),
+    ("push", _add_push_arguments, _run_push),
+    ("pull", _add_pull_arguments, _run_pull),
 ]
 
 

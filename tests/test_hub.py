@@ -1,0 +1,164 @@
+"""Push and pull through the real huggingface_hub client against the local Hub-protocol server."""
+
+import json
+
+import pytest
+import torch
+from hub_server import READ_TOKEN, WRITE_TOKEN, hub_server  # noqa: F401 - the fixture
+from reference import TINY
+from safetensors.torch import load_file, save_file
+
+from vit_zoo import VisionTransformer, VitZooConfig
+from vit_zoo.hub import HubError, pull, push_folder
+
+pytestmark = [pytest.mark.hub, pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")]
+
+
+def write_plain_folder(folder, seed=0):
+    """A minimal vit_zoo folder: config.json + model.safetensors of random core weights."""
+    torch.manual_seed(seed)
+    VitZooConfig(**TINY).save_pretrained(folder)
+    save_file(VisionTransformer(**TINY).state_dict(), folder / "model.safetensors")
+    return folder
+
+
+def test_push_then_pull_each_revision(hub_server, tmp_path):  # noqa: F811
+    first = push_folder(write_plain_folder(tmp_path / "v1", seed=0), "org/tiny", token=WRITE_TOKEN)
+    second = push_folder(write_plain_folder(tmp_path / "v2", seed=1), "org/tiny", token=WRITE_TOKEN)
+    assert first != second
+    assert [c.id for c in hub_server.list_commits("org/tiny")][:2] == [second, first]
+    for commit, source in [(first, "v1"), (second, "v2"), (None, "v2")]:
+        folder = pull("org/tiny", revision=commit)
+        pulled, expected = load_file(folder / "model.safetensors"), load_file(tmp_path / source / "model.safetensors")
+        assert all(torch.equal(pulled[k], expected[k]) for k in expected)
+
+
+def test_push_to_branch_private_with_message(hub_server, tmp_path):  # noqa: F811
+    folder = write_plain_folder(tmp_path / "model")
+    commit = push_folder(folder, "org/private", token=WRITE_TOKEN, private=True, revision="dev", commit_message="first")
+    assert hub_server.list_commits("org/private", branch="dev")[0].id == commit
+    assert hub_server.list_commits("org/private", branch="dev")[0].title == "first"
+    assert "model.safetensors" not in hub_server.files("org/private", rev="main")
+    with pytest.raises(HubError, match="not found .* private"):
+        pull("org/private", revision="dev")
+    assert (pull("org/private", revision="dev", token=READ_TOKEN) / "model.safetensors").is_file()
+
+
+def test_pull_into_output_folder(hub_server, tmp_path):  # noqa: F811
+    push_folder(write_plain_folder(tmp_path / "model"), "org/tiny", token=WRITE_TOKEN)
+    output = pull("org/tiny", output=tmp_path / "pulled")
+    assert output == tmp_path / "pulled" and (output / "model.safetensors").is_file()
+    with pytest.raises(HubError, match="already exists"):
+        pull("org/tiny", output=tmp_path / "pulled")
+
+
+def test_bad_tokens_are_refused_without_commits(hub_server, tmp_path):  # noqa: F811
+    folder = write_plain_folder(tmp_path / "model")
+    with pytest.raises(HubError, match="401"):
+        push_folder(folder, "org/tiny", token="hf_wrong")
+    push_folder(folder, "org/tiny", token=WRITE_TOKEN)
+    commits = hub_server.list_commits("org/tiny")
+    with pytest.raises(HubError, match="403"):
+        push_folder(write_plain_folder(tmp_path / "v2", seed=1), "org/tiny", token=READ_TOKEN)
+    assert hub_server.list_commits("org/tiny") == commits
+
+
+def test_missing_repo_and_revision(hub_server, tmp_path):  # noqa: F811
+    with pytest.raises(HubError, match="repository org/missing not found"):
+        pull("org/missing")
+    push_folder(write_plain_folder(tmp_path / "model"), "org/tiny", token=WRITE_TOKEN)
+    with pytest.raises(HubError, match="revision 'nope' not found"):
+        pull("org/tiny", revision="nope")
+
+
+def test_failed_commit_leaves_repo_unchanged(hub_server, tmp_path):  # noqa: F811
+    push_folder(write_plain_folder(tmp_path / "v1"), "org/tiny", token=WRITE_TOKEN)
+    before = hub_server.files("org/tiny")
+    hub_server.fail_next("/commit/", status=500)
+    with pytest.raises(HubError, match="500"):
+        push_folder(write_plain_folder(tmp_path / "v2", seed=1), "org/tiny", token=WRITE_TOKEN)
+    assert hub_server.files("org/tiny") == before
+
+
+def test_connection_dropped_mid_upload(hub_server, tmp_path):  # noqa: F811
+    push_folder(write_plain_folder(tmp_path / "v1"), "org/tiny", token=WRITE_TOKEN)
+    before = hub_server.list_commits("org/tiny")
+    hub_server.drop_connection_on("/commit/")
+    with pytest.raises(HubError, match="cannot reach the Hub|answered"):
+        push_folder(write_plain_folder(tmp_path / "v2", seed=1), "org/tiny", token=WRITE_TOKEN)
+    assert hub_server.list_commits("org/tiny") == before
+
+
+def test_server_down(hub_server, tmp_path):  # noqa: F811
+    folder = write_plain_folder(tmp_path / "model")
+    hub_server.stop()
+    with pytest.raises(HubError, match="cannot reach the Hub"):
+        push_folder(folder, "org/tiny", token=WRITE_TOKEN)
+
+
+def test_repo_of_another_model_type_is_refused(hub_server, tmp_path):  # noqa: F811
+    folder = write_plain_folder(tmp_path / "model")
+    push_folder(folder, "org/tiny", token=WRITE_TOKEN)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"model_type": "clip_vision_model"}))
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=hub_server.endpoint, token=WRITE_TOKEN)
+    api.create_repo("org/clip")
+    api.upload_folder(repo_id="org/clip", folder_path=other)
+    with pytest.raises(HubError, match="'clip_vision_model' model, not a 'vit_zoo' one"):
+        pull("org/clip")
+    with pytest.raises(HubError, match="not 'vit_zoo'|not a 'vit_zoo'"):
+        push_folder(other, "org/clip2", token=WRITE_TOKEN)
+
+
+def test_offline_mode_uses_cache_only(hub_server, tmp_path, monkeypatch):  # noqa: F811
+    from huggingface_hub import constants
+
+    push_folder(write_plain_folder(tmp_path / "model"), "org/tiny", token=WRITE_TOKEN)
+    online = pull("org/tiny")
+    hub_server.stop()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert pull("org/tiny") == online
+    with pytest.raises(HubError, match="HF_HUB_OFFLINE"):
+        pull("org/other")
+
+
+def run_cli(*args, env=None):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "vit_zoo", *args], capture_output=True, text=True, env=env, cwd=root)
+
+
+def test_cli_push_and_pull(hub_server, tmp_path):  # noqa: F811
+    folder = write_plain_folder(tmp_path / "model")
+    pushed = run_cli("push", str(folder), "org/cli", "--token", WRITE_TOKEN, "--commit-message", "from the CLI")
+    assert pushed.returncode == 0, pushed.stderr
+    commit = hub_server.list_commits("org/cli")[0]
+    assert commit.title == "from the CLI" and commit.id in pushed.stdout
+    pulled = run_cli("pull", "org/cli", "--revision", commit.id, "--output", str(tmp_path / "pulled"))
+    assert pulled.returncode == 0, pulled.stderr
+    assert (tmp_path / "pulled" / "model.safetensors").read_bytes() == (folder / "model.safetensors").read_bytes()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["push", "{tmp}/missing", "org/x"], "is not a folder"),
+        (["push", "{tmp}/model", "org/x", "--token", "hf_wrong"], "refused the token (401)"),
+        (["pull", "org/missing"], "repository org/missing not found"),
+        (["pull", "org/x", "--revision", "v9"], "not found"),
+    ],
+)
+def test_cli_errors_are_one_line(hub_server, tmp_path, args, message):  # noqa: F811
+    write_plain_folder(tmp_path / "model")
+    result = run_cli(*[a.format(tmp=tmp_path) for a in args])
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
