@@ -6,12 +6,11 @@ transformers and its sibling ``model``.
 
 from __future__ import annotations
 
+from typing import Any
+
 from transformers import PreTrainedConfig
 
-try:  # flat copy next to model.py in a remote-code folder
-    from .model import check_geometry
-except ImportError:  # pragma: no cover - only when loaded as a top-level module
-    from model import check_geometry
+from .model import check_geometry
 
 
 class VitZooConfig(PreTrainedConfig):
@@ -59,6 +58,17 @@ class VitZooConfig(PreTrainedConfig):
         check_geometry(**self.geometry)  # a plain ValueError, before transformers wraps anything
         super().__post_init__(**kwargs)
 
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> VitZooConfig:
+        """``PreTrainedConfig.from_dict``, refusing the config of another model type (transformers only warns)."""
+        model_type = config_dict.get("model_type", cls.model_type)
+        if model_type != cls.model_type:
+            raise ValueError(
+                f"this config describes a {model_type!r} model, not {cls.model_type!r}; load it with its own class "
+                f"(AutoConfig/AutoModel), or convert its weights with `vit-zoo convert`"
+            )
+        return super().from_dict(config_dict, **kwargs)
+
     @property
     def geometry(self) -> dict:
         """The keyword arguments of ``VisionTransformer`` this config describes."""
@@ -74,3 +84,6 @@ class VitZooConfig(PreTrainedConfig):
             activation=self.activation,
             layer_norm_eps=self.layer_norm_eps,
         )
+
+
+VitZooConfig.register_for_auto_class()

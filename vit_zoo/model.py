@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -167,7 +169,11 @@ class ResidualAttentionBlock(nn.Module):
 
 
 class Transformer(nn.Module):
-    """A stack of ``layers`` residual attention blocks (``resblocks.N``), with optional checkpointing."""
+    """A stack of ``layers`` residual attention blocks (``resblocks.N``), with optional checkpointing.
+
+    With ``grad_checkpointing`` set, each block runs through ``checkpoint_function`` (torch's non-reentrant
+    checkpoint unless an adapter, e.g. transformers' ``activation_checkpointing_enable``, swaps it).
+    """
 
     def __init__(
         self, width: int, layers: int, heads: int, mlp_ratio: float = 4.0, activation: str = "quick_gelu", eps: float = 1e-5
@@ -176,6 +182,7 @@ class Transformer(nn.Module):
         self.width = width
         self.layers = layers
         self.grad_checkpointing = False
+        self.checkpoint_function: Callable = partial(checkpoint, use_reentrant=False)
         self.resblocks = nn.ModuleList(
             ResidualAttentionBlock(width, heads, mlp_ratio, activation, eps) for _ in range(layers)
         )
@@ -192,8 +199,8 @@ class Transformer(nn.Module):
         full_attentions = [] if output_full_attention else None
         for block in self.resblocks:
             if self.grad_checkpointing and torch.is_grad_enabled():
-                x, cls_attention, full_attention = checkpoint(
-                    block, x, output_cls_attention, output_full_attention, use_reentrant=False
+                x, cls_attention, full_attention = self.checkpoint_function(
+                    block, x, output_cls_attention, output_full_attention
                 )
             else:
                 x, cls_attention, full_attention = block(x, output_cls_attention, output_full_attention)

@@ -1,0 +1,594 @@
+"""VitZooModel / VitZooForImageClassification: transformers' ModelTesterMixin checks that apply, OpenAI
+parity, the image processor and bad input."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from reference import OPENAI_GEOMETRIES, TINY, reference_attention_maps, reference_clip, visual_state_dict
+from safetensors.torch import load_file, save_file
+from torchvision import transforms
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForImageClassification,
+    CLIPImageProcessor,
+    CLIPImageProcessorPil,
+    CLIPVisionConfig,
+    CLIPVisionModel,
+    set_seed,
+)
+from transformers.image_utils import PILImageResampling
+
+from vit_zoo import (
+    VitZooConfig,
+    VitZooForImageClassification,
+    VitZooModel,
+    VitZooModelOutput,
+    get_entry,
+    image_processor_for,
+)
+from vit_zoo.zoo import parse_entry
+
+MODEL_CLASSES = (VitZooModel, VitZooForImageClassification)
+
+
+def tiny_config(**overrides) -> VitZooConfig:
+    return VitZooConfig(**{**TINY, **overrides})
+
+
+def images(batch: int = 2, height: int = 32, width: int = 32, seed: int = 0) -> torch.Tensor:
+    return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(seed))
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((actual.double() - expected.double()).norm() / expected.double().norm()).item()
+
+
+def all_outputs(model: VitZooModel, pixel_values: torch.Tensor) -> VitZooModelOutput:
+    with torch.no_grad():
+        return model(pixel_values, output_attention_map=True, output_attentions=True, output_hidden_states=True)
+
+
+def save_bare_visual_folder(folder, config: VitZooConfig, state_dict: dict) -> None:
+    """A folder holding config.json and a model.safetensors with OpenAI's bare visual names (timm's layout)."""
+    config.save_pretrained(folder)
+    save_file({k: v.contiguous() for k, v in state_dict.items()}, folder / "model.safetensors", {"format": "pt"})
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def test_outputs_have_documented_shapes():
+    set_seed(0)
+    model = VitZooModel(tiny_config()).eval()
+    out = all_outputs(model, images(batch=3))
+    grid, tokens, layers, heads = 4, 17, TINY["layers"], TINY["heads"]
+    assert out.image_embeds.shape == (3, TINY["output_dim"])
+    assert out.last_hidden_state.shape == (3, tokens, TINY["width"])
+    assert out.attention_map.shape == (layers, 3, heads, grid, grid)
+    assert len(out.hidden_states) == layers + 1
+    assert all(h.shape == (3, tokens, TINY["width"]) for h in out.hidden_states)
+    assert len(out.attentions) == layers
+    assert all(a.shape == (3, heads, tokens, tokens) for a in out.attentions)
+    torch.testing.assert_close(out.attentions[0].sum(-1), torch.ones(3, heads, tokens))
+    torch.testing.assert_close(out.hidden_states[-1], out.last_hidden_state, rtol=0, atol=0)
+
+
+def test_optional_outputs_are_computed_only_when_asked():
+    model = VitZooModel(tiny_config()).eval()
+    with torch.no_grad():
+        out = model(images())
+    assert out.attention_map is None and out.attentions is None and out.hidden_states is None
+    assert list(out.keys()) == ["image_embeds", "last_hidden_state"]
+
+
+def test_config_defaults_ask_for_hidden_states_and_attentions():
+    config = tiny_config(output_hidden_states=True, output_attentions=True)
+    model = VitZooModel(config).eval()
+    with torch.no_grad():
+        out = model(images())
+    assert len(out.hidden_states) == TINY["layers"] + 1
+    assert len(out.attentions) == TINY["layers"]
+
+
+def test_model_outputs_are_the_core_models_seed_tuple():
+    model = VitZooModel(tiny_config()).eval()
+    pixel_values = images()
+    with torch.no_grad():
+        out = model(pixel_values, output_attention_map=True)
+        cls_feature, patch_tokens, attention_map = model.visual(pixel_values, True, True)
+    torch.testing.assert_close(out.image_embeds, cls_feature, rtol=0, atol=0)
+    torch.testing.assert_close(out.last_hidden_state[:, 1:], patch_tokens, rtol=0, atol=0)
+    torch.testing.assert_close(out.attention_map, attention_map, rtol=0, atol=0)
+    # the map is the CLS row of the full attention probabilities, without the CLS column
+    out = all_outputs(model, pixel_values)
+    full_rows = torch.stack([a[:, :, 0, 1:] for a in out.attentions]).unflatten(-1, (4, 4))
+    torch.testing.assert_close(out.attention_map, full_rows, rtol=1e-5, atol=1e-7)
+
+
+def test_return_dict_false_gives_the_fields_as_a_tuple():
+    model = VitZooModel(tiny_config()).eval()
+    pixel_values = images()
+    expected = all_outputs(model, pixel_values)
+    with torch.no_grad():
+        as_tuple = model(
+            pixel_values,
+            output_attention_map=True,
+            output_attentions=True,
+            output_hidden_states=True,
+            return_dict=False,
+        )
+    assert isinstance(as_tuple, tuple) and len(as_tuple) == 5
+    for got, want in zip(as_tuple, expected.to_tuple(), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    model.config.return_dict = False
+    with torch.no_grad():
+        plain = model(pixel_values)
+    assert isinstance(plain, tuple) and len(plain) == 2
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_batching_equivalence(implementation):
+    set_seed(0)
+    model = VitZooModel(tiny_config(attn_implementation=implementation)).eval()
+    pixel_values = images(batch=4)
+    batched = all_outputs(model, pixel_values)
+    for index in range(4):
+        single = all_outputs(model, pixel_values[index : index + 1])
+        torch.testing.assert_close(single.image_embeds[0], batched.image_embeds[index], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(single.last_hidden_state[0], batched.last_hidden_state[index], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(single.attention_map[:, 0], batched.attention_map[:, index], rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- attention implementations
+
+
+def test_sdpa_and_eager_agree():
+    set_seed(0)
+    sdpa = VitZooModel(tiny_config()).eval()
+    assert sdpa.config._attn_implementation == "sdpa"
+    eager = VitZooModel(tiny_config(attn_implementation="eager")).eval()
+    eager.load_state_dict(sdpa.state_dict())
+    pixel_values = images(batch=3)
+    got, want = all_outputs(eager, pixel_values), all_outputs(sdpa, pixel_values)
+    assert eager.visual.transformer.resblocks[0].attn.implementation == "eager"
+    assert sdpa.visual.transformer.resblocks[0].attn.implementation == "sdpa"
+    for name in ("image_embeds", "last_hidden_state", "attention_map"):
+        assert relative_error(got[name], want[name]) <= 1e-5, name
+    for a, b in zip(got.attentions + got.hidden_states, want.attentions + want.hidden_states, strict=True):
+        assert relative_error(a, b) <= 1e-5
+    # the fused path without any probabilities requested agrees as well
+    with torch.no_grad():
+        assert relative_error(eager(pixel_values).image_embeds, sdpa(pixel_values).image_embeds) <= 1e-5
+
+
+def test_set_attn_implementation_switches_the_blocks():
+    model = VitZooModel(tiny_config()).eval()
+    pixel_values = images()
+    with torch.no_grad():
+        before = model(pixel_values).image_embeds
+        model.set_attn_implementation("eager")
+        after = model(pixel_values).image_embeds
+    assert model.config._attn_implementation == "eager"
+    assert {block.attn.implementation for block in model.visual.transformer.resblocks} == {"eager"}
+    assert relative_error(after, before) <= 1e-5
+
+
+def test_unsupported_attention_implementations_are_refused():
+    with pytest.raises(ValueError, match="Flash Attention"):
+        VitZooModel(tiny_config(attn_implementation="flash_attention_2"))
+    with pytest.raises(ValueError, match="flex"):
+        VitZooModel(tiny_config(attn_implementation="flex_attention"))
+    model = VitZooModel(tiny_config(attn_implementation="paged|eager"))  # transformers accepts it; we cannot
+    with pytest.raises(ValueError, match="must be one of"):
+        model(images())
+
+
+# ---------------------------------------------------------------- save / load / init
+
+
+@pytest.mark.parametrize("model_class", MODEL_CLASSES)
+def test_save_load_round_trip_is_bit_exact(tmp_path, model_class):
+    set_seed(0)
+    model = model_class(tiny_config(num_labels=3)).eval()
+    model.save_pretrained(tmp_path)
+    loaded, info = model_class.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    saved_config = {k: v for k, v in loaded.config.to_dict().items() if k != "_name_or_path"}
+    assert saved_config == {k: v for k, v in model.config.to_dict().items() if k != "_name_or_path"}
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    pixel_values = images()
+    with torch.no_grad():
+        pairs = zip(loaded.eval()(pixel_values).to_tuple(), model(pixel_values).to_tuple(), strict=True)
+        for got, want in pairs:
+            assert torch.equal(got, want)
+
+
+def test_saved_keys_are_openai_visual_names(tmp_path):
+    reference = reference_clip(**TINY)
+    VitZooModel(tiny_config()).save_pretrained(tmp_path)
+    saved = set(load_file(tmp_path / "model.safetensors"))
+    assert saved == {f"visual.{key}" for key in visual_state_dict(reference)}
+
+
+@pytest.mark.parametrize("model_class", MODEL_CLASSES)
+def test_bare_visual_names_load_without_renaming(tmp_path, model_class):
+    reference = reference_clip(**TINY)
+    save_bare_visual_folder(tmp_path, tiny_config(), visual_state_dict(reference))
+    model, info = model_class.from_pretrained(tmp_path, output_loading_info=True)
+    head = {"classifier.weight", "classifier.bias"} if model_class is VitZooForImageClassification else set()
+    assert info["missing_keys"] == head and not info["unexpected_keys"]
+    for key, value in visual_state_dict(reference).items():
+        assert torch.equal(model.visual.state_dict()[key], value), key
+
+
+def test_head_and_base_checkpoints_load_into_each_other(tmp_path):
+    set_seed(0)
+    classifier = VitZooForImageClassification(tiny_config(num_labels=4))
+    classifier.save_pretrained(tmp_path / "head")
+    base, info = VitZooModel.from_pretrained(tmp_path / "head", output_loading_info=True)
+    assert info["unexpected_keys"] == {"classifier.weight", "classifier.bias"} and not info["missing_keys"]
+    assert torch.equal(base.visual.proj, classifier.visual.proj)
+    base.save_pretrained(tmp_path / "base")
+    head, info = VitZooForImageClassification.from_pretrained(tmp_path / "base", num_labels=4, output_loading_info=True)
+    assert info["missing_keys"] == {"classifier.weight", "classifier.bias"} and not info["unexpected_keys"]
+    assert torch.equal(head.visual.conv1.weight, classifier.visual.conv1.weight)
+
+
+@pytest.mark.parametrize("model_class", MODEL_CLASSES)
+def test_init_is_deterministic_under_a_seed(model_class):
+    config = tiny_config()
+    set_seed(0)
+    built = model_class(config).state_dict()
+    set_seed(0)
+    rebuilt = model_class(config).state_dict()
+    set_seed(0)
+    from_nothing = model_class.from_pretrained(None, config=config, state_dict={}).state_dict()
+    set_seed(1)
+    other_seed = model_class(config).state_dict()
+    for key, value in built.items():
+        assert torch.equal(rebuilt[key], value), key
+        assert torch.equal(from_nothing[key], value), key
+    assert not torch.equal(other_seed["visual.proj"], built["visual.proj"])
+
+
+@pytest.mark.parametrize("model_class", MODEL_CLASSES)
+def test_init_weights_covers_every_parameter(model_class):
+    model = model_class(tiny_config())
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.fill_(float("nan"))
+    for module in model.modules():
+        module._is_hf_initialized = False
+    model.initialize_weights()
+    not_initialised = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    assert not_initialised == []
+
+
+def test_init_follows_openai_clip_scheme():
+    width, layers = 256, 4
+    set_seed(0)
+    geometry = dict(input_resolution=64, patch_size=8, width=width, layers=layers, heads=4, output_dim=128)
+    model = VitZooForImageClassification(VitZooConfig(**geometry, num_labels=64))
+    attn_std, proj_std, fc_std = width**-0.5, width**-0.5 * (2 * layers) ** -0.5, (2 * width) ** -0.5
+    expected_std = {
+        "visual.class_embedding": attn_std,
+        "visual.positional_embedding": attn_std,
+        "visual.proj": attn_std,
+        "visual.conv1.weight": (3 * 8 * 8) ** -0.5,
+        "classifier.weight": 128**-0.5,
+    }
+    for index in range(layers):
+        block = f"visual.transformer.resblocks.{index}"
+        expected_std |= {
+            f"{block}.attn.in_proj_weight": attn_std,
+            f"{block}.attn.out_proj.weight": proj_std,
+            f"{block}.mlp.c_fc.weight": fc_std,
+            f"{block}.mlp.c_proj.weight": proj_std,
+        }
+    for name, parameter in model.named_parameters():
+        if name in expected_std:
+            assert parameter.mean().abs().item() < 0.1 * expected_std[name], name
+            assert parameter.std().item() == pytest.approx(expected_std[name], rel=0.06), name
+        elif ".ln_" in name and name.endswith("weight"):
+            assert torch.equal(parameter, torch.ones_like(parameter)), name
+        else:  # biases, LayerNorm biases
+            assert name.endswith("bias") and torch.equal(parameter, torch.zeros_like(parameter)), name
+
+
+def test_partial_checkpoint_reports_missing_keys_and_initialises_them(tmp_path):
+    reference = reference_clip(**TINY)
+    state_dict = visual_state_dict(reference)
+    del state_dict["proj"], state_dict["transformer.resblocks.1.attn.in_proj_weight"]
+    state_dict["text_projection"] = torch.zeros(2, 2)
+    save_bare_visual_folder(tmp_path, tiny_config(), state_dict)
+    model, info = VitZooModel.from_pretrained(tmp_path, output_loading_info=True)
+    assert info["missing_keys"] == {"visual.proj", "visual.transformer.resblocks.1.attn.in_proj_weight"}
+    assert info["unexpected_keys"] == {"text_projection"}
+    width = TINY["width"]
+    for missing in (model.visual.proj, model.visual.transformer.resblocks[1].attn.in_proj_weight):
+        assert torch.isfinite(missing).all()
+        assert missing.std().item() == pytest.approx(width**-0.5, rel=0.25)
+    for key, value in state_dict.items():
+        if key != "text_projection":
+            assert torch.equal(model.visual.state_dict()[key], value), key
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_loads_in_half_precision_with_dtype(tmp_path, dtype):
+    set_seed(0)
+    model = VitZooModel(tiny_config()).eval()
+    model.save_pretrained(tmp_path)
+    half = VitZooModel.from_pretrained(tmp_path, dtype=dtype).eval()
+    assert {p.dtype for p in half.parameters()} == {dtype}
+    pixel_values = images()
+    with torch.no_grad():
+        expected = model(pixel_values, output_attention_map=True)
+        got = half(pixel_values, output_attention_map=True)
+    assert got.image_embeds.dtype == dtype and got.attention_map.dtype == dtype
+    tolerance = 1e-2 if dtype == torch.float16 else 5e-2
+    assert relative_error(got.image_embeds, expected.image_embeds) < tolerance
+    assert relative_error(got.attention_map, expected.attention_map) < tolerance
+    # a half-precision folder loads back in its own dtype by default
+    half.save_pretrained(tmp_path / "half")
+    assert VitZooModel.from_pretrained(tmp_path / "half").dtype == dtype
+
+
+# accelerate lists the tower's raw parameters (class_embedding, ...) as device_map keys, then warns they are no modules
+@pytest.mark.filterwarnings("ignore:The following device_map keys do not match any submodules")
+def test_device_map_keeps_blocks_whole_and_offloads_them(tmp_path):
+    set_seed(0)
+    model = VitZooModel(tiny_config(layers=4)).eval()
+    model.save_pretrained(tmp_path / "model")
+    block_bytes = sum(p.numel() * p.element_size() for p in model.visual.transformer.resblocks[0].parameters())
+    offloaded = VitZooModel.from_pretrained(
+        tmp_path / "model",
+        device_map="auto",
+        max_memory={"cpu": int(2.5 * block_bytes)},  # room for about two blocks: the rest goes to disk
+        offload_folder=tmp_path / "offload",
+    ).eval()
+    device_map = offloaded.hf_device_map
+    blocks = {name: device for name, device in device_map.items() if ".resblocks." in name}
+    assert set(blocks) == {f"visual.transformer.resblocks.{index}" for index in range(4)}  # never split
+    assert "disk" in blocks.values() and "cpu" in device_map.values()
+    pixel_values = images()
+    with torch.no_grad():
+        expected = model(pixel_values, output_attention_map=True)
+        got = offloaded(pixel_values, output_attention_map=True)
+    assert torch.equal(got.image_embeds, expected.image_embeds)
+    assert torch.equal(got.attention_map, expected.attention_map)
+
+
+# ---------------------------------------------------------------- training
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    set_seed(0)
+    model = VitZooModel(tiny_config()).train()
+    pixel_values = images()
+
+    def gradients_and_saved_tensors():
+        model.zero_grad()
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            out = model(pixel_values, output_attention_map=True)
+        (out.image_embeds.square().sum() + out.attention_map.sum()).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters()}, len(saved)
+
+    expected, saved_plain = gradients_and_saved_tensors()
+    model.activation_checkpointing_enable()
+    assert model.is_activation_checkpointing and model.visual.transformer.grad_checkpointing
+    got, saved_checkpointed = gradients_and_saved_tensors()
+    assert saved_checkpointed < saved_plain  # the blocks' activations were not kept
+    for name, grad in expected.items():
+        torch.testing.assert_close(got[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+    model.activation_checkpointing_disable()
+    assert not model.is_activation_checkpointing
+    with pytest.raises(ValueError, match="every_n_layers"):
+        model.activation_checkpointing_enable(every_n_layers=2)
+
+
+def test_classification_loss_and_a_training_step():
+    set_seed(0)
+    model = VitZooForImageClassification(tiny_config(num_labels=3)).train()
+    pixel_values, labels = images(batch=6), torch.tensor([0, 1, 2, 0, 1, 2])
+    out = model(pixel_values, labels=labels)
+    assert out.logits.shape == (6, 3)
+    torch.testing.assert_close(out.loss, F.cross_entropy(out.logits, labels))
+    loss, logits = model(pixel_values, labels=labels, return_dict=False)
+    torch.testing.assert_close(loss, out.loss)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    first = out.loss.item()
+    for _ in range(3):
+        optimizer.zero_grad()
+        model(pixel_values, labels=labels).loss.backward()
+        optimizer.step()
+    assert model(pixel_values, labels=labels).loss.item() < first
+    with torch.no_grad():
+        assert model(pixel_values).loss is None
+
+
+def test_interpolate_pos_encoding_accepts_other_sizes():
+    model = VitZooModel(tiny_config()).eval()
+    pixel_values = images(height=48, width=32)
+    with pytest.raises(ValueError, match="expected images of 32x32, got 48x32"):
+        model(pixel_values)
+    with torch.no_grad():
+        out = model(pixel_values, output_attention_map=True, output_hidden_states=True, interpolate_pos_encoding=True)
+        native = model(images(), interpolate_pos_encoding=True).image_embeds
+        plain = model(images()).image_embeds
+    assert out.image_embeds.shape == (2, TINY["output_dim"])
+    assert out.last_hidden_state.shape == (2, 6 * 4 + 1, TINY["width"])
+    assert out.attention_map.shape == (TINY["layers"], 2, TINY["heads"], 6, 4)
+    assert all(h.shape[1] == 25 for h in out.hidden_states)
+    assert torch.equal(native, plain)  # the native size leaves the positional embedding as it is
+
+
+# ---------------------------------------------------------------- Auto classes and OpenAI parity
+
+
+def test_auto_classes_know_vit_zoo(tmp_path):
+    config = AutoConfig.for_model("vit_zoo", **TINY)
+    assert isinstance(config, VitZooConfig)
+    assert type(AutoModel.from_config(config)) is VitZooModel
+    assert type(AutoModelForImageClassification.from_config(config)) is VitZooForImageClassification
+    VitZooModel(config).save_pretrained(tmp_path)
+    assert type(AutoModel.from_pretrained(tmp_path)) is VitZooModel  # installed code, no trust_remote_code
+    assert type(AutoModelForImageClassification.from_pretrained(tmp_path)) is VitZooForImageClassification
+
+
+@pytest.mark.parametrize("name", ["tiny", *OPENAI_GEOMETRIES])
+def test_matches_openai_reference_through_auto_model(tmp_path, name):
+    geometry = TINY if name == "tiny" else OPENAI_GEOMETRIES[name]
+    reference = reference_clip(**geometry)
+    save_bare_visual_folder(tmp_path, VitZooConfig(**geometry), visual_state_dict(reference))
+    model = AutoModel.from_pretrained(tmp_path).eval()
+    resolution = geometry["input_resolution"]
+    pixel_values = images(height=resolution, width=resolution)
+    with torch.no_grad():
+        expected = reference.encode_image(pixel_values)
+        out = model(pixel_values, output_attention_map=True)
+    assert relative_error(out.image_embeds, expected) <= 1e-5
+    expected_maps = reference_attention_maps(reference, pixel_values)
+    assert out.attention_map.shape == expected_maps.shape
+    assert (out.attention_map - expected_maps).abs().max().item() <= 1e-5
+
+
+# ---------------------------------------------------------------- image processor
+
+
+def smooth_test_image(height: int = 300, width: int = 420) -> Image.Image:
+    noise = (np.random.default_rng(0).random((height // 10, width // 10, 3)) * 255).astype("uint8")
+    return Image.fromarray(noise).resize((width, height), Image.BILINEAR)
+
+
+def openai_preprocess(entry, image: Image.Image) -> torch.Tensor:
+    """OpenAI CLIP's `_transform`: torchvision transforms on the PIL image."""
+    resolution = entry.input_resolution
+    return transforms.Compose(
+        [
+            transforms.Resize(resolution, interpolation=transforms.InterpolationMode.BICUBIC),
+            transforms.CenterCrop(resolution),
+            transforms.ToTensor(),
+            transforms.Normalize(entry.preprocessing.mean, entry.preprocessing.std),
+        ]
+    )(image.convert("RGB"))
+
+
+@pytest.mark.parametrize("name", ["vit_zoo_base_patch32_clip_224", "ViT-L/14@336px"])
+def test_image_processor_has_the_variants_settings(name):
+    entry = get_entry(name)
+    processor = image_processor_for(name)
+    assert isinstance(processor, CLIPImageProcessorPil)
+    resolution = entry.input_resolution
+    assert processor.size["shortest_edge"] == resolution
+    assert (processor.crop_size["height"], processor.crop_size["width"]) == (resolution, resolution)
+    assert processor.resample == PILImageResampling.BICUBIC
+    assert tuple(processor.image_mean) == entry.preprocessing.mean
+    assert tuple(processor.image_std) == entry.preprocessing.std
+    assert isinstance(image_processor_for(entry, backend="torchvision"), CLIPImageProcessor)
+
+
+def test_image_processor_reproduces_openai_preprocessing():
+    entry, image = get_entry("ViT-B/32"), smooth_test_image()
+    expected = openai_preprocess(entry, image)
+    pil = image_processor_for(entry)(images=image, return_tensors="pt")["pixel_values"][0]
+    torch.testing.assert_close(pil, expected, rtol=0, atol=1e-6)
+    fast = image_processor_for(entry, backend="torchvision")(images=image, return_tensors="pt")["pixel_values"][0]
+    assert (fast - expected).abs().max().item() < 2.5 / 255 / min(entry.preprocessing.std)
+
+
+def test_image_processor_saved_with_the_model_loads_with_auto_image_processor(tmp_path):
+    entry = get_entry("vit_zoo_tiny_patch8_test_32")
+    model = VitZooModel(entry.config()).eval()
+    model.save_pretrained(tmp_path)
+    image_processor_for(entry).save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    assert saved["image_processor_type"] == "CLIPImageProcessor"
+    for backend, processor_class in (("pil", CLIPImageProcessorPil), ("torchvision", CLIPImageProcessor)):
+        loaded = AutoImageProcessor.from_pretrained(tmp_path, backend=backend)
+        assert type(loaded) is processor_class
+        assert loaded.size["shortest_edge"] == 32 and loaded.crop_size["height"] == 32
+        assert loaded.resample == PILImageResampling.BICUBIC
+        pixel_values = loaded(images=smooth_test_image(), return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            assert model(pixel_values).image_embeds.shape == (1, entry.model["output_dim"])
+
+
+def test_image_processor_crop_pct_and_interpolation():
+    entry = parse_entry(
+        {
+            "name": "cropped_test",
+            "model": {**TINY, "input_resolution": 224, "patch_size": 32},
+            "preprocessing": {"crop_pct": 0.875, "interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.25] * 3},
+        }
+    )
+    processor = image_processor_for(entry)
+    assert processor.size["shortest_edge"] == 256 and processor.crop_size["height"] == 224
+    assert processor.resample == PILImageResampling.BILINEAR
+    assert tuple(processor.image_mean) == (0.5, 0.5, 0.5)
+    # a bare config records no preprocessing: OpenAI's is used
+    assert tuple(image_processor_for(tiny_config()).image_std) == get_entry("ViT-B/32").preprocessing.std
+
+
+def test_image_processor_bad_input():
+    with pytest.raises(ValueError, match="RGB images, but this variant takes 1 channels"):
+        image_processor_for(tiny_config(in_channels=1))
+    with pytest.raises(ValueError, match="backend must be one of"):
+        image_processor_for(tiny_config(), backend="opencv")
+    with pytest.raises(KeyError, match="unknown zoo variant"):
+        image_processor_for("ViT-H/14")
+
+
+# ---------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(width=-64), "width must be a positive int"),
+        (dict(width="64"), "width must be a positive int"),
+        (dict(heads=3), "divisible by heads"),
+        (dict(input_resolution=30), "divisible by patch_size"),
+        (dict(activation="relu"), "activation must be one of"),
+        (dict(layer_norm_eps=0), "layer_norm_eps must be a positive number"),
+    ],
+)
+def test_invalid_config_values_raise_value_error(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_config(**overrides)
+
+
+def test_config_of_another_model_type_is_refused(tmp_path):
+    clip_config = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8
+    )
+    CLIPVisionModel(clip_config).save_pretrained(tmp_path)
+    for loader in (VitZooConfig, VitZooModel, VitZooForImageClassification):
+        with pytest.raises(ValueError, match="describes a 'clip_vision_model' model, not 'vit_zoo'"):
+            loader.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="needs a VitZooConfig .* got CLIPVisionConfig"):
+        VitZooModel(clip_config)
+
+
+@pytest.mark.parametrize(
+    "pixel_values, message",
+    [
+        (torch.randn(3, 32, 32), r"expected a 4D image batch \[batch, 3, 32, 32\], got a 3D tensor of shape \(3, 32"),
+        (torch.randn(2, 1, 32, 32), r"expected 3 channels, got 1"),
+        (torch.randn(2, 3, 32, 40), r"expected images of 32x32, got 32x40"),
+        (torch.zeros(2, 3, 32, 32, dtype=torch.uint8), r"expected floating-point pixel values, got dtype torch.uint8"),
+        (None, r"expected a torch.Tensor of images"),
+    ],
+)
+@pytest.mark.parametrize("model_class", MODEL_CLASSES)
+def test_wrong_pixel_values_raise_value_error(model_class, pixel_values, message):
+    model = model_class(tiny_config())
+    with pytest.raises(ValueError, match=message):
+        model(pixel_values)

@@ -1,0 +1,273 @@
+"""The vit_zoo tower as a transformers model: ``VitZooModel`` and ``VitZooForImageClassification``.
+
+Both wrap the core ``VisionTransformer`` of ``model.py`` under the attribute ``visual`` (OpenAI's own name
+for the tower), so their state-dict keys are those of OpenAI's vision tower inside CLIP
+(``visual.conv1.weight``, ...). ``base_model_prefix = "visual"`` lets ``from_pretrained`` also load checkpoints
+holding the bare tower names (``conv1.weight``, ...), as timm and the core model write them. Whole CLIP
+checkpoints go through ``vit_zoo.convert`` instead: their text tower's bare names (``positional_embedding``,
+``transformer.resblocks.N.*``) would be given the prefix too.
+
+Like ``config.py`` and ``model.py``, this file is copied flat into folders written by ``save_pretrained`` so
+that ``AutoModel.from_pretrained(folder, trust_remote_code=True)`` works without vit_zoo installed: it
+imports only torch, transformers and its two siblings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_outputs import ImageClassifierOutput
+from transformers.utils import ModelOutput
+
+from .config import VitZooConfig
+from .model import Attention, VisionTransformer, stack_attention_map
+
+
+@dataclass
+class VitZooModelOutput(ModelOutput):
+    r"""What ``VitZooModel`` returns; ``N = grid_h * grid_w`` patches, CLS token first.
+
+    Args:
+        image_embeds (`torch.FloatTensor` of shape `(batch_size, output_dim)`):
+            The projected CLS embedding (``ln_post`` then ``proj``), the seed's ``cls_feature``.
+        last_hidden_state (`torch.FloatTensor` of shape `(batch_size, N + 1, width)`):
+            The last block's tokens, before ``ln_post``.
+        attention_map (`torch.FloatTensor` of shape `(layers, batch_size, heads, grid_h, grid_w)`, *optional*):
+            Each layer's CLS-query attention over the patches (the seed's format); returned with
+            ``output_attention_map=True``.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*):
+            ``layers + 1`` tensors of shape `(batch_size, N + 1, width)`: the tokens after ``ln_pre``, then
+            after each block; returned with ``output_hidden_states=True``.
+        attentions (`tuple(torch.FloatTensor)`, *optional*):
+            ``layers`` tensors of shape `(batch_size, heads, N + 1, N + 1)`, the softmax attention
+            probabilities; returned with ``output_attentions=True``.
+    """
+
+    image_embeds: torch.FloatTensor | None = None
+    last_hidden_state: torch.FloatTensor | None = None
+    attention_map: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+class VitZooPreTrainedModel(PreTrainedModel):
+    """Loading, saving, initialisation and attention dispatch shared by the vit_zoo models."""
+
+    config_class = VitZooConfig
+    base_model_prefix = "visual"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    _no_split_modules = ["ResidualAttentionBlock"]
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+
+    def __init__(self, config: VitZooConfig) -> None:
+        if getattr(config, "model_type", None) != VitZooConfig.model_type:
+            raise ValueError(
+                f"{type(self).__name__} needs a VitZooConfig (model_type 'vit_zoo'), got {type(config).__name__} "
+                f"(model_type {getattr(config, 'model_type', None)!r}); "
+                f"convert foreign checkpoints with `vit-zoo convert`"
+            )
+        super().__init__(config)
+        # `_init_weights` draws every weight in `post_init`; the core's own draws are discarded, and kept off the
+        # global RNG so that a seed gives the same weights here as in `from_pretrained` (which builds on meta).
+        with torch.random.fork_rng(devices=[]):
+            self.visual = VisionTransformer(**config.geometry)
+        self._attention_implementation: str | None = None  # what the core's blocks were last set to
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """OpenAI CLIP's initialisation, scaled by ``config.initializer_factor``; covers every parameter.
+
+        Only the modules that own parameters directly are handled: transformers skips the others for
+        code outside its library. ``transformers.initialization`` leaves weights loaded from a checkpoint alone.
+        """
+        factor = self.config.initializer_factor
+        width = self.config.width
+        if isinstance(module, VisionTransformer):
+            for parameter in (module.class_embedding, module.positional_embedding, module.proj):
+                init.normal_(parameter, std=width**-0.5 * factor)
+        elif isinstance(module, nn.Conv2d):  # conv1: LeCun normal, unit-variance patch tokens
+            init.normal_(module.weight, std=module.weight[0].numel() ** -0.5 * factor)
+        elif isinstance(module, Attention):
+            init.normal_(module.in_proj_weight, std=width**-0.5 * factor)
+            init.zeros_(module.in_proj_bias)
+        elif isinstance(module, nn.Linear):
+            init.normal_(module.weight, std=self._linear_std(module) * factor)
+            init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+
+    def _linear_std(self, linear: nn.Linear) -> float:
+        """OpenAI's std for a block's ``mlp.c_fc`` / ``mlp.c_proj`` / ``attn.out_proj``; fan-in for a head."""
+        width, layers = self.config.width, self.config.layers
+        for block in self.visual.transformer.resblocks:
+            if linear is block.mlp.c_fc:
+                return (2 * width) ** -0.5
+            if linear is block.mlp.c_proj or linear is block.attn.out_proj:
+                return width**-0.5 * (2 * layers) ** -0.5
+        return linear.in_features**-0.5
+
+    def _set_gradient_checkpointing(
+        self, enable: bool = True, gradient_checkpointing_func=None, every_n_layers: int = 1
+    ) -> None:
+        if every_n_layers != 1:
+            raise ValueError(f"vit_zoo checkpoints every block; every_n_layers must be 1, got {every_n_layers}")
+        transformer = self.visual.transformer
+        transformer.grad_checkpointing = enable
+        if gradient_checkpointing_func is not None:
+            transformer.checkpoint_function = gradient_checkpointing_func
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        """Whether the blocks run under activation checkpointing (the core's ``transformer.grad_checkpointing``)."""
+        return self.visual.transformer.grad_checkpointing
+
+    def _sync_attention_implementation(self) -> None:
+        """Apply ``config._attn_implementation`` ("sdpa" or "eager") to the core's blocks when it changed."""
+        implementation = self.config._attn_implementation
+        if implementation != self._attention_implementation:
+            self.visual.set_attention_implementation(implementation)
+            self._attention_implementation = implementation
+
+    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
+        """``PreTrainedModel.save_pretrained``; the folder also carries ``config.py``, ``model.py`` and
+        ``modeling.py`` and an ``auto_map`` naming ``AutoModel`` and ``AutoModelForImageClassification``,
+        so it loads with ``trust_remote_code=True`` where vit_zoo is not installed."""
+        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **remote_auto_map()}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+
+class VitZooModel(VitZooPreTrainedModel):
+    r"""OpenAI CLIP's vision tower: projected CLS embedding, tokens, and attention maps on request.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from vit_zoo import VitZooConfig, VitZooModel
+    >>> config = VitZooConfig(input_resolution=32, patch_size=8, width=64, layers=2, heads=4, output_dim=32)
+    >>> model = VitZooModel(config).eval()
+    >>> out = model(torch.randn(2, 3, 32, 32), output_attention_map=True)
+    >>> out.image_embeds.shape, out.attention_map.shape
+    (torch.Size([2, 32]), torch.Size([2, 2, 4, 4, 4]))
+    ```
+    """
+
+    def __init__(self, config: VitZooConfig) -> None:
+        super().__init__(config)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_attention_map: bool = False,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        interpolate_pos_encoding: bool = False,
+    ) -> VitZooModelOutput | tuple[torch.Tensor, ...]:
+        r"""Encode ``pixel_values`` `(batch_size, in_channels, input_resolution, input_resolution)`.
+
+        Args:
+            output_attention_map: also return ``attention_map`` (the seed's CLS->patch maps).
+            output_attentions: also return every layer's full attention probabilities (either
+                ``attn_implementation``); defaults to ``config.output_attentions``.
+            output_hidden_states: also return every layer's tokens; defaults to ``config.output_hidden_states``.
+            return_dict: ``False`` returns a tuple of the non-``None`` fields in ``VitZooModelOutput``'s order.
+            interpolate_pos_encoding: accept other image sizes (multiples of ``patch_size`` are used whole)
+                by bicubically resampling the positional embedding.
+
+        Raises:
+            ValueError: ``pixel_values`` is not a float image batch of the expected channels and size.
+        """
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        self._sync_attention_implementation()
+
+        tokens = self.visual.forward_tokens(
+            pixel_values,
+            output_cls_attention=output_attention_map,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+        )
+        attention_map = None
+        if output_attention_map:
+            patch_size = self.config.patch_size
+            grid = pixel_values.shape[-2] // patch_size, pixel_values.shape[-1] // patch_size
+            attention_map = stack_attention_map(tokens.cls_attentions, grid)
+        output = VitZooModelOutput(
+            image_embeds=self.visual.project(tokens.last_hidden_state),
+            last_hidden_state=tokens.last_hidden_state,
+            attention_map=attention_map,
+            hidden_states=tokens.hidden_states,
+            attentions=tokens.attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class VitZooForImageClassification(VitZooPreTrainedModel):
+    """A linear classifier on the projected CLS embedding (``image_embeds``), ``config.num_labels`` outputs."""
+
+    def __init__(self, config: VitZooConfig) -> None:
+        super().__init__(config)
+        with torch.random.fork_rng(devices=[]):  # see VitZooPreTrainedModel.__init__
+            self.classifier = nn.Linear(config.output_dim, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        interpolate_pos_encoding: bool = False,
+    ) -> ImageClassifierOutput | tuple[torch.Tensor, ...]:
+        r"""Classify ``pixel_values`` `(batch_size, in_channels, input_resolution, input_resolution)`.
+
+        Args:
+            labels: `(batch_size,)` class indices (cross-entropy), float targets for regression
+                (``num_labels == 1``) or `(batch_size, num_labels)` multi-hot targets, as
+                ``config.problem_type`` says; when given, ``loss`` is returned.
+
+        Returns ``logits`` `(batch_size, num_labels)`, ``loss`` and ``hidden_states`` / ``attentions`` as
+        ``VitZooModel`` gives them.
+        """
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        self._sync_attention_implementation()
+
+        tokens = self.visual.forward_tokens(
+            pixel_values,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+        )
+        logits = self.classifier(self.visual.project(tokens.last_hidden_state))
+        loss = None if labels is None else self.loss_function(labels, logits, self.config)
+        output = ImageClassifierOutput(
+            loss=loss, logits=logits, hidden_states=tokens.hidden_states, attentions=tokens.attentions
+        )
+        return output if return_dict else output.to_tuple()
+
+
+VitZooModel.register_for_auto_class("AutoModel")
+VitZooForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+
+
+def remote_auto_map() -> dict[str, str]:
+    """``auto_map`` entries for both model classes, ``{"AutoModel": "modeling.VitZooModel", ...}``."""
+    return {
+        cls._auto_class: f"{cls.__module__.rpartition('.')[2]}.{cls.__name__}"
+        for cls in (VitZooModel, VitZooForImageClassification)
+    }
