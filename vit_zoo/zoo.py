@@ -224,9 +224,9 @@ def _add(entry: ZooEntry) -> ZooEntry:
     if known is not None and known != entry:
         where = known.path or "a registered dict"
         raise ZooConfigError(f"{entry.path or '<dict>'}: variant {entry.name!r} is already defined by {where}; rename it")
-    _registry[entry.name] = entry
-    for listener in _listeners:
+    for listener in _listeners:  # a listener refusing the entry (e.g. a clashing timm name) keeps it out
         listener(entry)
+    _registry[entry.name] = entry
     return entry
 
 
