@@ -20,6 +20,7 @@ from docs_helpers import (
     REPO_ROOT,
     RUNNABLE,
     build_site,
+    code_blocks,
     doc_pages,
     nav_pages,
     page_url,
@@ -159,6 +160,39 @@ def test_cli_reference_documents_every_subcommand_and_option(site: Path):
         add_arguments(probe)
         for option in re.findall(r"(?<![\w-])--[\w-]+", probe.format_help()):
             assert option in text, f"vit-zoo {name} {option} is missing from the CLI reference"
+
+
+# The guide page that must document every option of a subcommand.
+GUIDE_FOR_COMMAND = {"convert": "convert.md", "push": "hub.md", "pull": "hub.md", "embed": "attention-maps.md"}
+
+
+def _long_options(add_arguments) -> set[str]:
+    probe = argparse.ArgumentParser(add_help=False)
+    add_arguments(probe)
+    return {option for action in probe._actions for option in action.option_strings if option.startswith("--")}
+
+
+@pytest.mark.parametrize("command", sorted(GUIDE_FOR_COMMAND))
+def test_guide_documents_every_option_of_its_command(command: str):
+    add_arguments = {name: add for name, add, _ in COMMANDS}.get(command)
+    if add_arguments is None:
+        pytest.skip(f"vit-zoo {command} does not exist yet")
+    guide = (DOCS_DIR / GUIDE_FOR_COMMAND[command]).read_text(encoding="utf-8")
+    missing = sorted(option for option in _long_options(add_arguments) if option not in guide)
+    assert not missing, f"docs/{GUIDE_FOR_COMMAND[command]} does not document vit-zoo {command} {missing}"
+
+
+@pytest.mark.parametrize("page", doc_pages(), ids=_page_id)
+def test_command_lines_in_the_docs_use_existing_options(page: Path):
+    options = {name: _long_options(add) for name, add, _ in COMMANDS}
+    top_level = {option for action in build_parser()._actions for option in action.option_strings}
+    for block in code_blocks(page):
+        for number, line in enumerate(block.source.splitlines(), start=block.line):
+            words = line.removeprefix("$ ").split()
+            if len(words) < 2 or words[0] != "vit-zoo" or words[1] not in options:
+                continue
+            unknown = sorted({w.split("=")[0] for w in words if w.startswith("--")} - options[words[1]] - top_level)
+            assert not unknown, f"{_page_id(page)} line {number}: vit-zoo {words[1]} has no option {unknown}"
 
 
 def _load_hooks():
