@@ -1,6 +1,8 @@
 """Reading checkpoints safely: TorchScript archives as zips, pickles only with weights_only, bad files refused."""
 
 import pickle
+import sys
+import types
 import warnings
 import zipfile
 from pathlib import Path
@@ -205,3 +207,17 @@ def test_archive_referencing_os_system_is_refused(tiny_archive, tmp_path):
 def test_state_dict_without_tensors(tmp_path):
     refused(write_state_dict({}, tmp_path / "nothing.pt", lambda sd: {"epoch": 1}), "holds no tensors")
     refused(write_state_dict({}, tmp_path / "list.pt", lambda sd: [torch.zeros(1)]), "holds a list, not a state dict")
+
+
+def test_archive_whose_module_tree_loops_is_refused(tmp_path, monkeypatch):
+    """A hand-made archive: module ``__torch__.Loop`` lists itself as its own submodule."""
+    loop_class = type("Loop", (), {"__module__": "__torch__"})
+    monkeypatch.setitem(sys.modules, "__torch__", types.SimpleNamespace(Loop=loop_class))
+    loop = loop_class()
+    loop.child = loop
+    path = tmp_path / "loop.pt"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("loop/data.pkl", pickle.dumps(loop, protocol=2))
+        archive.writestr("loop/code/__torch__.py", "class Loop(Module):\n  __parameters__ = []\n  __buffers__ = []\n")
+        archive.writestr("loop/constants.pkl", pickle.dumps((), protocol=2))
+    refused(path, "module child appears twice in the module tree")

@@ -373,9 +373,12 @@ def _module_state_dict(root: _ScriptObject, types: _ModuleTypes) -> dict[str, to
     """The names and tensors ``torch.jit.load(...).state_dict()`` gives: per module its parameters, its
     buffers, then its submodules, recursively, each in declaration order."""
     tensors: dict[str, torch.Tensor] = {}
-    pending = [("", root)]
+    pending, seen = [("", root)], set()
     while pending:
         prefix, module = pending.pop()
+        if id(module) in seen:
+            raise CheckpointError(f"module {prefix.rstrip('.')} appears twice in the module tree (a cycle?)")
+        seen.add(id(module))
         parameters, buffers = types.declaration(module.qualified_name)
         state = module.state
         if not isinstance(state, dict):
