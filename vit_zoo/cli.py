@@ -10,8 +10,11 @@ import sys
 from collections.abc import Callable, Sequence
 
 from . import __version__
+from .convert import DTYPES, convert_checkpoint
+from .download import BASE_URL_ENV, CACHE_ENV
 from .hub import pull, push_folder
-from .zoo import list_entries
+from .model import ACTIVATIONS
+from .zoo import list_entries, openai_names
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -56,6 +59,41 @@ def _run_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_convert_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "source",
+        metavar="SRC",
+        help=f"OpenAI model name ({', '.join(openai_names())}), downloaded and SHA-256 checked, or a checkpoint "
+        "file: OpenAI .pt archive, open_clip or transformers CLIP state dict (.pt/.bin/.safetensors)",
+    )
+    parser.add_argument("--output", "-o", required=True, metavar="DIR", help="folder to create; must not exist")
+    parser.add_argument(
+        "--dtype", choices=list(DTYPES), help="convert the weights to this dtype (default: keep the source's)"
+    )
+    parser.add_argument(
+        "--name", metavar="ZOO_NAME", help="zoo variant the checkpoint must match; its heads and activation are used"
+    )
+    parser.add_argument(
+        "--activation",
+        choices=ACTIVATIONS,
+        help="MLP activation, invisible in the weights: quick_gelu (OpenAI, default) or gelu (open_clip non-QuickGELU)",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help=f"download cache (default ${CACHE_ENV} or ~/.cache/vit_zoo; mirror: ${BASE_URL_ENV})",
+    )
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    """Convert CLIP weights (an OpenAI name or a local file) into a vit_zoo folder of safetensors."""
+    output = convert_checkpoint(
+        args.source, args.output, dtype=args.dtype, name=args.name, activation=args.activation, cache_dir=args.cache_dir
+    )
+    print(f"wrote {output}: " + ", ".join(sorted(path.name for path in output.iterdir())))
+    return 0
+
+
 def _add_push_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("folder", metavar="DIR", help="a folder written by `vit-zoo convert`")
     parser.add_argument("repo_id", metavar="REPO_ID", help="Hub repo to push to, e.g. your-name/vit-zoo-b32")
@@ -95,6 +133,7 @@ def _run_pull(args: argparse.Namespace) -> int:
 Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 COMMANDS: list[Command] = [
     ("list", _add_list_arguments, _run_list),
+    ("convert", _add_convert_arguments, _run_convert),
     ("push", _add_push_arguments, _run_push),
     ("pull", _add_pull_arguments, _run_pull),
 ]

@@ -1,0 +1,211 @@
+"""Converting OpenAI-format checkpoints into vit_zoo folders: parity with OpenAI's encode_image, dtypes, atomicity."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from checkpoints import openai_clip, reference_image_embedding, write_state_dict, write_torchscript_archive
+from reference import OPENAI_GEOMETRIES, TINY
+from safetensors.torch import load_file
+from transformers import CLIPVisionModelWithProjection
+
+from vit_zoo import VisionTransformer, VitZooConfig
+from vit_zoo import convert as convert_module
+from vit_zoo.convert import CheckpointError, convert_checkpoint
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((actual.double() - expected.double()).norm() / expected.double().norm()).item()
+
+
+class Checkpoints:
+    """OpenAI-format files of one geometry, built once per module: the fp16 CLIP, its archive, its state dict."""
+
+    def __init__(self, folder):
+        self.folder, self.built, self.references = folder, {}, {}
+
+    def __call__(self, name: str):
+        if name not in self.built:
+            geometry = TINY if name == "tiny" else OPENAI_GEOMETRIES[name]
+            model = openai_clip(geometry)
+            stem = name.replace("/", "-").replace("@", "-")
+            self.built[name] = (
+                model,
+                write_torchscript_archive(model, self.folder / f"{stem}.pt"),
+                write_state_dict(model.state_dict(), self.folder / f"{stem}-state-dict.pt"),
+            )
+        return self.built[name]
+
+    def reference(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images and OpenAI's ``encode_image`` of them (fp32 compute from the fp16 weights), computed once."""
+        if name not in self.references:
+            model, resolution = self(name)[0], self(name)[0].visual.image_size[0]
+            images = torch.randn(2, 3, resolution, resolution, generator=torch.Generator().manual_seed(0))
+            self.references[name] = images, reference_image_embedding(model, images)
+        return self.references[name]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    return Checkpoints(tmp_path_factory.mktemp("checkpoints"))
+
+
+def load_folder(folder) -> tuple[VitZooConfig, dict]:
+    return VitZooConfig.from_pretrained(folder), load_file(folder / "model.safetensors")
+
+
+def embed(config: VitZooConfig, weights: dict, images: torch.Tensor) -> torch.Tensor:
+    model = VisionTransformer(**config.geometry).eval()
+    model.load_state_dict(weights, strict=True)  # fp16 weights into the fp32 model
+    with torch.no_grad():
+        return model(images)[0]
+
+
+@pytest.mark.parametrize("kind", ["archive", "state_dict"])
+@pytest.mark.parametrize("name", list(OPENAI_GEOMETRIES))
+def test_converted_folder_matches_openai_encode_image(checkpoints, name, kind, tmp_path):
+    _, archive, state_dict_file = checkpoints(name)
+    output = convert_checkpoint(archive if kind == "archive" else state_dict_file, tmp_path / "converted")
+    config, weights = load_folder(output)
+    assert {k: getattr(config, k) for k in OPENAI_GEOMETRIES[name]} == OPENAI_GEOMETRIES[name]
+    assert config.dtype == torch.float16 and all(w.dtype == torch.float16 for w in weights.values())
+    assert sorted(output.iterdir()) == [output / "README.md", output / "config.json", output / "model.safetensors"]
+    images, expected = checkpoints.reference(name)
+    assert relative_error(embed(config, weights, images), expected) <= 1e-5
+
+
+def test_default_keeps_the_source_dtype_and_says_so(checkpoints, tmp_path):
+    model, archive, _ = checkpoints("tiny")
+    output = convert_checkpoint(archive, tmp_path / "out", name="vit_zoo_tiny_patch8_test_32")
+    card = (output / "README.md").read_text()
+    assert "Weights: float16, as in the source (not converted)" in card
+    _, weights = load_folder(output)
+    expected = {k.removeprefix("visual."): v for k, v in model.state_dict().items() if k.startswith("visual.")}
+    assert all(torch.equal(weights[k], v) for k, v in expected.items())
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_dtype_converts_on_request_and_says_so(checkpoints, dtype, tmp_path):
+    model, archive, _ = checkpoints("tiny")
+    output = convert_checkpoint(archive, tmp_path / "out", dtype=dtype, name="vit_zoo_tiny_patch8_test_32")
+    config, weights = load_folder(output)
+    target = getattr(torch, dtype)
+    assert config.dtype == target
+    assert torch.equal(weights["conv1.weight"], model.visual.conv1.weight.detach().to(target))
+    card = (output / "README.md").read_text()
+    assert f"Weights: {dtype}, converted from the source's float16" in card
+    assert f"--dtype {dtype}" in card
+
+
+def test_zoo_name_supplies_heads_and_activation(checkpoints, tmp_path):
+    model, _, state_dict_file = checkpoints("tiny")
+    output = convert_checkpoint(state_dict_file, tmp_path / "out", name="vit_zoo_tiny_patch8_test_32")
+    config, weights = load_folder(output)
+    assert config.heads == 4  # OpenAI's width // 64 rule would say 1: only the zoo entry knows
+    images = torch.randn(2, 3, 32, 32)
+    assert relative_error(embed(config, weights, images), reference_image_embedding(model, images)) <= 1e-5
+    card = (output / "README.md").read_text()
+    assert "--name vit_zoo_tiny_patch8_test_32" in card and "Tiny CLIP-style ViT" in card
+
+
+def test_activation_is_recorded(checkpoints, tmp_path):
+    _, archive, _ = checkpoints("tiny")
+    output = convert_checkpoint(archive, tmp_path / "out", name="vit_zoo_tiny_patch8_test_32", activation="gelu")
+    assert json.loads((output / "config.json").read_text())["activation"] == "gelu"
+    assert "Activation: `gelu`" in (output / "README.md").read_text()
+
+
+def test_large_towers_are_sharded_with_an_index(checkpoints, tmp_path):
+    _, archive, _ = checkpoints("tiny")
+    output = convert_checkpoint(archive, tmp_path / "out", name="vit_zoo_tiny_patch8_test_32", max_shard_size=100_000)
+    index = json.loads((output / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) >= 2 and not (output / "model.safetensors").exists()
+    merged = {k: v for shard in shards for k, v in load_file(output / shard).items()}
+    single = load_folder(convert_checkpoint(archive, tmp_path / "single", name="vit_zoo_tiny_patch8_test_32"))[1]
+    assert sorted(merged) == sorted(single) and all(torch.equal(merged[k], single[k]) for k in single)
+
+
+def test_model_card_records_provenance(checkpoints, tmp_path):
+    _, archive, _ = checkpoints("tiny")
+    output = convert_checkpoint(archive, tmp_path / "out", name="vit_zoo_tiny_patch8_test_32")
+    card = (output / "README.md").read_text()
+    from vit_zoo.download import sha256_of
+
+    assert card.startswith("---\nlicense: other\n")  # a local file of unknown origin: no license is claimed
+    assert f"Source SHA-256: `{sha256_of(archive)}`" in card
+    assert "Converted with: `vit-zoo convert tiny.pt --output out --name vit_zoo_tiny_patch8_test_32`" in card
+    assert 'timm.create_model("local-dir:./out", pretrained=True)' in card
+    assert 'AutoModel.from_pretrained("./out", trust_remote_code=True)' in card
+
+
+def test_geometry_must_match_the_named_zoo_variant(checkpoints, tmp_path):
+    _, archive, _ = checkpoints("ViT-B/32")
+    with pytest.raises(
+        CheckpointError, match="not a vit_zoo_base_patch32_clip_224: layers is 2 in the checkpoint but 12"
+    ):
+        convert_checkpoint(archive, tmp_path / "out", name="ViT-B/32")
+    with pytest.raises(CheckpointError, match="patch_size is 32 in the checkpoint but 16 in the zoo"):
+        convert_checkpoint(archive, tmp_path / "out", name="vit_zoo_base_patch16_clip_224")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_output_is_refused_and_untouched(checkpoints, tmp_path):
+    _, archive, _ = checkpoints("tiny")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    with pytest.raises(CheckpointError, match="already exists"):
+        convert_checkpoint(archive, tmp_path / "out")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep.txt"]
+
+
+def test_failure_while_writing_leaves_nothing(checkpoints, tmp_path, monkeypatch):
+    _, archive, _ = checkpoints("tiny")
+
+    def write_then_fail(tower, config, record, folder, max_shard_size):
+        (folder / "model.safetensors").write_bytes(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(convert_module, "_write_folder", write_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        convert_checkpoint(archive, tmp_path / "out", name="vit_zoo_tiny_patch8_test_32")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_arguments(checkpoints, tmp_path):
+    _, archive, _ = checkpoints("tiny")
+    with pytest.raises(CheckpointError, match="dtype must be one of"):
+        convert_checkpoint(archive, tmp_path / "out", dtype="float8")
+    with pytest.raises(CheckpointError, match="activation must be one of"):
+        convert_checkpoint(archive, tmp_path / "out", activation="relu")
+    with pytest.raises(
+        CheckpointError, match="no such file, and not a model name; give a checkpoint file or one of ViT"
+    ):
+        convert_checkpoint(tmp_path / "missing.pt", tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
+def load_script(name: str):
+    path = Path(__file__).resolve().parent.parent / "conversion" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_export_to_transformers_clip_and_back(checkpoints, tmp_path):
+    model, archive, _ = checkpoints("tiny")
+    folder = convert_checkpoint(archive, tmp_path / "vit_zoo", name="vit_zoo_tiny_patch8_test_32")
+    load_script("export_hf_clip").export(folder, tmp_path / "hf")
+    hf_model = CLIPVisionModelWithProjection.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    images, expected = checkpoints.reference("tiny")
+    with torch.no_grad():
+        assert relative_error(hf_model(pixel_values=images).image_embeds, expected) <= 1e-5
+    back = convert_checkpoint(
+        tmp_path / "hf" / "model.safetensors", tmp_path / "back", name="vit_zoo_tiny_patch8_test_32"
+    )
+    original, round_trip = load_file(folder / "model.safetensors"), load_file(back / "model.safetensors")
+    assert sorted(original) == sorted(round_trip)
+    assert all(round_trip[k].dtype == v.dtype and torch.equal(round_trip[k], v) for k, v in original.items())

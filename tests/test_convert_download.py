@@ -1,0 +1,141 @@
+"""Downloads against a local HTTP server: verified, resumable, atomic; nothing wrong or partial under a real name."""
+
+import hashlib
+import os
+
+import pytest
+from file_server import FileServer
+
+from vit_zoo.download import (
+    ATTEMPTS,
+    DownloadError,
+    default_cache_dir,
+    download_pretrained,
+    fetch_verified,
+)
+from vit_zoo.zoo import UnknownVariantError, get_entry
+
+PAYLOAD = os.urandom(300_000)
+SHA256 = hashlib.sha256(PAYLOAD).hexdigest()
+
+
+@pytest.fixture
+def server():
+    with FileServer() as server:
+        server.files["/models/clip.pt"] = PAYLOAD
+        yield server
+
+
+def files_under(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+def test_good_file_is_verified_cached_and_reused(server, tmp_path):
+    target = tmp_path / "cache" / "clip.pt"
+    assert fetch_verified(f"{server.url}/models/clip.pt", SHA256, target, progress=False) == target
+    assert target.read_bytes() == PAYLOAD
+    assert files_under(tmp_path / "cache") == ["clip.pt"]
+    server.files.clear()  # a second call must not need the network
+    assert fetch_verified(f"{server.url}/models/clip.pt", SHA256, target, progress=False) == target
+    assert len(server.requests) == 1
+
+
+def test_wrong_hash_leaves_nothing_in_the_cache(server, tmp_path):
+    sha = get_entry("ViT-B/32").pretrained["openai"].sha256
+    server.files[f"/{sha}/ViT-B-32.pt"] = PAYLOAD  # served through the mirror URL, but not OpenAI's file
+    with pytest.raises(DownloadError, match=f"has SHA-256 {SHA256}, expected {sha}; the file was discarded"):
+        download_pretrained("ViT-B/32", tmp_path / "cache", base_url=server.url, progress=False)
+    assert server.requests == [(f"/{sha}/ViT-B-32.pt", None)]
+    assert files_under(tmp_path / "cache") == []
+
+
+def test_mirror_comes_from_the_environment(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("VIT_ZOO_OPENAI_BASE_URL", server.url + "/")
+    with pytest.raises(DownloadError, match="HTTP 404"):
+        download_pretrained("ViT-L/14@336px", tmp_path / "cache", progress=False)
+    sha = get_entry("ViT-L/14@336px").pretrained["openai"].sha256
+    assert server.requests == [(f"/{sha}/ViT-L-14-336px.pt", None)]
+
+
+def test_dropped_connection_resumes_with_a_range_request(server, tmp_path):
+    server.drops["/models/clip.pt"] = [1000, 50_000]
+    target = fetch_verified(f"{server.url}/models/clip.pt", SHA256, tmp_path / "clip.pt", progress=False)
+    assert target.read_bytes() == PAYLOAD
+    assert server.requests == [
+        ("/models/clip.pt", None),
+        ("/models/clip.pt", "bytes=1000-"),
+        ("/models/clip.pt", "bytes=51000-"),
+    ]
+    assert files_under(tmp_path) == ["clip.pt"]
+
+
+def test_repeated_drops_keep_the_part_file_and_the_next_run_resumes(server, tmp_path):
+    server.drops["/models/clip.pt"] = [10_000] * ATTEMPTS
+    url, target = f"{server.url}/models/clip.pt", tmp_path / "clip.pt"
+    with pytest.raises(
+        DownloadError, match=f"interrupted {ATTEMPTS} times .* run again to resume from the 30000 bytes"
+    ):
+        fetch_verified(url, SHA256, target, progress=False)
+    assert files_under(tmp_path) == ["clip.pt.part"]  # never under the real name
+    assert fetch_verified(url, SHA256, target, progress=False).read_bytes() == PAYLOAD
+    assert server.requests[-1] == ("/models/clip.pt", "bytes=30000-")
+    assert files_under(tmp_path) == ["clip.pt"]
+
+
+def test_server_ignoring_range_restarts_from_zero(server, tmp_path):
+    (tmp_path / "clip.pt.part").write_bytes(b"stale bytes from elsewhere")
+    server.ranges = False
+    assert (
+        fetch_verified(f"{server.url}/models/clip.pt", SHA256, tmp_path / "clip.pt", progress=False).read_bytes()
+        == PAYLOAD
+    )
+    assert files_under(tmp_path) == ["clip.pt"]
+
+
+def test_complete_part_file_is_finished_without_new_bytes(server, tmp_path):
+    (tmp_path / "clip.pt.part").write_bytes(PAYLOAD)  # the rename was all that was left to do
+    assert (
+        fetch_verified(f"{server.url}/models/clip.pt", SHA256, tmp_path / "clip.pt", progress=False).read_bytes()
+        == PAYLOAD
+    )
+    assert server.requests == [("/models/clip.pt", f"bytes={len(PAYLOAD)}-")]
+
+
+def test_damaged_cached_file_is_fetched_again(server, tmp_path):
+    (tmp_path / "clip.pt").write_bytes(PAYLOAD[:-1] + b"\0")
+    assert (
+        fetch_verified(f"{server.url}/models/clip.pt", SHA256, tmp_path / "clip.pt", progress=False).read_bytes()
+        == PAYLOAD
+    )
+
+
+def test_404_creates_nothing(server, tmp_path):
+    with pytest.raises(DownloadError, match="HTTP 404"):
+        fetch_verified(f"{server.url}/models/missing.pt", SHA256, tmp_path / "cache" / "missing.pt", progress=False)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_unreachable_server(tmp_path):
+    with FileServer() as server:
+        url = f"{server.url}/models/clip.pt"
+    with pytest.raises(DownloadError, match="cannot reach .* set \\$VIT_ZOO_OPENAI_BASE_URL to a mirror"):
+        fetch_verified(url, SHA256, tmp_path / "clip.pt", progress=False)
+    assert files_under(tmp_path) == []
+
+
+def test_names_without_downloads(tmp_path):
+    with pytest.raises(UnknownVariantError, match="unknown zoo variant 'ViT-X/1'"):
+        download_pretrained("ViT-X/1", tmp_path)
+    with pytest.raises(DownloadError, match="vit_zoo_tiny_patch8_test_32 has no downloadable weights"):
+        download_pretrained("vit_zoo_tiny_patch8_test_32", tmp_path)
+
+
+def test_cache_folder_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.delenv("VIT_ZOO_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "vit_zoo"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "vit_zoo"
+    monkeypatch.setenv("VIT_ZOO_CACHE", str(tmp_path / "mine"))
+    assert default_cache_dir() == tmp_path / "mine"
