@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import json
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -18,6 +15,7 @@ import timm
 import torch
 import yaml
 from checkpoints import openai_clip, reference_image_embedding, write_torchscript_archive
+from file_server import FileServer
 from reference import OPENAI_GEOMETRIES, TINY, reference_clip, visual_state_dict
 from timm.layers import resample_abs_pos_embed
 from timm.models import save_for_hf
@@ -139,10 +137,13 @@ def test_reset_classifier_adds_a_head_on_the_embedding_and_zero_removes_it():
         model.reset_classifier(10, global_pool="avg")
 
 
-def test_num_classes_kwarg_builds_the_classifier():
-    model = tiny_model(num_classes=7)
+def test_num_classes_kwarg_builds_the_classifier_over_pretrained_weights(tiny_clip, tiny_checkpoint):
+    model = timm.create_model(
+        TINY_NAME, num_classes=7, pretrained=True, pretrained_cfg_overlay=dict(file=str(tiny_checkpoint))
+    )
     assert model(IMAGES).shape == (2, 7)
     assert model.pretrained_cfg["num_classes"] == TINY["output_dim"]
+    torch.testing.assert_close(model.proj, tiny_clip.visual.proj)
 
 
 def test_device_and_dtype_kwargs():
@@ -353,31 +354,18 @@ def test_fp16_openai_archive_through_file_overlay_reproduces_encode_image(name, 
         assert relative_error(model(images), reference_image_embedding(clip, images)) <= 1e-5
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args) -> None:
-        pass
-
-
 @pytest.fixture
-def file_server(tmp_path):
-    """A local HTTP server for ``tmp_path / "served"``; yields its base URL."""
-    root = tmp_path / "served"
-    root.mkdir()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=root))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+def file_server():
+    with FileServer() as server:
+        yield server
 
 
 def test_pretrained_tag_downloads_by_url_and_checks_sha256(tiny_checkpoint, file_server, tmp_path):
-    root, base_url = file_server
     data = tiny_checkpoint.read_bytes()
     sha256 = hashlib.sha256(data).hexdigest()
-    (root / "tiny.pt").write_bytes(data)
+    file_server.files["/tiny.pt"] = data
     good = dict(name="vit_zoo_served_tiny", model=dict(TINY), pretrained=dict(
-        mirror=dict(url=f"{base_url}/tiny.pt", sha256=sha256, license="mit")))
+        mirror=dict(url=f"{file_server.url}/tiny.pt", sha256=sha256, license="mit")))
     vit_zoo.register_config(good)
     assert "vit_zoo_served_tiny.mirror" in timm.list_pretrained("vit_zoo_served*")
     cache = tmp_path / "cache"
@@ -389,7 +377,7 @@ def test_pretrained_tag_downloads_by_url_and_checks_sha256(tiny_checkpoint, file
     assert (cache / "tiny.pt").is_file()
 
     bad = dict(good, name="vit_zoo_served_corrupt", pretrained=dict(
-        mirror=dict(url=f"{base_url}/tiny.pt", sha256="0" * 64)))
+        mirror=dict(url=f"{file_server.url}/tiny.pt", sha256="0" * 64)))
     vit_zoo.register_config(bad)
     other_cache = tmp_path / "other_cache"
     with pytest.raises(CheckpointError, match=f"SHA-256 {sha256}, expected 0{{64}}.*deleted"):
@@ -398,20 +386,16 @@ def test_pretrained_tag_downloads_by_url_and_checks_sha256(tiny_checkpoint, file
 
 
 def test_url_overlay_in_openai_layout_is_checked_against_its_folder_name(tiny_checkpoint, file_server, tmp_path):
-    root, base_url = file_server
     data = tiny_checkpoint.read_bytes()
-    folder = root / hashlib.sha256(data).hexdigest()
-    folder.mkdir()
-    (folder / "tiny.pt").write_bytes(data)
-    url = f"{base_url}/{folder.name}/tiny.pt"
-    model = timm.create_model(TINY_NAME, pretrained=True, pretrained_cfg_overlay=dict(url=url), cache_dir=tmp_path)
+    right, wrong = f"/{hashlib.sha256(data).hexdigest()}/tiny.pt", f"/{'f' * 64}/tiny.pt"
+    file_server.files.update({right: data, wrong: data})
+    model = timm.create_model(
+        TINY_NAME, pretrained=True, pretrained_cfg_overlay=dict(url=file_server.url + right), cache_dir=tmp_path
+    )
     torch.testing.assert_close(model.proj, reference_clip(**TINY).visual.proj)
-    wrong = root / ("f" * 64)
-    wrong.mkdir()
-    (wrong / "tiny.pt").write_bytes(data)
     with pytest.raises(CheckpointError, match="SHA-256"):
         timm.create_model(
-            TINY_NAME, pretrained=True, pretrained_cfg_overlay=dict(url=f"{base_url}/{'f' * 64}/tiny.pt"),
+            TINY_NAME, pretrained=True, pretrained_cfg_overlay=dict(url=file_server.url + wrong),
             cache_dir=tmp_path / "again",
         )
 
@@ -514,7 +498,9 @@ def test_malformed_user_yaml_is_reported_with_its_path_and_field(tmp_path):
     assert str(path) in result.stderr and "patch_size" in result.stderr
 
 
-def test_variant_named_like_a_timm_model_is_refused():
+def test_variant_named_like_a_timm_model_is_refused(monkeypatch):
+    # the zoo keeps an entry its listeners refused: keep it out of the rest of the session
+    monkeypatch.setattr(vit_zoo.zoo, "_registry", dict(vit_zoo.zoo._registry))
     with pytest.raises(ZooConfigError, match="'resnet18' is already a timm model"):
         vit_zoo.register_config(dict(USER_VARIANT, name="resnet18"))
     assert timm.create_model("resnet18").__class__.__name__ == "ResNet"
