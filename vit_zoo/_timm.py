@@ -1,0 +1,580 @@
+"""timm integration: every zoo variant becomes a timm model entry, the way timm's own model files register.
+
+Importing this module (``import vit_zoo`` does) subscribes to the zoo with ``zoo.on_register``; each
+variant, built-in or registered later, gets
+
+- a ``default_cfgs`` entry per pretrained tag (``vit_zoo_base_patch32_clip_224.openai``) with OpenAI's
+  preprocessing, the weight source and ``num_classes = output_dim``;
+- a named entrypoint function registered with ``timm.models.register_model``, so ``timm.list_models``,
+  ``timm.create_model`` (plain, ``hf-hub:`` and ``local-dir:`` names) and ``pretrained=True`` work as
+  for timm's own models.
+
+The model is ``TimmVisionTransformer``, a subclass of the core ``VisionTransformer``: its state dict keys
+are OpenAI's visual names (``conv1.weight`` ... ``proj``), plus ``head.weight``/``head.bias`` once a
+classifier is added. ``model(x)`` returns the projected CLS embedding (what OpenAI's ``encode_image``
+returns); ``num_classes == output_dim`` means "no extra classifier".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+from timm.layers import resample_abs_pos_embed, resample_patch_embed
+from timm.models import (
+    build_model_with_cfg,
+    filter_pretrained_cfg,
+    generate_default_cfgs,
+    is_model,
+    load_pretrained,
+    register_model,
+    resolve_pretrained_cfg,
+)
+from timm.models._features import feature_take_indices
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from . import convert
+from .download import sha256_of
+from .model import VisionTransformer, check_geometry
+from .zoo import ZooConfigError, ZooEntry, get_entry, list_entries, on_register
+
+__all__ = ["TimmVisionTransformer", "pretrained_cfgs", "pretrained_filter_fn", "timm_config_dict"]
+
+# timm keyword -> VisionTransformer keyword, for the geometry an entry's YAML defines.
+GEOMETRY_KWARGS = {
+    "img_size": "input_resolution",
+    "patch_size": "patch_size",
+    "width": "width",
+    "layers": "layers",
+    "heads": "heads",
+    "output_dim": "output_dim",
+    "in_chans": "in_channels",
+    "mlp_ratio": "mlp_ratio",
+    "activation": "activation",
+    "layer_norm_eps": "layer_norm_eps",
+}
+MODEL_KWARGS = ("num_classes", "dynamic_img_size", "drop_rate", "device", "dtype")
+# consumed by timm's build_model_with_cfg / create_model on the way to the model
+BUILDER_KWARGS = (
+    "pretrained_cfg", "pretrained_cfg_overlay", "pretrained_strict", "pretrained_model_args", "cache_dir",
+    "features_only", "out_indices", "feature_cls",
+)
+OPENAI_CLIP_REPO = "https://github.com/openai/CLIP"
+
+default_cfgs: dict[str, Any] = {}  # timm's register_model reads the entries' DefaultCfg from here
+_registered: dict[str, ZooEntry] = {}
+
+
+def _square_size(img_size: int | Sequence[int]) -> int:
+    """timm's ``img_size`` (an int or ``(height, width)``) as the one side vit_zoo models take."""
+    if isinstance(img_size, Sequence) and not isinstance(img_size, str) and len(img_size) == 2:
+        height, width = img_size
+        if height != width:
+            raise ValueError(
+                f"vit_zoo models take square images, got img_size={tuple(img_size)}; pass one side (e.g. "
+                f"img_size={max(height, width)}) and use dynamic_img_size=True for other shapes at run time"
+            )
+        return height
+    return img_size  # check_geometry says what is wrong with anything else
+
+
+class TimmVisionTransformer(VisionTransformer):
+    """OpenAI CLIP's vision tower with timm's model interface.
+
+    Parameter names are the core's (OpenAI's ``visual.*`` names without the prefix); a classifier adds
+    ``head.weight``/``head.bias``.
+
+    - ``forward_features(x) -> [b, 1 + grid*grid, width]``: tokens after ``ln_post`` (CLS first), as
+      timm's ViT returns normed tokens.
+    - ``forward_head(x, pre_logits=True) -> [b, head_hidden_size]``: CLS token @ ``proj`` (OpenAI's
+      image embedding, ``head_hidden_size = output_dim``); without ``pre_logits`` it goes through ``head``.
+    - ``head`` maps the embedding to ``num_classes`` outputs; it is an identity when ``num_classes`` is 0
+      or equals ``head_hidden_size`` (the pretrained configuration, ``num_classes = output_dim``), else
+      ``nn.Linear(head_hidden_size, num_classes)``, on top of the projection. (So a classifier of exactly
+      ``output_dim`` classes cannot be asked for; ``num_classes=0`` also returns the embedding.)
+
+    Args:
+        img_size: side of the square input (an int, or ``(side, side)``).
+        patch_size, width, layers, heads, output_dim, mlp_ratio, activation, layer_norm_eps: the core's
+            geometry (see ``VisionTransformer``).
+        in_chans: image channels.
+        num_classes: outputs of ``model(x)``; ``None`` means ``output_dim`` (the embedding itself).
+        dynamic_img_size: accept any image size at run time, resampling the positional embedding.
+        drop_rate: dropout before ``head``.
+        device, dtype: where and in which dtype to create the parameters.
+    """
+
+    def __init__(
+        self,
+        img_size: int | Sequence[int],
+        patch_size: int,
+        in_chans: int = 3,
+        num_classes: int | None = None,
+        *,
+        width: int,
+        layers: int,
+        heads: int,
+        output_dim: int,
+        mlp_ratio: float = 4.0,
+        activation: str = "quick_gelu",
+        layer_norm_eps: float = 1e-5,
+        dynamic_img_size: bool = False,
+        drop_rate: float = 0.0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        num_classes = output_dim if num_classes is None else num_classes
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+            raise ValueError(f"num_classes must be an int >= 0 (0: no classifier), got {num_classes!r}")
+        with torch.device(device) if device is not None else contextlib.nullcontext():
+            super().__init__(
+                _square_size(img_size), patch_size, width, layers, heads, output_dim, in_chans,
+                mlp_ratio=mlp_ratio, activation=activation, layer_norm_eps=layer_norm_eps,
+            )
+            self.model_args = dict(
+                img_size=self.input_resolution, patch_size=patch_size, in_chans=in_chans, width=width,
+                layers=layers, heads=heads, output_dim=output_dim, mlp_ratio=mlp_ratio, activation=activation,
+                layer_norm_eps=layer_norm_eps,
+            )
+            self.num_features = width
+            self.head_hidden_size = output_dim
+            self.num_prefix_tokens = 1
+            self.has_class_token = True
+            self.dynamic_img_size = dynamic_img_size
+            self.feature_info = [
+                dict(module=f"transformer.resblocks.{i}", num_chs=width, reduction=patch_size) for i in range(layers)
+            ]
+            self.head_drop = nn.Dropout(drop_rate)
+            self.num_classes = num_classes
+            self.head = self._new_head(num_classes)
+        if dtype is not None:
+            self.to(dtype)
+
+    @property
+    def in_chans(self) -> int:
+        return self.in_channels
+
+    @property
+    def grad_checkpointing(self) -> bool:
+        return self.transformer.grad_checkpointing
+
+    def _new_head(self, num_classes: int) -> nn.Module:
+        if num_classes in (0, self.head_hidden_size):
+            return nn.Identity()
+        weight = self.conv1.weight
+        return nn.Linear(self.head_hidden_size, num_classes, device=weight.device, dtype=weight.dtype)
+
+    def no_weight_decay(self) -> set[str]:
+        return {"class_embedding", "positional_embedding"}
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """Layer groups for layer-wise learning-rate decay: stem, one group per block, then ln_post/proj."""
+        return dict(
+            stem=r"^conv1|^class_embedding|^positional_embedding|^ln_pre",
+            blocks=[(r"^transformer\.resblocks\.(\d+)", None), (r"^ln_post|^proj", (99999,))],
+        )
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.transformer.grad_checkpointing = enable
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A fresh ``head`` for ``num_classes`` outputs on the embedding (0: the embedding itself)."""
+        if global_pool not in (None, "token"):
+            raise ValueError(f"vit_zoo models pool the CLS token only (global_pool='token'), got {global_pool!r}")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+            raise ValueError(f"num_classes must be an int >= 0 (0: no classifier), got {num_classes!r}")
+        self.num_classes = num_classes
+        self.head = self._new_head(num_classes)
+        self.head.train(self.training)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``[b, in_chans, H, W]`` -> tokens after ``ln_post`` ``[b, 1 + grid*grid, width]``."""
+        tokens = self.forward_tokens(x, interpolate_pos_encoding=self.dynamic_img_size).last_hidden_state
+        return self.ln_post(tokens)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Tokens ``[b, n, width]`` -> ``[b, head_hidden_size]`` (``pre_logits``) or ``[b, num_classes]``."""
+        x = x[:, 0]
+        if self.proj is not None:
+            x = x @ self.proj.to(x.dtype)
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``[b, in_chans, H, W]`` -> ``[b, num_classes]`` (the image embedding without a classifier)."""
+        return self.forward_head(self.forward_features(x))
+
+    def _run_block(self, block: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(block, tokens, use_reentrant=False)[0]
+        return block(tokens)[0]
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | None = None,
+        return_prefix_tokens: bool = False,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+        output_dict: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]] | dict[str, Any]:
+        """Block outputs as timm's ViT returns them.
+
+        Args:
+            x: images ``[b, in_chans, H, W]``.
+            indices: last n blocks if an int, all if None, else these block indices (negative from the end).
+            return_prefix_tokens: pair each intermediate with its CLS token ``[b, 1, width]``.
+            norm: apply ``ln_post`` to the intermediates.
+            stop_early: skip the blocks after the last one asked for.
+            output_fmt: ``"NCHW"`` (``[b, width, grid_h, grid_w]``) or ``"NLC"`` (``[b, grid_h*grid_w, width]``).
+            intermediates_only: return the intermediates alone.
+            output_dict: return ``{"image_intermediates", "image_intermediates_prefix"?, "image_features"?}``.
+
+        Returns:
+            ``intermediates``, or ``(forward_features output, intermediates)``, or the dict.
+        """
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        blocks = self.transformer.resblocks
+        take_indices, max_index = feature_take_indices(len(blocks), indices)
+        tokens = self.embed_patches(x, interpolate_pos_encoding=self.dynamic_img_size)
+        intermediates = []
+        for index, block in enumerate(blocks[: max_index + 1] if stop_early else blocks):
+            tokens = self._run_block(block, tokens)
+            if index in take_indices:
+                intermediates.append(self.ln_post(tokens) if norm else tokens)
+
+        prefix_tokens = [y[:, :1] for y in intermediates]
+        intermediates = [y[:, 1:] for y in intermediates]
+        if output_fmt == "NCHW":
+            grid = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
+            intermediates = [y.unflatten(1, grid).permute(0, 3, 1, 2).contiguous() for y in intermediates]
+
+        if output_dict:
+            result: dict[str, Any] = {"image_intermediates": intermediates}
+            if return_prefix_tokens:
+                result["image_intermediates_prefix"] = prefix_tokens
+            if not intermediates_only:
+                result["image_features"] = self.ln_post(tokens)
+            return result
+        if return_prefix_tokens:
+            intermediates = list(zip(intermediates, prefix_tokens, strict=True))
+        if intermediates_only:
+            return intermediates
+        return self.ln_post(tokens), intermediates
+
+    def prune_intermediate_layers(
+        self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop the blocks after the last index kept (and ``ln_post`` / ``proj`` + ``head`` if asked)."""
+        take_indices, max_index = feature_take_indices(len(self.transformer.resblocks), indices)
+        self.transformer.resblocks = self.transformer.resblocks[: max_index + 1]
+        self.transformer.layers = len(self.transformer.resblocks)
+        if prune_norm:
+            self.ln_post = nn.Identity()
+        if prune_head:
+            self.proj = None
+            self.head_hidden_size = self.num_features
+            self.reset_classifier(0)
+        return take_indices
+
+    def load_pretrained(self, checkpoint_path: str) -> None:
+        """Load any checkpoint ``vit_zoo.convert.load_checkpoint`` reads (OpenAI TorchScript archive, torch
+        pickle, safetensors; OpenAI, open_clip, HF CLIP or vit_zoo keys) through timm's ``load_pretrained``.
+
+        timm calls this for ``custom_load`` sources: a downloaded ``url`` (checked against the zoo's
+        SHA-256 first) or a local ``file``.
+        """
+        cfg = self.pretrained_cfg
+        if not cfg.get("file"):
+            _check_download(Path(checkpoint_path), cfg)
+        state_dict = convert.load_checkpoint(checkpoint_path)
+        in_memory = {**cfg, "state_dict": state_dict, "custom_load": False, "source": None}
+        load_pretrained(
+            self,
+            pretrained_cfg=in_memory,
+            num_classes=self.num_classes,
+            in_chans=self.in_chans,
+            filter_fn=pretrained_filter_fn,
+        )
+
+
+def _expected_sha256(pretrained_cfg: Mapping[str, Any]) -> str | None:
+    """The SHA-256 the file downloaded from this cfg's ``url`` must have: the zoo's, for the zoo's URL, else
+    the folder name of an OpenAI-style URL (``.../<sha256>/<file>``); None if neither says."""
+    url = pretrained_cfg.get("url") or ""
+    with contextlib.suppress(KeyError):
+        source = get_entry(pretrained_cfg.get("architecture") or "").pretrained.get(pretrained_cfg.get("tag") or "")
+        if source is not None and source.url == url and source.sha256:
+            return source.sha256
+    folder = PurePosixPath(urlparse(url).path).parent.name
+    return folder if re.fullmatch(r"[0-9a-f]{64}", folder) else None
+
+
+def _check_download(path: Path, pretrained_cfg: Mapping[str, Any]) -> None:
+    expected = _expected_sha256(pretrained_cfg)
+    if expected is None:
+        return
+    found = sha256_of(path)
+    if found != expected:
+        path.unlink()
+        raise convert.CheckpointError(
+            f"{pretrained_cfg.get('url')}: the downloaded file has SHA-256 {found}, expected {expected}; "
+            f"the corrupt copy ({path}) was deleted, try again"
+        )
+
+
+def _weights_source(model: nn.Module) -> str:
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    return str(cfg.get("file") or cfg.get("hf_hub_id") or cfg.get("url") or "the checkpoint")
+
+
+def _kwargs_text(kwargs: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in kwargs.items())
+
+
+def _resampled(weights: dict[str, torch.Tensor], model: TimmVisionTransformer, source: str) -> dict[str, torch.Tensor]:
+    """``weights`` with patch kernel and positional embedding fitted to the model's patch size and grid."""
+    weights = dict(weights)
+    conv = weights.get("conv1.weight")
+    if conv is not None and conv.ndim == 4 and conv.shape[-2:] != model.conv1.weight.shape[-2:]:
+        weights["conv1.weight"] = resample_patch_embed(conv, list(model.conv1.weight.shape[-2:]), verbose=True)
+    positional = weights.get("positional_embedding")
+    if positional is None or positional.ndim != 2:
+        return weights
+    old_grid = math.isqrt(positional.shape[0] - 1)
+    if old_grid * old_grid != positional.shape[0] - 1:
+        raise convert.CheckpointError(
+            f"{source}: positional_embedding has {positional.shape[0]} rows, expected 1 + grid*grid (a square grid)"
+        )
+    new_grid = model.grid_size
+    if old_grid != new_grid:
+        weights["positional_embedding"] = resample_abs_pos_embed(
+            positional[None], new_size=[new_grid, new_grid], old_size=[old_grid, old_grid], num_prefix_tokens=1,
+            verbose=True,
+        )[0]
+    return weights
+
+
+# the geometry fields that decide tensor shapes (heads do not), in timm's keyword names
+SHAPE_KWARGS = ("img_size", "patch_size", "width", "layers", "output_dim", "in_chans", "mlp_ratio")
+
+
+def _comparable(key: str, shape: torch.Size) -> torch.Size:
+    # conv1's input channels are adapted afterwards by timm (adapt_input_conv): leave them out
+    return shape[:1] + shape[2:] if key == "conv1.weight" else shape
+
+
+def _differences(weights: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Size]) -> list[str]:
+    """What keeps ``weights`` from loading: missing, unexpected and misshapen tensors (the first few of each)."""
+    found = [
+        ("missing", [k for k in expected if k not in weights]),
+        ("unexpected", [k for k in weights if k not in expected]),
+        ("wrong shape", [
+            f"{k} {list(weights[k].shape)} instead of {list(shape)}" for k, shape in expected.items()
+            if k in weights and _comparable(k, weights[k].shape) != _comparable(k, shape)
+        ]),
+    ]
+    return [f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}" for label, keys in found if keys]
+
+
+def _check_fits(
+    fitted: Mapping[str, torch.Tensor], original: Mapping[str, torch.Tensor], model: TimmVisionTransformer, source: str
+) -> None:
+    """Raise ``CheckpointError`` unless ``fitted`` (``original`` after resampling) loads into ``model``."""
+    expected = {k: v.shape for k, v in model.state_dict().items() if not k.startswith("head.")}
+    differences = _differences(fitted, expected)
+    if not differences:
+        return
+    name = getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)
+    built = {k: model.model_args[k] for k in SHAPE_KWARGS}
+    message = f"{source} does not fit {name} built with {_kwargs_text(built)} ({'; '.join(differences)})"
+    try:
+        found = convert.infer_geometry(original)
+    except convert.CheckpointError:
+        raise convert.CheckpointError(message) from None
+    checkpoint = {k: found[GEOMETRY_KWARGS[k]] for k in SHAPE_KWARGS}
+    same_shapes = ("width", "layers", "output_dim", "mlp_ratio")
+    matches = [
+        e.name for e in list_entries()
+        if e.name != name and all(_entry_model_args(e)[k] == checkpoint[k] for k in same_shapes)
+    ]
+    alternative = f", or use {' / '.join(matches)}" if matches else ""
+    raise convert.CheckpointError(
+        f"{message}: the checkpoint holds a ViT with {_kwargs_text(checkpoint)}; pass that geometry as keyword "
+        f"arguments{alternative}"
+    )
+
+
+def pretrained_filter_fn(
+    state_dict: Mapping[str, torch.Tensor], model: TimmVisionTransformer
+) -> dict[str, torch.Tensor]:
+    """timm's ``pretrained_filter_fn``: any CLIP ViT state dict -> this model's keys and shapes.
+
+    Converts OpenAI / open_clip / HF CLIP / vit_zoo layouts with ``vit_zoo.convert.to_vit_zoo_state_dict``
+    (keeping a saved ``head.*`` classifier), resamples the patch kernel and positional embedding with
+    timm's ``resample_patch_embed`` / ``resample_abs_pos_embed`` when ``patch_size`` or ``img_size``
+    differ, and raises ``CheckpointError`` naming the checkpoint's and the model's geometry when the rest
+    does not fit. Input-channel adaptation (``in_chans``) is timm's, applied after this function.
+    """
+    source = _weights_source(model)
+    head = {k: v for k, v in state_dict.items() if k.startswith("head.")}
+    try:
+        weights = convert.to_vit_zoo_state_dict({k: v for k, v in state_dict.items() if k not in head})
+    except convert.CheckpointError as error:
+        raise convert.CheckpointError(f"{source}: {error}") from None
+    fitted = _resampled(weights, model, source)
+    _check_fits(fitted, weights, model, source)
+    return {**fitted, **head}
+
+
+def _entry_model_args(entry: ZooEntry) -> dict[str, Any]:
+    config = entry.config()
+    return {timm_name: getattr(config, core) for timm_name, core in GEOMETRY_KWARGS.items()}
+
+
+def pretrained_cfgs(entry: ZooEntry) -> dict[str, dict[str, Any]]:
+    """timm ``default_cfgs``-style pretrained cfgs of a zoo variant, keyed ``name.tag`` (``name`` if it has no
+    weights)."""
+    args = _entry_model_args(entry)
+    base = dict(
+        input_size=(args["in_chans"], args["img_size"], args["img_size"]),
+        fixed_input_size=True,
+        mean=tuple(entry.preprocessing.mean),
+        std=tuple(entry.preprocessing.std),
+        interpolation=entry.preprocessing.interpolation,
+        crop_pct=float(entry.preprocessing.crop_pct),
+        crop_mode="center",
+        num_classes=args["output_dim"],
+        first_conv="conv1",
+        classifier="head",
+        description=entry.description or None,
+    )
+    if not entry.pretrained:
+        return {entry.name: base}
+    return {
+        f"{entry.name}.{tag}": dict(
+            base,
+            url=source.url,
+            hf_hub_id=source.hf_hub_id,
+            # the URL holds an OpenAI archive (TorchScript): read by TimmVisionTransformer.load_pretrained
+            custom_load=bool(source.url),
+            license=source.license,
+            paper_ids=source.paper,
+            origin_url=OPENAI_CLIP_REPO if source.openai_name else None,
+            notes=(f"OpenAI CLIP {source.openai_name}",) if source.openai_name else None,
+        )
+        for tag, source in entry.pretrained.items()
+    }
+
+
+def timm_config_dict(source: TimmVisionTransformer | ZooEntry, tag: str | None = None) -> dict[str, Any]:
+    """The timm keys of a Hub folder's ``config.json``: ``architecture``, ``num_classes``, ``num_features``,
+    ``pretrained_cfg``, ``model_args`` — what ``create_model("local-dir:DIR" | "hf-hub:REPO")`` reads.
+
+    ``source`` is a model (describing its current weights) or a zoo entry (its ``tag`` weights, the
+    default tag if None). ``model_args`` carries the whole geometry, so the folder does not depend on the
+    entry's YAML staying the same; the weights are a native ``model.safetensors`` (``custom_load=False``).
+    """
+    if isinstance(source, ZooEntry):
+        cfgs = pretrained_cfgs(source)
+        key = f"{source.name}.{tag}" if tag else next(iter(cfgs))
+        if key not in cfgs:
+            raise ValueError(f"{source.name} has no pretrained tag {tag!r}; tags: {list(source.pretrained)}")
+        cfg = dict(cfgs[key], architecture=source.name, tag=tag or key.partition(".")[2] or None)
+        model_args = dict(_entry_model_args(source), num_classes=cfg["num_classes"])
+        num_features = model_args["width"]
+    else:
+        cfg = dict(source.pretrained_cfg)
+        model_args = dict(source.model_args, num_classes=source.num_classes)
+        if source.dynamic_img_size:
+            model_args["dynamic_img_size"] = True
+        num_features = source.num_features
+    cfg = filter_pretrained_cfg({k: v for k, v in cfg.items() if k != "state_dict"}, remove_source=True)
+    cfg.update(
+        custom_load=False,
+        num_classes=model_args["num_classes"],
+        input_size=(model_args["in_chans"], model_args["img_size"], model_args["img_size"]),
+    )
+    return dict(
+        architecture=cfg.pop("architecture"),
+        num_classes=model_args["num_classes"],
+        num_features=num_features,
+        pretrained_cfg=cfg,
+        model_args=model_args,
+    )
+
+
+def _create(entry: ZooEntry, pretrained: bool, kwargs: dict[str, Any]) -> TimmVisionTransformer:
+    accepted = (*GEOMETRY_KWARGS, *MODEL_KWARGS, *BUILDER_KWARGS)
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise ValueError(f"{entry.name}: unknown argument(s) {unknown}; accepted: {', '.join(accepted)}")
+    overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
+    if overlay.get("file") or overlay.get("url"):
+        # timm would torch.load these; an OpenAI archive is TorchScript, so read them with load_pretrained
+        overlay.setdefault("custom_load", True)
+    cfg = resolve_pretrained_cfg(entry.name, kwargs.pop("pretrained_cfg", None), overlay).to_dict()
+    channels, height, width = cfg["input_size"]
+    kwargs.setdefault("img_size", (height, width))
+    kwargs.setdefault("in_chans", channels)
+    for key, value in _entry_model_args(entry).items():
+        kwargs.setdefault(key, value)
+    geometry = {GEOMETRY_KWARGS[k]: kwargs[k] for k in GEOMETRY_KWARGS}
+    try:
+        geometry["input_resolution"] = _square_size(geometry["input_resolution"])
+        check_geometry(**geometry)
+    except ValueError as error:
+        raise ValueError(f"{entry.name}: {error} (timm's img_size is input_resolution, in_chans in_channels)") from None
+    out_indices = kwargs.pop("out_indices", min(3, kwargs["layers"]))
+    return build_model_with_cfg(
+        TimmVisionTransformer,
+        entry.name,
+        pretrained,
+        pretrained_cfg=cfg,
+        pretrained_filter_fn=pretrained_filter_fn,
+        feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
+        **kwargs,
+    )
+
+
+def _entrypoint(entry: ZooEntry):
+    def entrypoint(pretrained: bool = False, **kwargs: Any) -> TimmVisionTransformer:
+        return _create(entry, pretrained, kwargs)
+
+    entrypoint.__name__ = entrypoint.__qualname__ = entry.name
+    entrypoint.__module__ = __name__
+    entrypoint.__doc__ = f"{entry.description or entry.name} ({_kwargs_text(_entry_model_args(entry))})."
+    return entrypoint
+
+
+def _register(entry: ZooEntry) -> None:
+    """Zoo listener: give ``entry`` a timm entrypoint and pretrained cfgs."""
+    if _registered.get(entry.name) == entry:
+        return
+    if entry.name not in _registered and is_model(entry.name):
+        raise ZooConfigError(
+            f"{entry.path or '<dict>'}: variant name {entry.name!r} is already a timm model; rename it "
+            f"(vit_zoo variants usually start with 'vit_zoo_')"
+        )
+    default_cfgs.update(generate_default_cfgs(pretrained_cfgs(entry)))
+    entrypoint = _entrypoint(entry)
+    setattr(sys.modules[__name__], entry.name, entrypoint)
+    register_model(entrypoint)
+    _registered[entry.name] = entry
+
+
+on_register(_register)
