@@ -23,10 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from huggingface_hub import save_torch_state_dict
 from transformers import CLIPVisionConfig
 
-from . import __version__
 from ._readers import CheckpointError, load_checkpoint
 from .config import VitZooConfig
 from .download import download_pretrained, pretrained_source, sha256_of
@@ -489,97 +487,13 @@ def _write_atomically(output: Path, write) -> None:
         raise
 
 
-# --- output folder (to be replaced by vit_zoo.hub.save_for_hub) ------------------------------------------------
+# --- output folder -------------------------------------------------------------------------------------------
 
 
 def _write_folder(
     tower: dict[str, torch.Tensor], config: VitZooConfig, record: ConversionRecord, folder: Path, max_shard_size
 ) -> None:
-    """``model.safetensors`` (sharded past ``max_shard_size``), ``config.json`` and the ``README.md`` card."""
-    save_torch_state_dict(tower, folder, max_shard_size=max_shard_size, metadata={"format": "pt"})
-    config.to_json_file(folder / "config.json")
-    (folder / "README.md").write_text(model_card(config, record), encoding="utf-8")
+    """The one folder timm, transformers and remote code all load (see ``vit_zoo.hub.save_for_hub``)."""
+    from .hub import save_for_hub  # hub builds on the timm and transformers adapters, which build on this module
 
-
-def model_card(config: VitZooConfig, record: ConversionRecord) -> str:
-    """The ``README.md`` of a converted folder: Hub metadata, provenance, geometry and usage."""
-    title = record.entry.description if record.entry and record.entry.description else "CLIP ViT image encoder"
-    license_id = record.release.license if record.release and record.release.license else "other"
-    metadata = [
-        "---",
-        f"license: {license_id}",
-        "library_name: transformers",
-        "pipeline_tag: image-feature-extraction",
-        "tags:",
-        *(f"- {tag}" for tag in ("vit_zoo", "clip", "vision", "timm", "image-feature-extraction")),
-    ]
-    if record.release and record.release.hf_hub_id:
-        metadata.append(f"base_model: {record.release.hf_hub_id}")
-    weights = (
-        f"{record.dtype}, converted from the source's {record.source_dtype}"
-        if record.converted
-        else f"{record.dtype}, as in the source (not converted)"
-    )
-    geometry = ", ".join(f"{k}={v}" for k, v in config.geometry.items())
-    return "\n".join(
-        [
-            *metadata,
-            "---",
-            "",
-            f"# {title}",
-            "",
-            "The image tower of a CLIP checkpoint in vit_zoo's layout (OpenAI's `visual` parameter names), "
-            "as safetensors. It returns the projected CLS embedding, patch tokens and per-layer CLS-to-patch "
-            "attention maps.",
-            "",
-            "## Provenance",
-            "",
-            f"- Source: {record.source}",
-            f"- Source SHA-256: `{record.sha256}`",
-            f"- Converted with: `{record.command}` (vit-zoo {__version__})",
-            f"- Weights: {weights}",
-            f"- Activation: `{config.activation}`",
-            f"- Geometry: {geometry}",
-            *([f"- Paper: {record.release.paper}"] if record.release and record.release.paper else []),
-            "",
-            "## Usage",
-            "",
-            "With timm (`pip install vit-zoo`; importing it registers the `vit_zoo_*` models):",
-            "",
-            "```python",
-            "import timm",
-            "import vit_zoo  # noqa: F401",
-            "",
-            f'model = timm.create_model("local-dir:./{record.folder}", pretrained=True).eval()',
-            "embedding = model(images)  # [batch, output_dim]",
-            *(
-                [f'# the zoo entry of these weights: timm.create_model("{record.entry.name}.{record.release.tag}")']
-                if record.release
-                else []
-            ),
-            "```",
-            "",
-            "With transformers:",
-            "",
-            "```python",
-            "from transformers import AutoModel",
-            "",
-            f'model = AutoModel.from_pretrained("./{record.folder}", trust_remote_code=True)',
-            "outputs = model(pixel_values, output_attention_map=True)",
-            "outputs.image_embeds, outputs.last_hidden_state, outputs.attention_map",
-            "```",
-            "",
-            "With vit_zoo alone:",
-            "",
-            "```python",
-            "from safetensors.torch import load_file",
-            "from vit_zoo import VisionTransformer, VitZooConfig",
-            "",
-            f'config = VitZooConfig.from_pretrained("./{record.folder}")',
-            "model = VisionTransformer(**config.geometry)",
-            f'model.load_state_dict(load_file("./{record.folder}/model.safetensors"))',
-            "cls_feature, patch_tokens, attention_map = model(images, True, True)",
-            "```",
-            "",
-        ]
-    )
+    save_for_hub(tower, config, folder, entry=record.entry, provenance=record, max_shard_size=max_shard_size)
