@@ -202,3 +202,23 @@ def test_cli_convert_then_load_everywhere(tmp_path):
     expected = reference_image_embedding(clip, images)
     for loader, embedding in all_loaders(tmp_path / "out", images).items():
         assert relative_error(embedding, expected) <= 1e-5, loader
+
+
+@pytest.mark.hub
+@pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
+def test_cli_convert_push_to_hub(hub_server, tmp_path):  # noqa: F811
+    archive = write_torchscript_archive(openai_clip(GEOMETRY, seed=4), tmp_path / "ViT-T.pt")
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    command = [sys.executable, "-m", "vit_zoo", "convert", str(archive), "--output", str(tmp_path / "out"),
+               "--name", "vit_zoo_tiny_patch8_test_32", "--push-to-hub", "org/converted", "--token", WRITE_TOKEN]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    commit = hub_server.list_commits("org/converted")[0].id
+    assert commit in result.stdout
+    pushed = hub_server.files("org/converted")
+    assert pushed["model.safetensors"] == (tmp_path / "out" / "model.safetensors").read_bytes()
+    refused = subprocess.run(
+        [*command[:6], str(tmp_path / "out2"), *command[7:-1], "hf_wrong"], capture_output=True, text=True, env=env
+    )
+    assert refused.returncode == 1 and "refused the token (401)" in refused.stderr
+    assert (tmp_path / "out2").is_dir()  # the conversion stands; only the push failed, and said so

@@ -83,6 +83,9 @@ def _add_convert_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help=f"download cache (default ${CACHE_ENV} or ~/.cache/vit_zoo; mirror: ${BASE_URL_ENV})",
     )
+    parser.add_argument("--push-to-hub", metavar="REPO_ID", help="then push the folder to this Hub repo (one commit)")
+    parser.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
+    parser.add_argument("--token", help="with --push-to-hub: Hub token (default: HF_TOKEN or `hf auth login`)")
 
 
 def _run_convert(args: argparse.Namespace) -> int:
@@ -91,6 +94,9 @@ def _run_convert(args: argparse.Namespace) -> int:
         args.source, args.output, dtype=args.dtype, name=args.name, activation=args.activation, cache_dir=args.cache_dir
     )
     print(f"wrote {output}: " + ", ".join(sorted(path.name for path in output.iterdir())))
+    if args.push_to_hub:
+        commit = push_folder(output, args.push_to_hub, token=args.token, private=args.private)
+        print(f"pushed {output} to {args.push_to_hub} (commit {commit})")
     return 0
 
 
