@@ -8,10 +8,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from . import __version__
 from .convert import DTYPES, convert_checkpoint
 from .download import BASE_URL_ENV, CACHE_ENV
+from .embed import collect_images, embed_images, load_model, resolve_model_folder, save_embeddings
 from .hub import pull, push_folder
 from .model import ACTIVATIONS
 from .zoo import list_entries, openai_names
@@ -136,12 +138,51 @@ def _run_pull(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_embed_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="MODEL", help="vit_zoo folder, zoo or OpenAI name (ViT-B/32...), or Hub repo id")
+    parser.add_argument("images", metavar="IMAGE_OR_DIR", nargs="+", help="image files and folders of images")
+    parser.add_argument("--output", "-o", default="embeddings.safetensors", metavar="FILE",
+                        help="embeddings file, .safetensors (with file names in its metadata) or .npy "
+                        "(names in FILE.files.txt); default: embeddings.safetensors")
+    parser.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per forward pass (default 32)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    parser.add_argument("--dtype", default="float32", choices=list(DTYPES), help="compute dtype (default float32)")
+    parser.add_argument("--attention-map", metavar="DIR", help="also write CLS->patch attention overlays (PNG) here")
+    parser.add_argument("--layer", type=int, default=-1, help="layer of the overlay, negative from the last (default -1)")
+    parser.add_argument("--heads", default="mean", help="head reduction: mean, max or indices like 0,3 (default mean)")
+    parser.add_argument("--all-layers", action="store_true", help="also write a grid of every layer's overlay")
+    parser.add_argument("--cache-dir", metavar="DIR", help="where zoo names are downloaded and converted")
+
+
+def _run_embed(args: argparse.Namespace) -> int:
+    """Embed images with a vit_zoo model; optionally draw its attention maps over them."""
+    files = collect_images(args.images)
+    folder = resolve_model_folder(args.model, args.cache_dir)
+    model, processor = load_model(folder, args.device, args.dtype)
+    crop_pct = processor.crop_size["height"] / processor.size["shortest_edge"]
+    attention_dir = Path(args.attention_map) if args.attention_map else None
+    result = embed_images(
+        model, processor, files, batch_size=args.batch_size, attention_dir=attention_dir, layer=args.layer,
+        heads=args.heads, all_layers=args.all_layers, crop_pct=crop_pct, progress=sys.stderr.isatty(),
+    )
+    for path, reason in result.skipped.items():
+        print(f"vit-zoo embed: skipped {path}: {reason}", file=sys.stderr)
+    if not result.files:
+        raise CliError(f"none of the {len(files)} files could be read as an image")
+    output = save_embeddings(args.output, result, args.model)
+    print(f"embedded {len(result.files)} images into {output} ({len(result.skipped)} skipped)")
+    if attention_dir is not None:
+        print(f"wrote {len(result.overlays)} attention overlays into {attention_dir}")
+    return 0
+
+
 Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 COMMANDS: list[Command] = [
     ("list", _add_list_arguments, _run_list),
     ("convert", _add_convert_arguments, _run_convert),
     ("push", _add_push_arguments, _run_push),
     ("pull", _add_pull_arguments, _run_pull),
+    ("embed", _add_embed_arguments, _run_embed),
 ]
 
 
