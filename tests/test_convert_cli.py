@@ -160,7 +160,10 @@ def check_folder(folder: Path, model, dtype: torch.dtype) -> VitZooConfig:
 def test_convert_a_file(runs, files):
     result, work = runs["archive"]
     assert result.returncode == 0, result.stderr
-    assert result.stdout == "wrote nested/out: README.md, config.json, model.safetensors\n"
+    assert result.stdout == (
+        "wrote nested/out: README.md, config.json, config.py, model.py, model.safetensors, modeling.py, "
+        "preprocessor_config.json\n"
+    )
     check_folder(work / "nested" / "out", files["model"], torch.float16)
     assert [p.name for p in (work / "nested").iterdir()] == ["out"]  # no staging folder left
 

@@ -103,13 +103,13 @@ class TimmVisionTransformer(VisionTransformer):
 
     Args:
         img_size: side of the square input (an int, or ``(side, side)``).
-        patch_size, width, layers, heads, output_dim, mlp_ratio, activation, layer_norm_eps: the core's
-            geometry (see ``VisionTransformer``).
+        patch_size: side of a square patch; the rest of the core's geometry (``width``, ``layers``, ``heads``,
+            ``output_dim``, ``mlp_ratio``, ``activation``, ``layer_norm_eps``) as in ``VisionTransformer``.
         in_chans: image channels.
         num_classes: outputs of ``model(x)``; ``None`` means ``output_dim`` (the embedding itself).
         dynamic_img_size: accept any image size at run time, resampling the positional embedding.
         drop_rate: dropout before ``head``.
-        device, dtype: where and in which dtype to create the parameters.
+        device: where to create the parameters (``dtype``: in which dtype).
     """
 
     def __init__(

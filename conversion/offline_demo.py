@@ -1,0 +1,133 @@
+"""The main job, offline: make an OpenAI-format CLIP archive, convert it, load it everywhere, check agreement.
+
+1. Builds a ViT-B/32-shaped CLIP (2 blocks instead of 12, random weights) the way OpenAI ships theirs: an
+   fp16 TorchScript archive holding the whole model (image tower ``visual.*``, a text tower, the scalars).
+2. Converts it with ``vit_zoo.convert.convert_checkpoint`` (what ``vit-zoo convert FILE`` runs) to float32.
+3. Loads the folder through timm (``local-dir:``), transformers (``AutoModel``), transformers' remote code
+   (a fresh interpreter where vit_zoo cannot be imported) and the core ``VisionTransformer``, and checks
+   every embedding against the original model's.
+
+Usage: ``python conversion/offline_demo.py [--workdir DIR]``; exits 1 if any loader disagrees.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import timm
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoModel
+from transformers.utils import logging as transformers_logging
+
+from vit_zoo import VisionTransformer, VitZooConfig
+from vit_zoo.convert import convert_checkpoint
+
+GEOMETRY = dict(input_resolution=224, patch_size=32, width=768, layers=2, heads=12, output_dim=512)
+TOLERANCE = 1e-5
+
+REMOTE_CODE = """
+import importlib.abc, sys
+class BlockVitZoo(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] == "vit_zoo":
+            raise ImportError(name + " is blocked: this run shows the remote-code path")
+sys.meta_path.insert(0, BlockVitZoo())
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModel
+folder, work = sys.argv[1], sys.argv[2]
+model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+with torch.no_grad():
+    save_file({"embeds": model(load_file(work + "/images.safetensors")["images"]).image_embeds}, work + "/remote.safetensors")
+"""
+
+
+class OpenAIStyleClip(nn.Module):
+    """Parameter names and dtypes of OpenAI's released CLIP; the text tower is only there to be skipped."""
+
+    def __init__(self, text_width: int = 64, context_length: int = 8, vocab_size: int = 128) -> None:
+        super().__init__()
+        self.visual = VisionTransformer(**GEOMETRY)
+        self.token_embedding = nn.Embedding(vocab_size, text_width)
+        self.positional_embedding = nn.Parameter(torch.randn(context_length, text_width) * 0.01)
+        self.transformer = nn.Module()
+        self.transformer.resblocks = nn.ModuleList([nn.Linear(text_width, text_width)])
+        self.ln_final = nn.LayerNorm(text_width)
+        self.text_projection = nn.Parameter(torch.randn(text_width, GEOMETRY["output_dim"]) * text_width**-0.5)
+        self.logit_scale = nn.Parameter(torch.tensor(4.6052))
+        scalars = dict(input_resolution=GEOMETRY["input_resolution"], context_length=context_length, vocab_size=vocab_size)
+        for name, value in scalars.items():
+            self.register_buffer(name, torch.tensor(value))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.visual(image)[0]
+
+
+def write_openai_archive(path: Path, seed: int = 0) -> OpenAIStyleClip:
+    torch.manual_seed(seed)
+    clip = OpenAIStyleClip().half().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracing warnings; OpenAI's archives were traced too
+        torch.jit.save(torch.jit.trace(clip, torch.zeros(1, 3, 224, 224, dtype=torch.half)), str(path))
+    return clip
+
+
+def remote_code_embeddings(folder: Path, images: torch.Tensor, work: Path) -> torch.Tensor:
+    save_file({"images": images}, work / "images.safetensors")
+    subprocess.run([sys.executable, "-c", REMOTE_CODE, str(folder), str(work)], check=True, cwd=work)
+    return load_file(work / "remote.safetensors")["embeds"]
+
+
+@torch.no_grad()
+def run(workdir: Path) -> bool:
+    archive = workdir / "ViT-B-32-2blocks.pt"
+    clip = write_openai_archive(archive)
+    print(f"1. wrote {archive.name}: an fp16 TorchScript archive of a whole CLIP ({archive.stat().st_size / 1e6:.1f} MB)")
+
+    folder = convert_checkpoint(archive, workdir / "converted", dtype="float32")
+    print(f"2. converted it to {folder}: {', '.join(sorted(p.name for p in folder.iterdir()))}")
+
+    torch.manual_seed(1)
+    images = torch.randn(4, 3, 224, 224)
+    expected = clip.visual.float()(images)[0]  # the original model, fp32 compute on its fp16 weights
+    core = VisionTransformer(**VitZooConfig.from_pretrained(folder).geometry).eval()
+    core.load_state_dict(load_file(folder / "model.safetensors"))
+    embeddings = {
+        "vit_zoo.VisionTransformer": core(images)[0],
+        "timm local-dir:": timm.create_model(f"local-dir:{folder}", pretrained=True).eval()(images),
+        "transformers AutoModel": AutoModel.from_pretrained(folder).eval()(images).image_embeds,
+        "transformers remote code": remote_code_embeddings(folder, images, workdir),
+    }
+    print("3. embeddings of 4 images, against the original model's:")
+    agree = True
+    for loader, embedding in embeddings.items():
+        error = ((embedding - expected).norm() / expected.norm()).item()
+        agree &= error <= TOLERANCE
+        print(f"   {loader:<28} shape {tuple(embedding.shape)}  relative error {error:.1e}")
+    identical = all(torch.equal(e, embeddings["vit_zoo.VisionTransformer"]) for e in embeddings.values())
+    print(f"   all loaders bit-identical to each other: {identical}")
+    print("OK: timm and transformers load the converted folder and agree" if agree and identical else "MISMATCH")
+    return agree and identical
+
+
+def main(argv: list[str] | None = None) -> int:
+    transformers_logging.disable_progress_bar()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", type=Path, help="keep the archive and converted folder here (default: a temp dir)")
+    args = parser.parse_args(argv)
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        return 0 if run(args.workdir) else 1
+    with tempfile.TemporaryDirectory(prefix="vit-zoo-demo-") as workdir:
+        return 0 if run(Path(workdir)) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
