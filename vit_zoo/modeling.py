@@ -24,7 +24,7 @@ from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.utils import ModelOutput
 
 from .config import VitZooConfig
-from .model import Attention, VisionTransformer, stack_attention_map
+from .model import Attention, TransformerOutput, VisionTransformer, stack_attention_map
 
 
 @dataclass
@@ -134,6 +134,24 @@ class VitZooPreTrainedModel(PreTrainedModel):
             self.visual.set_attention_implementation(implementation)
             self._attention_implementation = implementation
 
+    def _tokens(
+        self,
+        pixel_values: torch.Tensor,
+        output_attention_map: bool,
+        output_attentions: bool | None,
+        output_hidden_states: bool | None,
+        interpolate_pos_encoding: bool,
+    ) -> TransformerOutput:
+        """The core's ``forward_tokens`` with transformers' flags (``None`` takes the config's value)."""
+        self._sync_attention_implementation()
+        return self.visual.forward_tokens(
+            pixel_values,
+            output_cls_attention=output_attention_map,
+            output_attentions=self.config.output_attentions if output_attentions is None else output_attentions,
+            output_hidden_states=self.config.output_hidden_states if output_hidden_states is None else output_hidden_states,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+        )
+
     def save_pretrained(self, save_directory, *args, **kwargs) -> None:
         """``PreTrainedModel.save_pretrained``; the folder also carries ``config.py``, ``model.py`` and
         ``modeling.py`` and an ``auto_map`` naming ``AutoModel`` and ``AutoModelForImageClassification``,
@@ -185,18 +203,9 @@ class VitZooModel(VitZooPreTrainedModel):
         Raises:
             ValueError: ``pixel_values`` is not a float image batch of the expected channels and size.
         """
-        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
-        if output_hidden_states is None:
-            output_hidden_states = self.config.output_hidden_states
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        self._sync_attention_implementation()
-
-        tokens = self.visual.forward_tokens(
-            pixel_values,
-            output_cls_attention=output_attention_map,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            interpolate_pos_encoding=interpolate_pos_encoding,
+        tokens = self._tokens(
+            pixel_values, output_attention_map, output_attentions, output_hidden_states, interpolate_pos_encoding
         )
         attention_map = None
         if output_attention_map:
@@ -241,18 +250,8 @@ class VitZooForImageClassification(VitZooPreTrainedModel):
         Returns ``logits`` `(batch_size, num_labels)`, ``loss`` and ``hidden_states`` / ``attentions`` as
         ``VitZooModel`` gives them.
         """
-        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
-        if output_hidden_states is None:
-            output_hidden_states = self.config.output_hidden_states
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        self._sync_attention_implementation()
-
-        tokens = self.visual.forward_tokens(
-            pixel_values,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            interpolate_pos_encoding=interpolate_pos_encoding,
-        )
+        tokens = self._tokens(pixel_values, False, output_attentions, output_hidden_states, interpolate_pos_encoding)
         logits = self.classifier(self.visual.project(tokens.last_hidden_state))
         loss = None if labels is None else self.loss_function(labels, logits, self.config)
         output = ImageClassifierOutput(
