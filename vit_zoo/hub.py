@@ -3,7 +3,8 @@
 ``save_for_hub`` writes it: ``model.safetensors`` with the bare tower names (``conv1.weight``...; sharded
 with an index past ``max_shard_size``), one ``config.json`` holding both transformers' keys (``model_type``,
 ``architectures``, ``auto_map``, geometry) and timm's (``architecture``, ``num_classes``, ``num_features``,
-``pretrained_cfg``, ``model_args``), ``preprocessor_config.json``, the remote-code files and a model card.
+``pretrained_cfg``, ``model_args``), ``preprocessor_config.json`` (for RGB models), the remote-code files and a
+model card.
 
 A push is one commit, so a failed upload leaves the repo as it was. The endpoint and token come from the
 usual places (``HF_ENDPOINT``, ``HF_TOKEN``, ``hf auth login``); pulls go through the HF cache and honour
@@ -91,7 +92,8 @@ def save_for_hub(
         setattr(combined, key, value)
     combined.save_pretrained(folder)  # config.json, and config.py + model.py for remote code
     custom_object_save(VitZooModel, folder)  # modeling.py
-    image_processor_for(entry if entry is not None else config).save_pretrained(folder)
+    if config.in_channels == 3:  # CLIPImageProcessor prepares RGB images; other inputs bring their own pixel_values
+        image_processor_for(entry if entry is not None else config).save_pretrained(folder)
     (folder / "README.md").write_text(model_card(config, entry, provenance), encoding="utf-8")
     return folder
 
