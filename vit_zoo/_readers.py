@@ -7,6 +7,9 @@
   from the zip, so tensors nobody touches (the text tower) never enter memory.
 * ``torch.save`` files go through ``torch.load(weights_only=True)``, memory-mapped when they are zips.
 * safetensors files go through safetensors.
+
+Sizes a file states (zip member sizes, lengths and memo slots in ``data.pkl``, tensor extents) are checked against
+the bytes it holds before anything is allocated for them, so a crafted file cannot make the reader take gigabytes.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import io
 import mmap
 import os
 import pickle
+import pickletools
 import re
 import struct
 import warnings
@@ -71,6 +75,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         contents = _read_safetensors(path)
     elif head[0] == _PICKLE_PROTO:
         contents = _torch_load(path, mmap_file=False)
+    elif head[8:9] == b"{":
+        raise CheckpointError(
+            f"{path} is a truncated or corrupt safetensors file (its header claims more bytes than the file holds); "
+            f"{EXPECTED}"
+        )
     else:
         raise CheckpointError(f"{path} is not a checkpoint (unknown file type); {EXPECTED}")
     return _unwrap(contents, path)
@@ -136,7 +145,7 @@ def _torch_load(path: Path, mmap_file: bool) -> Any:
 def _read_zip(path: Path) -> Any:
     try:
         archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, EOFError) as error:
+    except Exception as error:  # noqa: BLE001 - BadZipFile, EOFError, undecodable names, unknown zip versions...
         raise CheckpointError(f"{path} is a truncated or corrupt zip file ({_first_line(error)}); {EXPECTED}") from None
     with archive:
         names = archive.namelist()
@@ -152,7 +161,9 @@ def _read_zip(path: Path) -> Any:
 
 
 def _unwrap(contents: Any, path: Path) -> dict[str, torch.Tensor]:
-    while isinstance(contents, Mapping):
+    unwrapped = set()  # a pickle can make a wrapper that holds itself
+    while isinstance(contents, Mapping) and id(contents) not in unwrapped:
+        unwrapped.add(id(contents))
         inner = next((contents[key] for key in WRAPPER_KEYS if isinstance(contents.get(key), Mapping)), None)
         if inner is None:
             break
@@ -162,9 +173,21 @@ def _unwrap(contents: Any, path: Path) -> dict[str, torch.Tensor]:
     tensors = {str(key): value for key, value in contents.items() if isinstance(value, torch.Tensor)}
     if not tensors:
         raise CheckpointError(f"{path} holds no tensors; {EXPECTED}")
+    for key, tensor in tensors.items():
+        _check_within_storage(key, tensor, path)
     if all(key.startswith("module.") for key in tensors):
         tensors = {key.removeprefix("module."): value for key, value in tensors.items()}
     return tensors
+
+
+def _check_within_storage(key: str, tensor: torch.Tensor, path: Path) -> None:
+    """A tensor that claims more elements than its storage holds (zero or overlapping strides) is refused: a
+    checkpoint's tensors never overlap, and copying such a view could take any amount of memory."""
+    if tensor.numel() * tensor.element_size() > tensor.untyped_storage().nbytes():
+        raise CheckpointError(
+            f"{path}: tensor {key} of size {list(tensor.shape)} claims more elements than its storage holds "
+            f"({tensor.untyped_storage().nbytes()} bytes); the file is corrupt"
+        )
 
 
 # --- TorchScript archives -------------------------------------------------------------------------------
@@ -202,9 +225,14 @@ def _same(data: Any, *type_tag: Any) -> Any:
     return data
 
 
+def _brief(value: Any, width: int) -> str:
+    """``repr(value)`` on one line, cut to ``width`` characters: what a message may quote of a hostile file."""
+    return " ".join(repr(value).split())[:width]
+
+
 def _check_sizes(values: Any, what: str) -> tuple[int, ...]:
     if not isinstance(values, tuple) or not all(isinstance(v, int) and v >= 0 for v in values):
-        raise CheckpointError(f"tensor {what} {values!r:.60} is not a tuple of non-negative ints")
+        raise CheckpointError(f"tensor {what} {_brief(values, 60)} is not a tuple of non-negative ints")
     return values
 
 
@@ -216,7 +244,7 @@ def _rebuild_tensor(storage, storage_offset, size, stride, requires_grad, backwa
     if len(size) != len(stride):
         raise CheckpointError(f"tensor size {size} and stride {stride} differ in length")
     if metadata:
-        raise CheckpointError(f"tensor metadata {metadata!r:.60} (conjugate/negative bits) is not supported")
+        raise CheckpointError(f"tensor metadata {_brief(metadata, 60)} (conjugate/negative bits) is not supported")
     extent = storage_offset + sum((s - 1) * st for s, st in zip(size, stride, strict=True)) + 1 if all(size) else 0
     if extent > storage.numel():
         raise CheckpointError(f"a tensor of size {list(size)} reaches past the end of its storage (truncated file?)")
@@ -265,10 +293,10 @@ class _Storages:
 
     def __call__(self, pid: Any) -> torch.Tensor:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[1], _StorageType)):
-            raise CheckpointError(f"unexpected storage reference {pid!r:.80} in data.pkl")
+            raise CheckpointError(f"unexpected storage reference {_brief(pid, 80)} in data.pkl")
         _, storage_type, key, _location, numel = pid
         if not isinstance(numel, int) or numel < 0:
-            raise CheckpointError(f"storage {key!r:.40} has an invalid size {numel!r:.40}")
+            raise CheckpointError(f"storage {_brief(key, 40)} has an invalid size {_brief(numel, 40)}")
         if key not in self.loaded:
             self.loaded[key] = self._map(str(key), storage_type.dtype, numel)
         return self.loaded[key]
@@ -308,8 +336,8 @@ class _ModuleTypes:
 
     _CLASS = re.compile(r"^class (\w+)\((\w*)\):", re.MULTILINE)
 
-    def __init__(self, archive: zipfile.ZipFile, top: str) -> None:
-        self.archive, self.top = archive, top
+    def __init__(self, archive: zipfile.ZipFile, top: str, file_size: int) -> None:
+        self.archive, self.top, self.file_size = archive, top, file_size
         self.declarations: dict[str, tuple[list[str], list[str]] | None] = {}
 
     def declaration(self, qualified_name: str) -> tuple[list[str], list[str]] | None:
@@ -334,7 +362,7 @@ class _ModuleTypes:
 
     def _code(self, member: str, qualified_name: str) -> str:
         try:
-            return self.archive.read(member).decode("utf-8")
+            return _read_member(self.archive, member, self.file_size).decode("utf-8")
         except KeyError:
             raise CheckpointError(
                 f"the archive has no code for class {qualified_name}, so its tensors cannot be named"
@@ -352,21 +380,42 @@ class _ModuleTypes:
         return names
 
 
+def _read_member(archive: zipfile.ZipFile, name: str, file_size: int) -> bytes:
+    """A member's bytes, refusing one that claims more than the whole file holds (a forged size or a zip bomb:
+    the bytes would be allocated before anything is checked)."""
+    info = archive.getinfo(name)
+    claimed = max(info.file_size, info.compress_size)
+    if claimed > file_size:
+        raise CheckpointError(f"{name} claims {claimed} bytes, more than the whole file holds ({file_size})")
+    return archive.read(info)
+
+
+def _check_pickle_sizes(data: bytes) -> None:
+    """Walk ``data.pkl``'s opcodes without running them, refusing lengths that claim more bytes than follow and
+    memo slots past the pickle's size: the C unpickler would allocate that much before finding out."""
+    try:
+        operations = [(opcode.name, argument) for opcode, argument, _ in pickletools.genops(data)]
+    except ValueError as error:
+        raise CheckpointError(f"data.pkl is corrupt ({_first_line(error)})") from None
+    slots = [argument for name, argument in operations if name in ("PUT", "BINPUT", "LONG_BINPUT")]
+    if any(not 0 <= int(slot) <= len(data) for slot in slots):
+        raise CheckpointError(f"data.pkl stores into memo slot {max(map(int, slots))} of a {len(data)}-byte pickle")
+
+
 def _read_torchscript(path: Path, archive: zipfile.ZipFile, top: str) -> dict[str, torch.Tensor]:
+    file_size = path.stat().st_size
     try:
-        data = archive.read(f"{top}/data.pkl")
+        data = _read_member(archive, f"{top}/data.pkl", file_size)
+        _check_pickle_sizes(data)
         root = _ArchiveUnpickler(io.BytesIO(data), _Storages(path, archive, top)).load()
-    except CheckpointError as error:
-        raise CheckpointError(f"{path}: {error}") from None
-    except Exception as error:  # noqa: BLE001 - any failure to parse is a corrupt archive
-        raise CheckpointError(f"{path}: corrupt TorchScript archive ({_first_line(error)}); {EXPECTED}") from None
-    types = _ModuleTypes(archive, top)
-    try:
+        types = _ModuleTypes(archive, top, file_size)
         if not isinstance(root, _ScriptObject) or types.declaration(root.qualified_name) is None:
             raise CheckpointError(f"the archive holds a {type(root).__name__}, not a TorchScript module")
         return _module_state_dict(root, types)
     except CheckpointError as error:
         raise CheckpointError(f"{path}: {error}") from None
+    except Exception as error:  # noqa: BLE001 - any failure to parse (bad CRC, code text, pickle) is a corrupt archive
+        raise CheckpointError(f"{path}: corrupt TorchScript archive ({_first_line(error)}); {EXPECTED}") from None
 
 
 def _module_state_dict(root: _ScriptObject, types: _ModuleTypes) -> dict[str, torch.Tensor]:
@@ -381,8 +430,13 @@ def _module_state_dict(root: _ScriptObject, types: _ModuleTypes) -> dict[str, to
         seen.add(id(module))
         parameters, buffers = types.declaration(module.qualified_name)
         state = module.state
-        if not isinstance(state, dict):
-            raise CheckpointError(f"module {prefix or '<root>'} has no attribute record")
+        if not isinstance(state, dict):  # the module restores itself with its own __setstate__ code
+            if parameters or buffers:
+                raise CheckpointError(
+                    f"module {prefix.rstrip('.') or '<root>'} restores its tensors with its own code (__setstate__), "
+                    "which is never run here; its tensors cannot be read"
+                )
+            continue  # no tensors of its own: torch.jit.load(...).state_dict() has nothing of it either
         for group in (parameters, buffers):
             for name in group:
                 value = state.get(name)

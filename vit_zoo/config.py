@@ -61,6 +61,11 @@ class VitZooConfig(PreTrainedConfig):
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> VitZooConfig:
         """``PreTrainedConfig.from_dict``, refusing the config of another model type (transformers only warns)."""
+        if not isinstance(config_dict, dict):
+            raise ValueError(
+                f"a config must be a JSON object of fields, got a {type(config_dict).__name__}; "
+                "the config.json is damaged, write it again (save_pretrained or `vit-zoo convert`)"
+            )
         model_type = config_dict.get("model_type", cls.model_type)
         if model_type != cls.model_type:
             raise ValueError(

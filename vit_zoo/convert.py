@@ -12,6 +12,7 @@ Formats read (``to_vit_zoo_state_dict`` tells them apart by their keys):
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -23,9 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import CLIPVisionConfig
 
-from ._readers import CheckpointError, load_checkpoint
+from ._readers import CheckpointError, _first_line, load_checkpoint
 from .config import VitZooConfig
 from .download import download_pretrained, pretrained_source, sha256_of
 from .model import ACTIVATIONS, VisionTransformer
@@ -295,7 +297,7 @@ def check_state_dict(state_dict: Mapping[str, torch.Tensor], geometry: Mapping) 
         f"{name} ({t.dtype})" for name, t in state_dict.items() if name in expected and not t.is_floating_point()
     ]
     problems = [
-        f"{label}: {', '.join(items[:4])}{f' and {len(items) - 4} more' if len(items) > 4 else ''}"
+        f"{label}: {_listed(items)}"
         for label, items in (
             ("missing", missing),
             ("unexpected", extra),
@@ -309,6 +311,18 @@ def check_state_dict(state_dict: Mapping[str, torch.Tensor], geometry: Mapping) 
             f"{k}={geometry[k]}" for k in ("input_resolution", "patch_size", "width", "layers", "output_dim")
         )
         raise CheckpointError(f"the image tower does not fit a ViT with {described}: " + "; ".join(problems))
+
+
+def _listed(items: list[str], shown: int = 4) -> str:
+    """``a, b, c, d and 3 more``."""
+    return ", ".join(items[:shown]) + (f" and {len(items) - shown} more" if len(items) > shown else "")
+
+
+def _refuse_non_finite(tensors: Mapping[str, torch.Tensor], why: str) -> None:
+    """Raise ``CheckpointError`` naming the tensors that hold NaN or Inf (a NaN weight makes every embedding NaN)."""
+    non_finite = [name for name, tensor in tensors.items() if not torch.isfinite(tensor).all()]
+    if non_finite:
+        raise CheckpointError(f"NaN or Inf values in {_listed(non_finite)}: {why}")
 
 
 def _fit_entry(geometry: Mapping, entry: ZooEntry) -> None:
@@ -374,7 +388,8 @@ def convert_checkpoint(
         ``output_dir`` as a ``Path``.
 
     Raises:
-        CheckpointError: bad source, geometry, dtype or activation, or ``output_dir`` exists.
+        CheckpointError: bad source, geometry, dtype or activation; NaN or Inf weights (in the source, or made by
+            converting to a narrower ``dtype``); ``output_dir`` exists or cannot be written (read-only, disk full).
     """
     output = Path(output_dir)
     if output.exists() or output.is_symlink():
@@ -396,9 +411,14 @@ def convert_checkpoint(
     overrides = {} if activation is None else {"activation": activation}
     config = entry.config(**overrides) if entry else VitZooConfig(**geometry, **overrides)
     check_state_dict(tower, config.geometry)
+    _refuse_non_finite(tower, "the checkpoint is damaged (a diverged training run or a corrupt file); convert an intact copy")
     source_dtype = _dtype_name(tower)
     if target_dtype is not None:
         tower = {key: value.to(target_dtype) for key, value in tower.items()}
+        _refuse_non_finite(
+            tower,
+            f"values beyond the range of {_dtype_name(tower)} became Inf in the conversion; convert to float32 or bfloat16",
+        )
     _verify_loads(tower, config)
     config.dtype = _storage_dtype(tower)
     record = ConversionRecord(
@@ -474,16 +494,26 @@ def _command(source, output: Path, dtype, name, activation) -> str:
 
 
 def _write_atomically(output: Path, write) -> None:
-    output.parent.mkdir(parents=True, exist_ok=True)
+    """``write(staging)`` into a hidden folder beside ``output``, renamed to ``output`` once complete; on any
+    failure the staging folder and the parent folders made for it are removed."""
+    new_parents = [folder for folder in output.parents if not folder.exists()]
     staging = output.with_name(f".{output.name}.{uuid.uuid4().hex[:8]}.partial")
-    staging.mkdir()
     try:
+        staging.mkdir(parents=True)
         write(staging)
         if output.exists():
             raise CheckpointError(f"output {output} appeared while converting; nothing was written")
         os.rename(staging, output)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
+        for folder in new_parents:  # innermost first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        if isinstance(error, (OSError, SafetensorError)):
+            raise CheckpointError(
+                f"cannot write {output} ({getattr(error, 'strerror', None) or _first_line(error)}); choose an output "
+                "folder on a writable disk with free space"
+            ) from error
         raise
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image, UnidentifiedImageError
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
@@ -172,17 +174,23 @@ def save_embeddings(path: str | os.PathLike, result: EmbedResult, model_name: st
     path = Path(path)
     if path.suffix not in OUTPUT_SUFFIXES:
         raise ValueError(f"--output must end in {' or '.join(OUTPUT_SUFFIXES)}, got {path.name}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     names = [str(file) for file in result.files]
     embeddings = result.stacked().contiguous()
     temporary = path.with_name(f".{path.name}.partial")
-    if path.suffix == ".safetensors":
-        save_file({"embeddings": embeddings}, temporary, metadata={"files": json.dumps(names), "model": model_name})
-    else:
-        import numpy as np
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix == ".safetensors":
+            save_file({"embeddings": embeddings}, temporary, metadata={"files": json.dumps(names), "model": model_name})
+        else:
+            import numpy as np
 
-        with open(temporary, "wb") as handle:
-            np.save(handle, embeddings.numpy())
-        path.with_name(path.name + ".files.txt").write_text("".join(f"{name}\n" for name in names), encoding="utf-8")
-    temporary.replace(path)
+            with open(temporary, "wb") as handle:
+                np.save(handle, embeddings.numpy())
+            path.with_name(path.name + ".files.txt").write_text("".join(f"{name}\n" for name in names), encoding="utf-8")
+        temporary.replace(path)
+    except (OSError, SafetensorError) as error:
+        with contextlib.suppress(OSError):  # on a read-only disk even removing a missing file fails
+            temporary.unlink(missing_ok=True)
+        reason = getattr(error, "strerror", None) or str(error).strip().splitlines()[0]
+        raise ValueError(f"cannot write {path} ({reason}); choose an --output on a writable disk with free space") from error
     return path

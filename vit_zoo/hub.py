@@ -3,7 +3,8 @@
 ``save_for_hub`` writes it: ``model.safetensors`` with the bare tower names (``conv1.weight``...; sharded
 with an index past ``max_shard_size``), one ``config.json`` holding both transformers' keys (``model_type``,
 ``architectures``, ``auto_map``, geometry) and timm's (``architecture``, ``num_classes``, ``num_features``,
-``pretrained_cfg``, ``model_args``), ``preprocessor_config.json``, the remote-code files and a model card.
+``pretrained_cfg``, ``model_args``), ``preprocessor_config.json`` (for RGB models), the remote-code files and a
+model card.
 
 A push is one commit, so a failed upload leaves the repo as it was. The endpoint and token come from the
 usual places (``HF_ENDPOINT``, ``HF_TOKEN``, ``hf auth login``); pulls go through the HF cache and honour
@@ -26,11 +27,11 @@ from huggingface_hub import CommitOperationAdd, HfApi, constants, hf_hub_downloa
 from huggingface_hub.errors import (
     EntryNotFoundError,
     HfHubHTTPError,
-    LocalEntryNotFoundError,
     OfflineModeIsEnabled,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
+from safetensors import SafetensorError, safe_open
 from transformers.dynamic_module_utils import custom_object_save
 
 from . import __version__
@@ -91,7 +92,8 @@ def save_for_hub(
         setattr(combined, key, value)
     combined.save_pretrained(folder)  # config.json, and config.py + model.py for remote code
     custom_object_save(VitZooModel, folder)  # modeling.py
-    image_processor_for(entry if entry is not None else config).save_pretrained(folder)
+    if config.in_channels == 3:  # CLIPImageProcessor prepares RGB images; other inputs bring their own pixel_values
+        image_processor_for(entry if entry is not None else config).save_pretrained(folder)
     (folder / "README.md").write_text(model_card(config, entry, provenance), encoding="utf-8")
     return folder
 
@@ -278,14 +280,35 @@ From the command line: `vit-zoo pull {repo}` downloads it, `vit-zoo embed {repo}
 
 
 def check_vit_zoo_folder(folder: str | os.PathLike) -> Path:
-    """Raise ``HubError`` unless ``folder`` holds a vit_zoo ``config.json`` and safetensors weights."""
+    """Raise ``HubError`` unless ``folder`` holds a vit_zoo ``config.json`` and readable safetensors weights
+    (each file's header is parsed and checked against the file's size; the tensors are not read)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise HubError(f"{folder} is not a folder; give the --output folder of `vit-zoo convert`")
     _check_model_type(folder / "config.json")
     if not any((folder / name).is_file() for name in WEIGHT_FILES):
         raise HubError(f"{folder} has no model.safetensors; convert a checkpoint into it first")
+    for path in _weight_files(folder):
+        try:
+            with safe_open(path, "pt"):
+                pass
+        except (SafetensorError, OSError) as error:
+            raise HubError(
+                f"{path} is not a readable safetensors file ({_first_line(error)}); convert or pull the model again"
+            ) from None
     return folder
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    """``model.safetensors``, or the shards its index names."""
+    index = folder / WEIGHT_FILES[1]
+    if not index.is_file():
+        return [folder / WEIGHT_FILES[0]]
+    try:
+        shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise HubError(f"{index} is not a readable shard index; convert or pull the model again") from None
+    return [folder / shard for shard in sorted(map(str, shards))]
 
 
 def _check_model_type(config_path: Path) -> None:
@@ -302,37 +325,69 @@ def _check_model_type(config_path: Path) -> None:
 
 
 @contextmanager
-def _hub_errors(repo_id: str, revision: str | None = None) -> Iterator[None]:
-    """Turn huggingface_hub's exceptions into one-line ``HubError``s naming the repo and the fix."""
-    where = f"{repo_id}" + (f"@{revision}" if revision else "")
+def _hub_errors(repo_id: str, revision: str | None = None, *, writing: bool = False) -> Iterator[None]:
+    """Turn huggingface_hub's exceptions into one-line ``HubError``s naming the repo and the fix.
+
+    An error huggingface_hub wraps (a failed LFS upload is a ``RuntimeError``, a failed look-up with nothing
+    cached a ``LocalEntryNotFoundError``) is explained by its cause. ``writing`` says a 403 refused a write.
+    """
     try:
         yield
-    except RevisionNotFoundError:
-        raise HubError(f"revision {revision!r} not found in {repo_id}; check the branch, tag or commit id") from None
-    except RepositoryNotFoundError:
-        raise HubError(
-            f"repository {repo_id} not found on {constants.ENDPOINT}, or it is private and your token cannot "
-            "read it; check the id and log in (`hf auth login` or HF_TOKEN)"
-        ) from None
-    except (EntryNotFoundError, LocalEntryNotFoundError, OfflineModeIsEnabled) as error:
-        if constants.HF_HUB_OFFLINE:
-            message = f"{where} is not in the local cache and HF_HUB_OFFLINE is set; pull it once online"
-            raise HubError(message) from None
-        raise HubError(f"{where}: {_first_line(error)}") from None
-    except HfHubHTTPError as error:
-        status = error.response.status_code if error.response is not None else None
-        if status == 401:
-            message = f"the Hub refused the token (401) for {where}; log in again (`hf auth login` or HF_TOKEN)"
-            raise HubError(message) from None
-        if status == 403:
-            raise HubError(f"the token may not write to {repo_id} (403); use a token with write access") from None
-        raise HubError(f"the Hub answered {status} for {where}: {_first_line(error)}") from None
-    except (ConnectionError, TimeoutError, OSError) as error:
-        raise HubError(f"cannot reach the Hub at {constants.ENDPOINT} for {where}: {_first_line(error)}") from None
-    except Exception as error:  # httpx transport errors are not OSErrors
-        if type(error).__module__.split(".")[0].startswith("httpx"):
-            raise HubError(f"cannot reach the Hub at {constants.ENDPOINT} for {where}: {_first_line(error)}") from None
+    except HubError:
         raise
+    except Exception as error:
+        explained = _explain(error, repo_id, revision, writing)
+        if explained is None:
+            raise
+        raise explained from error
+
+
+def _explain(error: Exception, repo_id: str, revision: str | None, writing: bool) -> HubError | None:
+    where = f"{repo_id}" + (f"@{revision}" if revision else "")
+    for cause in _causes(error):
+        if isinstance(cause, RevisionNotFoundError):
+            return HubError(f"revision {revision!r} not found in {repo_id}; check the branch, tag or commit id")
+        if isinstance(cause, RepositoryNotFoundError):
+            return HubError(
+                f"repository {repo_id} not found on {constants.ENDPOINT}, or it is private and your token cannot "
+                "read it; check the id and log in (`hf auth login` or HF_TOKEN)"
+            )
+        if isinstance(cause, HfHubHTTPError) and cause.response is not None:
+            return _http_error(cause, where, writing)
+        if isinstance(cause, OfflineModeIsEnabled) or (constants.HF_HUB_OFFLINE and isinstance(cause, EntryNotFoundError)):
+            return HubError(f"{where} is not in the local cache and HF_HUB_OFFLINE is set; pull it once online")
+        if isinstance(cause, (ConnectionError, TimeoutError)) or type(cause).__module__.startswith("httpx"):
+            return HubError(
+                f"cannot reach the Hub at {constants.ENDPOINT} for {where} ({_first_line(cause)}); check the network "
+                "(or HF_ENDPOINT) and try again"
+            )
+    if isinstance(error, EntryNotFoundError):
+        return HubError(f"{where}: {_first_line(error)}")
+    return None  # not the Hub's doing (e.g. a local disk error): its own message says it best
+
+
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    """``error``, then the error it was raised from (``raise ... from cause``), and so on."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__
+
+
+def _http_error(error: HfHubHTTPError, where: str, writing: bool) -> HubError:
+    status = error.response.status_code
+    if status == 401:
+        return HubError(f"the Hub refused the token (401) for {where}; log in again (`hf auth login` or HF_TOKEN)")
+    if status == 403 and writing:
+        return HubError(f"the token may not write to {where} (403); use a token with write access")
+    if status == 403:
+        return HubError(
+            f"access to {where} was refused (403): the repo is gated or your token may not read it; accept its "
+            "conditions on the Hub or use a token with read access"
+        )
+    retry = "; try again later" if status >= 500 else ""
+    return HubError(f"the Hub answered {status} for {where}: {_first_line(error)}{retry}")
 
 
 def _first_line(error: BaseException) -> str:
@@ -356,7 +411,7 @@ def push_folder(
     folder = check_vit_zoo_folder(folder)
     api = HfApi(endpoint=constants.ENDPOINT, token=token)
     operations = _commit_operations(folder, repo_id)
-    with _hub_errors(repo_id, revision):
+    with _hub_errors(repo_id, revision, writing=True):
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         if revision is not None:
             api.create_branch(repo_id, branch=revision, exist_ok=True)
@@ -393,14 +448,20 @@ def pull(
     """Download a vit_zoo repo through the HF cache and return its folder.
 
     The repo's ``config.json`` is checked before any weights are fetched: a repo of another model type is
-    refused. ``output`` copies the snapshot into a new folder (written atomically) instead of returning
-    the cache path.
+    refused. The other files then come from the same commit, one by one, so a Hub that fails mid-way
+    raises its own error (``snapshot_download`` would hand back whatever part the cache holds). ``output``
+    copies the snapshot into a new folder (written atomically) instead of returning the cache path.
     """
-    download = dict(revision=revision, token=token, endpoint=constants.ENDPOINT)
+    download = dict(token=token, endpoint=constants.ENDPOINT)
     with _hub_errors(repo_id, revision):
-        config_path = hf_hub_download(repo_id, "config.json", **download)
-        _check_model_type(Path(config_path))
-        snapshot = Path(snapshot_download(repo_id, **download))
+        config_path = Path(hf_hub_download(repo_id, "config.json", revision=revision, **download))
+        _check_model_type(config_path)
+        snapshot, commit = config_path.parent, config_path.parent.name  # the cache's snapshots/<commit>/
+        if constants.HF_HUB_OFFLINE:
+            snapshot = Path(snapshot_download(repo_id, revision=commit, **download))
+        else:
+            for name in HfApi(**download).list_repo_files(repo_id, revision=commit):
+                hf_hub_download(repo_id, name, revision=commit, **download)
     folder = check_vit_zoo_folder(snapshot)
     return folder if output is None else _copy_new_folder(folder, Path(output))
 
@@ -408,12 +469,25 @@ def pull(
 def _copy_new_folder(source: Path, output: Path) -> Path:
     if output.exists():
         raise HubError(f"{output} already exists; choose a new --output folder or remove it")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    staging = None
     try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
         shutil.copytree(source, staging, dirs_exist_ok=True)
         staging.rename(output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+    except BaseException as error:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(error, OSError):
+            raise HubError(
+                f"cannot write {output} ({_os_reason(error)}); choose an --output folder on a writable disk with free space"
+            ) from error
         raise
     return output
+
+
+def _os_reason(error: OSError) -> str:
+    """``No space left on device``; for ``shutil.copytree``'s collected errors, the first file's."""
+    if isinstance(error, shutil.Error) and error.args and isinstance(error.args[0], list) and error.args[0]:
+        return str(error.args[0][0][-1])
+    return error.strerror or _first_line(error)

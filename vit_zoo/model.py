@@ -59,14 +59,19 @@ def check_geometry(
         )
     if width % heads:
         raise ValueError(f"width ({width}) must be divisible by heads ({heads}); choose heads among the divisors of width")
-    if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or not mlp_ratio > 0:
-        raise ValueError(f"mlp_ratio must be a positive number, got {mlp_ratio!r}")
+    if not _is_positive_number(mlp_ratio):
+        raise ValueError(f"mlp_ratio must be a positive number (finite), got {mlp_ratio!r}")
     if int(width * mlp_ratio) <= 0:
         raise ValueError(f"width * mlp_ratio must give at least one hidden unit, got {width} * {mlp_ratio}")
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-    if isinstance(layer_norm_eps, bool) or not isinstance(layer_norm_eps, (int, float)) or not layer_norm_eps > 0:
-        raise ValueError(f"layer_norm_eps must be a positive number, got {layer_norm_eps!r}")
+    if not _is_positive_number(layer_norm_eps):
+        raise ValueError(f"layer_norm_eps must be a positive number (finite), got {layer_norm_eps!r}")
+
+
+def _is_positive_number(value) -> bool:
+    """An int or float, not a bool, above 0 and finite (``inf`` would overflow ``int(width * mlp_ratio)``)."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and 0 < value < math.inf
 
 
 class LayerNorm(nn.LayerNorm):

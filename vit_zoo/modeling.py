@@ -152,6 +152,19 @@ class VitZooPreTrainedModel(PreTrainedModel):
             interpolate_pos_encoding=interpolate_pos_encoding,
         )
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """``PreTrainedModel.from_pretrained``; a damaged weights file is named in a one-line ``ValueError``."""
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except Exception as error:
+            if not type(error).__module__.startswith("safetensors"):  # SafetensorError: this file imports no safetensors
+                raise
+            raise ValueError(
+                f"the weights of {pretrained_model_name_or_path} are not a readable safetensors file "
+                f"({str(error).strip().splitlines()[0]}); download or convert the model again"
+            ) from error
+
     def save_pretrained(self, save_directory, *args, **kwargs) -> None:
         """``PreTrainedModel.save_pretrained``; the folder also carries ``config.py``, ``model.py`` and
         ``modeling.py`` and an ``auto_map`` naming ``AutoModel`` and ``AutoModelForImageClassification``,

@@ -1,0 +1,616 @@
+"""The bad-input battery: every entry point given something wrong ends in one clear line that names the problem
+and the fix, leaves nothing half-written behind and runs nothing from the input.
+
+CLI cases call ``vit_zoo.cli.main`` in this process (the code path of the console script, minus the seconds a
+fresh interpreter spends importing torch); ``test_debug_shows_the_traceback`` and the subprocess tests of
+test_convert_cli.py, test_hub.py and test_embed.py cover the script itself.
+
+Cases covered elsewhere (not repeated here): missing / empty / random / truncated files, malicious pickles and
+archives referencing ``os.system`` (test_convert_read.py, test_convert_cli.py); ResNet CLIP, text-only,
+unknown layouts, wrong shapes, missing and extra blocks, non-float and empty geometry tensors
+(test_convert_maps.py); existing output folders, failures while writing (test_convert.py); bad geometry
+arguments and pixel values for the core and the transformers models, config of another model type for
+``VitZooConfig``/``VitZooModel`` (test_model.py, test_modeling.py); malformed zoo YAML (test_zoo.py,
+test_timm.py); bad timm kwargs and checkpoints of another geometry (test_timm.py); Hub 401 / 403 / 404 /
+500, repo of another model type, server down and a dropped commit for ``push_folder``/``pull`` and the CLI
+(test_hub.py); interrupted, resumed and mismatching downloads (test_convert_download.py); bad
+``vit-zoo embed`` options and unreadable images (test_embed.py).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from checkpoints import openai_clip, write_state_dict, write_torchscript_archive
+from file_server import FileServer
+from hub_server import READ_TOKEN, WRITE_TOKEN, hub_server  # noqa: F401 - the fixture
+from PIL import Image
+from reference import TINY
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from transformers import AutoModel, CLIPVisionConfig, CLIPVisionModel
+
+from vit_zoo import VitZooConfig, VitZooModel, cli, get_entry
+from vit_zoo import hub as hub_module
+from vit_zoo.convert import CheckpointError, convert_checkpoint, load_checkpoint
+from vit_zoo.download import ATTEMPTS
+from vit_zoo.hub import push_folder, save_model_for_hub
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY_NAME = "vit_zoo_tiny_patch8_test_32"
+
+pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    code = cli.main([str(arg) for arg in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_cli_error(result: tuple[int, str, str], command: str, *fragments: str) -> str:
+    """Exit code 1, nothing on stdout, and one ``vit-zoo COMMAND: error:`` line (after any retry notices) holding
+    every fragment; no traceback."""
+    code, out, err = result
+    lines = err.strip().splitlines()
+    assert code == 1 and out == "", (code, out, err)
+    assert lines and lines[-1].startswith(f"vit-zoo {command}: error: "), err
+    assert sum("error:" in line for line in lines) == 1 and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in lines[-1], lines[-1]
+    return lines[-1]
+
+
+def listing(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
+
+
+@pytest.fixture(scope="module")
+def tiny_clip():
+    return openai_clip(TINY)
+
+
+@pytest.fixture(scope="module")
+def tiny_archive(tiny_clip, tmp_path_factory) -> Path:
+    return write_torchscript_archive(tiny_clip, tmp_path_factory.mktemp("archive") / "tiny.pt")
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    return save_model_for_hub(VitZooModel(VitZooConfig(**TINY)).eval(), tmp_path_factory.mktemp("model") / "tiny")
+
+
+@pytest.fixture
+def copied_folder(model_folder, tmp_path) -> Path:
+    return Path(shutil.copytree(model_folder, tmp_path / "copy"))
+
+
+def visual_tower(clip) -> dict[str, torch.Tensor]:
+    return {k: v.float().clone() for k, v in clip.state_dict().items() if k.startswith("visual.")}
+
+
+# --- checkpoints given to convert -----------------------------------------------------------------------------
+
+
+def test_zero_length_tensors_are_refused(tiny_clip, tmp_path):
+    empty = {k: torch.zeros(0, dtype=v.dtype) for k, v in visual_tower(tiny_clip).items()}
+    save_file(empty, tmp_path / "empty-tensors.safetensors")
+    with pytest.raises(CheckpointError, match="do not have the shapes of a ViT"):
+        convert_checkpoint(tmp_path / "empty-tensors.safetensors", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_nan_or_inf_weights_are_refused(tiny_clip, value, tmp_path):
+    tower = visual_tower(tiny_clip)
+    tower["visual.transformer.resblocks.0.mlp.c_fc.weight"][3, 5] = value
+    path = write_state_dict(tower, tmp_path / "damaged.pt")
+    with pytest.raises(CheckpointError) as error:
+        convert_checkpoint(path, tmp_path / "out")
+    assert str(error.value) == (
+        "NaN or Inf values in transformer.resblocks.0.mlp.c_fc.weight: the checkpoint is damaged (a diverged "
+        "training run or a corrupt file); convert an intact copy"
+    )
+    assert listing(tmp_path) == ["damaged.pt"]
+
+
+def test_values_beyond_float16_are_refused_only_when_converting_to_float16(tiny_clip, tmp_path):
+    tower = visual_tower(tiny_clip)
+    tower["visual.proj"][0, 0] = 2.0**20  # exact in float32 and bfloat16, Inf in float16
+    path = write_state_dict(tower, tmp_path / "wide.pt")
+    with pytest.raises(CheckpointError, match="NaN or Inf values in proj: values beyond the range of float16 became"):
+        convert_checkpoint(path, tmp_path / "fp16", dtype="float16", name=TINY_NAME)
+    assert not (tmp_path / "fp16").exists()
+    for dtype in ("float32", "bfloat16"):
+        folder = convert_checkpoint(path, tmp_path / dtype, dtype=dtype, name=TINY_NAME)
+        assert load_file(folder / "model.safetensors")["proj"][0, 0].item() == 2.0**20
+
+
+class Payload(torch.nn.Module):
+    """A TorchScript submodule whose ``__setstate__`` creates a file when ``torch.jit.load`` restores it (a stand-in
+    for anything harmful: TorchScript code has file and tensor ops at hand)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+
+    @torch.jit.export
+    def __getstate__(self) -> tuple[str, bool]:
+        return self.path, self.training
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[str, bool]) -> None:
+        self.path = state[0]
+        self.training = state[1] and torch.from_file(self.path, True, 1).numel() > 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+@pytest.fixture
+def trojan_archive(tmp_path) -> tuple[Path, Path, torch.nn.Module]:
+    """An OpenAI-format archive of a whole CLIP plus a ``Payload`` that would create ``marker`` if run."""
+    marker = tmp_path / "marker"
+    clip = openai_clip(TINY, seed=2)
+    clip.payload = Payload(str(marker))
+    archive = write_torchscript_archive(clip, tmp_path / "trojan.pt")
+    del clip.payload
+    assert not marker.exists()
+    return archive, marker, clip
+
+
+def test_trojan_archive_runs_its_code_under_torch_jit_load(trojan_archive):
+    """Control for the next test: the payload is live."""
+    archive, marker, _ = trojan_archive
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.load(str(archive))
+    assert marker.exists()
+
+
+def test_trojan_archive_converts_without_running_its_code(trojan_archive, tmp_path):
+    archive, marker, clip = trojan_archive
+    folder = convert_checkpoint(archive, tmp_path / "out", name=TINY_NAME)
+    weights = load_file(folder / "model.safetensors")
+    expected = {k.removeprefix("visual."): v for k, v in clip.state_dict().items() if k.startswith("visual.")}
+    assert sorted(weights) == sorted(expected)
+    assert all(torch.equal(weights[k], v) for k, v in expected.items())
+    assert not marker.exists()
+
+
+def test_tensors_larger_than_their_storage_are_refused(tmp_path):
+    """A zero-stride view claims 10^10 elements over one stored value: copying it would need 40 GB."""
+    huge = torch.zeros(1).expand(100_000, 100_000)
+    clip = openai_clip(TINY)
+    clip.register_buffer("huge", huge)
+    archive = write_torchscript_archive(clip, tmp_path / "huge-archive.pt")
+    state_dict = write_state_dict({"visual.proj": huge}, tmp_path / "huge-state-dict.pt")
+    for path, name in ((archive, "huge"), (state_dict, "visual.proj")):
+        with pytest.raises(CheckpointError, match=f"tensor {name} of size \\[100000, 100000\\] claims more elements"):
+            load_checkpoint(path)
+
+
+def test_wrapper_holding_itself_is_refused_not_looped_over(tmp_path):
+    wrapper: dict = {}
+    wrapper["state_dict"] = wrapper
+    path = write_state_dict(wrapper, tmp_path / "loop.pt")
+    with pytest.raises(CheckpointError, match="holds no tensors"):
+        load_checkpoint(path)
+
+
+def test_zip_member_claiming_more_than_the_file_is_refused(tiny_archive, tmp_path):
+    """The central directory says data.pkl holds 2 GB: reading it would allocate that before finding out."""
+    data = bytearray(tiny_archive.read_bytes())
+    with zipfile.ZipFile(tiny_archive) as archive:
+        start = archive.start_dir
+    entry = data.index(b"tiny/data.pkl", start) - 46  # the central directory record of data.pkl
+    data[entry + 20 : entry + 28] = (2**31 - 1).to_bytes(4, "little") * 2  # compressed and uncompressed size
+    (tmp_path / "forged.pt").write_bytes(data)
+    with pytest.raises(CheckpointError, match="tiny/data.pkl claims 2147483647 bytes, more than the whole file holds"):
+        load_checkpoint(tmp_path / "forged.pt")
+
+
+@pytest.fixture(scope="module")
+def corrupt_safetensors(model_folder, tmp_path_factory) -> dict[str, Path]:
+    """``model.safetensors`` of the tiny folder damaged three ways."""
+    folder = tmp_path_factory.mktemp("corrupt")
+    data = (model_folder / "model.safetensors").read_bytes()
+    damaged = {
+        "garbage-header": data[:8] + b"{garbage" + data[16:],
+        "header-past-the-end": (10**9).to_bytes(8, "little") + data[8:],
+        "truncated": data[: len(data) // 2],
+    }
+    for name, content in damaged.items():
+        (folder / f"{name}.safetensors").write_bytes(content)
+    return {name: folder / f"{name}.safetensors" for name in damaged}
+
+
+@pytest.mark.parametrize("damage", ["garbage-header", "header-past-the-end", "truncated"])
+def test_corrupt_safetensors_file_as_convert_source(corrupt_safetensors, damage, tmp_path, capsys):
+    message = assert_cli_error(
+        run_cli(capsys, "convert", corrupt_safetensors[damage], "--output", tmp_path / "out"),
+        "convert",
+        f"{damage}.safetensors is a",
+        "corrupt safetensors file",
+    )
+    assert "expected an OpenAI CLIP .pt archive" in message
+    assert listing(tmp_path) == []
+
+
+@pytest.mark.parametrize("damage", ["garbage-header", "header-past-the-end", "truncated"])
+def test_corrupt_safetensors_in_a_folder(corrupt_safetensors, copied_folder, damage):
+    shutil.copyfile(corrupt_safetensors[damage], copied_folder / "model.safetensors")
+    for loader in (AutoModel, VitZooModel):
+        with pytest.raises(ValueError) as error:
+            loader.from_pretrained(copied_folder)
+        assert str(error.value).startswith(f"the weights of {copied_folder} are not a readable safetensors file (")
+        assert str(error.value).endswith("); download or convert the model again")
+    with pytest.raises(SafetensorError, match="Error while deserializing header"):  # timm's own loading: one line
+        timm.create_model(f"local-dir:{copied_folder}", pretrained=True)
+
+
+def test_cli_embed_and_push_refuse_a_folder_with_corrupt_weights(
+    corrupt_safetensors, copied_folder, hub_server, tmp_path, capsys  # noqa: F811
+):
+    shutil.copyfile(corrupt_safetensors["truncated"], copied_folder / "model.safetensors")
+    image = tmp_path / "image.png"
+    Image.fromarray(np.zeros((40, 40, 3), dtype=np.uint8)).save(image)
+    expected = f"{copied_folder / 'model.safetensors'} is not a readable safetensors file"
+    assert_cli_error(run_cli(capsys, "embed", copied_folder, image, "--output", tmp_path / "e.npy"), "embed", expected)
+    assert_cli_error(run_cli(capsys, "push", copied_folder, "org/corrupt", "--token", WRITE_TOKEN), "push", expected)
+    assert hub_server.requests == [] and not (tmp_path / "e.npy").exists()
+
+
+@pytest.fixture(scope="module")
+def clip_vision_folder(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("clip-vision")
+    config = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8
+    )
+    CLIPVisionModel(config).save_pretrained(folder)
+    return folder
+
+
+def test_folder_of_another_model_type_in_timm_and_embed(clip_vision_folder, tmp_path, capsys):
+    with pytest.raises(KeyError, match="architecture"):  # timm's local-dir: reads config.json before any vit_zoo code
+        timm.create_model(f"local-dir:{clip_vision_folder}", pretrained=True)
+    image = tmp_path / "image.png"
+    Image.fromarray(np.zeros((40, 40, 3), dtype=np.uint8)).save(image)
+    assert_cli_error(
+        run_cli(capsys, "embed", clip_vision_folder, image, "--output", tmp_path / "e.npy"),
+        "embed",
+        "describes a 'clip_vision_model' model, not a 'vit_zoo' one; use a repo written by vit-zoo",
+    )
+
+
+@pytest.mark.parametrize(
+    "edit, message",  # the message of VitZooConfig.from_pretrained and AutoModel.from_pretrained alike
+    [
+        (dict(width="big"), "width must be a positive int, got 'big' (str)"),
+        (dict(layers=0), "layers must be a positive int, got 0"),
+        (dict(patch_size=8.5), "patch_size must be a positive int, got 8.5 (float)"),
+        (dict(heads=5), "width (64) must be divisible by heads (5)"),
+        (dict(mlp_ratio=float("inf")), "mlp_ratio must be a positive number (finite), got inf"),
+        (dict(mlp_ratio="4"), "mlp_ratio must be a positive number (finite), got '4'"),
+        (dict(activation="relu"), "activation must be one of ('quick_gelu', 'gelu'), got 'relu'"),
+        (dict(layer_norm_eps=-1), "layer_norm_eps must be a positive number (finite), got -1"),
+    ],
+    ids=lambda value: str(value)[:24] if isinstance(value, (dict, list)) else None,
+)
+def test_config_json_with_wrong_values(copied_folder, edit, message):
+    config_path = copied_folder / "config.json"
+    config = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**config, **edit} if isinstance(edit, dict) else edit))
+    for loader in (VitZooConfig, AutoModel):
+        with pytest.raises(ValueError) as error:
+            loader.from_pretrained(copied_folder)
+        assert message in str(error.value) and "\n" not in str(error.value), (loader, str(error.value))
+
+
+def test_config_json_that_is_not_a_json_object(copied_folder):
+    (copied_folder / "config.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="a config must be a JSON object of fields, got a list; the config.json"):
+        VitZooConfig.from_pretrained(copied_folder)
+    with pytest.raises(ValueError, match="Should have a `model_type` key in its config.json"):  # transformers' message
+        AutoModel.from_pretrained(copied_folder)
+    (copied_folder / "config.json").write_text("{not json")
+    for loader in (VitZooConfig, AutoModel):
+        with pytest.raises(OSError, match="config.json' is not a valid JSON file"):  # transformers' message
+            loader.from_pretrained(copied_folder)
+
+
+def test_timm_model_args_with_wrong_values(copied_folder):
+    config_path = copied_folder / "config.json"
+    config = json.loads(config_path.read_text())
+    config["model_args"]["width"] = "big"
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=f"{TINY_NAME}: width must be a positive int, got 'big' \\(str\\)"):
+        timm.create_model(f"local-dir:{copied_folder}", pretrained=True)
+
+
+# --- images ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "images, message",
+    [
+        (torch.randn(3, 32, 32), r"expected a 4D image batch \[batch, 3, 32, 32\], got a 3D tensor"),
+        (torch.randn(2, 4, 32, 32), "expected 3 channels, got 4"),
+        (torch.randn(2, 3, 48, 32), "expected images of 32x32, got 48x32; resize them"),
+        (torch.zeros(2, 3, 32, 32, dtype=torch.uint8), "expected floating-point pixel values, got dtype torch.uint8"),
+        (torch.zeros(2, 3, 32, 32, dtype=torch.complex64), "expected floating-point pixel values"),
+        (np.zeros((2, 3, 32, 32), dtype=np.float32), "expected a torch.Tensor of images"),
+    ],
+    ids=["3D", "4-channels", "48x32", "uint8", "complex", "numpy"],
+)
+def test_timm_model_refuses_bad_images(images, message):
+    model = timm.create_model(TINY_NAME).eval()
+    for method in (model, model.forward_features, model.forward_intermediates):
+        with pytest.raises(ValueError, match=message):
+            method(images)
+
+
+def test_empty_batch_gives_empty_outputs():
+    torch.manual_seed(0)
+    model = VitZooModel(VitZooConfig(**TINY)).eval()
+    empty = torch.zeros(0, 3, 32, 32)
+    with torch.no_grad():
+        outputs = model(empty, output_attention_map=True)
+        timm_outputs = timm.create_model(TINY_NAME).eval()(empty)
+    assert outputs.image_embeds.shape == (0, 32) and outputs.attention_map.shape == (2, 0, 4, 4, 4)
+    assert timm_outputs.shape == (0, 32)
+
+
+# --- output folders that cannot be written -------------------------------------------------------------------------
+
+
+@contextmanager
+def tmpfs(folder: Path, options: str) -> Iterator[bool]:
+    """Mount a tmpfs with ``options`` on ``folder`` if this process may (root with mount rights); yields whether it
+    did."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        yield False
+        return
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        subprocess.run(["umount", "--lazy", str(folder)], check=True)
+
+
+@pytest.fixture
+def read_only_folder(tmp_path) -> Iterator[Path]:
+    """A folder nobody may write into: a read-only tmpfs, or (for a non-root user) a folder without write mode."""
+    folder = tmp_path / "read-only"
+    with tmpfs(folder, "ro,size=64k") as mounted:
+        if not mounted:
+            if os.geteuid() == 0:
+                pytest.skip("root ignores file modes and may not mount here: no read-only folder to test with")
+            folder.chmod(0o555)
+        yield folder
+        if not mounted:
+            folder.chmod(0o755)
+
+
+@pytest.fixture
+def full_disk(tmp_path, monkeypatch) -> Iterator[Path]:
+    """A folder on a 64 KiB tmpfs (the tiny model's weights take 400 KiB); where mounting is not allowed, the
+    weights writer is made to fail as a full disk does, after writing part of its file."""
+    folder = tmp_path / "full"
+    with tmpfs(folder, "size=64k") as mounted:
+        if not mounted:
+            real_save = hub_module.save_torch_state_dict
+
+            def save_until_full(state_dict, save_directory, **kwargs):
+                real_save(state_dict, save_directory, **kwargs)
+                weights = Path(save_directory) / "model.safetensors"
+                weights.write_bytes(weights.read_bytes()[:65536])
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+            monkeypatch.setattr(hub_module, "save_torch_state_dict", save_until_full)
+        yield folder
+
+
+def test_convert_into_a_read_only_folder(tiny_archive, read_only_folder, capsys):
+    message = assert_cli_error(
+        run_cli(capsys, "convert", tiny_archive, "--output", read_only_folder / "sub" / "out"), "convert"
+    )
+    assert message.startswith(f"vit-zoo convert: error: cannot write {read_only_folder / 'sub' / 'out'} (")
+    assert "(Read-only file system)" in message or "(Permission denied)" in message
+    assert message.endswith("choose an output folder on a writable disk with free space")
+    assert listing(read_only_folder) == []
+
+
+def test_convert_onto_a_full_disk(tiny_archive, full_disk, capsys):
+    message = assert_cli_error(
+        run_cli(capsys, "convert", tiny_archive, "--output", full_disk / "nested" / "out"), "convert"
+    )
+    assert message.startswith(f"vit-zoo convert: error: cannot write {full_disk / 'nested' / 'out'} (")
+    assert "No space left on device" in message
+    assert listing(full_disk) == []  # neither the staging folder nor the parent made for it
+
+
+@pytest.mark.hub
+def test_pull_into_a_read_only_or_full_output(model_folder, hub_server, read_only_folder, tmp_path, capsys):  # noqa: F811
+    push_folder(model_folder, "org/tiny", token=WRITE_TOKEN)
+    message = assert_cli_error(run_cli(capsys, "pull", "org/tiny", "--output", read_only_folder / "out"), "pull")
+    assert message.startswith(f"vit-zoo pull: error: cannot write {read_only_folder / 'out'} (")
+    assert listing(read_only_folder) == []
+    with tmpfs(tmp_path / "full", "size=64k") as mounted:
+        if mounted:
+            message = assert_cli_error(run_cli(capsys, "pull", "org/tiny", "--output", tmp_path / "full" / "out"), "pull")
+            assert "No space left on device" in message and listing(tmp_path / "full") == []
+
+
+def test_embed_into_a_read_only_folder(model_folder, read_only_folder, tmp_path, capsys):
+    image = tmp_path / "image.png"
+    Image.fromarray(np.zeros((40, 40, 3), dtype=np.uint8)).save(image)
+    output = read_only_folder / "embeddings.safetensors"
+    message = assert_cli_error(run_cli(capsys, "embed", model_folder, image, "--output", output), "embed")
+    assert message.startswith(f"vit-zoo embed: error: cannot write {output} (")
+    assert listing(read_only_folder) == []
+
+
+# --- the Hub failing ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_backoff(monkeypatch):
+    """huggingface_hub retries a failed request after 1, 2, 4, 8 and 8 s: the retries still happen, the waits not."""
+    import huggingface_hub.utils._http as http
+
+    monkeypatch.setattr(http.time, "sleep", lambda seconds: None)
+
+
+@pytest.mark.hub
+@pytest.mark.parametrize(
+    "fault, token, message",
+    [
+        (None, READ_TOKEN, "the token may not write to org/tiny (403); use a token with write access"),
+        (("/preupload/", 404), WRITE_TOKEN, "the Hub answered 404 for org/tiny"),
+        (("/commit/", 500), WRITE_TOKEN, "the Hub answered 500 for org/tiny: "),
+        (("/lfs-upload/", 403), WRITE_TOKEN, "the token may not write to org/tiny (403)"),
+    ],
+    ids=["403-read-token", "404", "500-commit", "403-lfs-upload"],
+)
+def test_cli_push_refused_by_the_hub(model_folder, hub_server, fault, token, message, capsys):  # noqa: F811
+    hub_server.create_repo("org/tiny")
+    before = hub_server.list_commits("org/tiny")
+    if fault is not None:
+        hub_server.fail_next(*fault)
+    assert_cli_error(run_cli(capsys, "push", model_folder, "org/tiny", "--token", token), "push", message)
+    assert hub_server.list_commits("org/tiny") == before
+
+
+@pytest.mark.hub
+@pytest.mark.parametrize(
+    "fault, token, message",
+    [
+        (None, "hf_wrong", "the Hub refused the token (401) for org/tiny; log in again"),
+        (("/resolve/main/config.json", 403), None, "access to org/tiny was refused (403): the repo is gated"),
+        (("/model.safetensors", 500), None, "the Hub answered 500 for org/tiny: "),
+        (("/tree/", 500), None, "the Hub answered 500 for org/tiny: "),
+    ],
+    ids=["401-wrong-token", "403-gated", "500-weights", "500-file-list"],
+)
+def test_cli_pull_refused_by_the_hub(model_folder, hub_server, no_backoff, fault, token, message, tmp_path, capsys):  # noqa: F811
+    push_folder(model_folder, "org/tiny", token=WRITE_TOKEN)
+    if fault is not None:  # on every try: a single 5xx is retried away by huggingface_hub
+        hub_server.fail_next(*fault, count=10)
+    token_args = ["--token", token] if token else []
+    assert_cli_error(
+        run_cli(capsys, "pull", "org/tiny", "--output", tmp_path / "out", *token_args), "pull", message
+    )
+    assert not [path for path in tmp_path.iterdir() if "out" in path.name]  # no output, no staging folder
+
+
+@pytest.mark.hub
+def test_hub_that_refuses_connections(model_folder, hub_server, no_backoff, capsys):  # noqa: F811
+    endpoint = hub_server.endpoint
+    hub_server.stop()
+    expected = f"cannot reach the Hub at {endpoint} for org/tiny ("
+    assert_cli_error(run_cli(capsys, "pull", "org/tiny"), "pull", expected, "check the network (or HF_ENDPOINT)")
+    assert_cli_error(run_cli(capsys, "push", model_folder, "org/tiny", "--token", WRITE_TOKEN), "push", expected)
+
+
+def weights_upload(folder: Path) -> str:
+    """The LFS upload path of the folder's ``model.safetensors`` on the test Hub."""
+    return f"/lfs-upload/{hashlib.sha256((folder / 'model.safetensors').read_bytes()).hexdigest()}"
+
+
+@pytest.mark.hub
+def test_lfs_upload_dropped_once_is_retried_and_the_commit_is_whole(model_folder, hub_server, no_backoff):  # noqa: F811
+    hub_server.drop_connection_on(weights_upload(model_folder), method="PUT")
+    push_folder(model_folder, "org/tiny", token=WRITE_TOKEN)
+    assert sum(r.path == weights_upload(model_folder) for r in hub_server.requests) == 2
+    pushed = hub_server.files("org/tiny")
+    assert pushed["model.safetensors"] == (model_folder / "model.safetensors").read_bytes()
+    assert {name for name in pushed if name != ".gitattributes"} == {p.name for p in model_folder.iterdir()}
+
+
+@pytest.mark.hub
+def test_lfs_upload_dropped_every_time_leaves_the_repo_as_it_was(model_folder, hub_server, no_backoff, capsys):  # noqa: F811
+    hub_server.create_repo("org/tiny")
+    before = hub_server.list_commits("org/tiny"), hub_server.files("org/tiny")
+    hub_server.drop_connection_on(weights_upload(model_folder), method="PUT", count=100)
+    assert_cli_error(
+        run_cli(capsys, "push", model_folder, "org/tiny", "--token", WRITE_TOKEN),
+        "push",
+        f"cannot reach the Hub at {hub_server.endpoint} for org/tiny (",
+    )
+    assert sum(r.path == weights_upload(model_folder) for r in hub_server.requests) == 6  # a try and five retries
+    assert (hub_server.list_commits("org/tiny"), hub_server.files("org/tiny")) == before
+
+
+# --- downloads by name ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def mirror(monkeypatch) -> Iterator[tuple[FileServer, str]]:
+    """A local mirror of OpenAI's download folder serving a stand-in for ViT-B/32's file, and its URL path."""
+    with FileServer() as server:
+        path = f"/{get_entry('ViT-B/32').pretrained['openai'].sha256}/ViT-B-32.pt"
+        server.files[path] = os.urandom(10_000)
+        monkeypatch.setenv("VIT_ZOO_OPENAI_BASE_URL", server.url)
+        yield server, path
+
+
+def test_interrupted_download_by_name(mirror, tmp_path, capsys):
+    server, path = mirror
+    server.drops[path] = [1000] * ATTEMPTS
+    assert_cli_error(
+        run_cli(capsys, "convert", "ViT-B/32", "--output", tmp_path / "out", "--cache-dir", tmp_path / "cache"),
+        "convert",
+        f"was interrupted {ATTEMPTS} times (connection closed after {1000 * ATTEMPTS} of 10000 bytes); run again to "
+        f"resume from the {1000 * ATTEMPTS} bytes kept in",
+    )
+    assert listing(tmp_path) == ["cache", "cache/checkpoints", "cache/checkpoints/ViT-B-32.pt.part"]
+    assert [request[1] for request in server.requests] == [None, "bytes=1000-", "bytes=2000-"]
+
+
+def test_download_by_name_from_a_mirror_that_is_down(mirror, tmp_path, capsys):
+    server, _ = mirror
+    server.shutdown()
+    server.server_close()
+    assert_cli_error(
+        run_cli(capsys, "convert", "ViT-B/32", "--output", tmp_path / "out", "--cache-dir", tmp_path / "cache"),
+        "convert",
+        "cannot reach ",
+        "check the network or set $VIT_ZOO_OPENAI_BASE_URL to a mirror",
+    )
+    assert listing(tmp_path) == []
+
+
+# --- --debug --------------------------------------------------------------------------------------------------------
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a checkpoint")
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    command = [sys.executable, "-m", "vit_zoo", "--debug", "convert", "notes.txt", "--output", "out"]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert result.returncode == 1
+    assert "Traceback (most recent call last):" in result.stderr
+    assert result.stderr.rstrip().endswith("notes.txt is not a checkpoint (unknown file type); expected an OpenAI CLIP "
+                                           ".pt archive, a torch.save state dict or a .safetensors file")
+    assert "vit_zoo/_readers.py" in result.stderr and not (tmp_path / "out").exists()
