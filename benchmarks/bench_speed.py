@@ -138,7 +138,7 @@ def hf_model(geometry: dict, visual: dict[str, torch.Tensor], attention: str) ->
 
 
 def build_cases(
-    entry: ZooEntry, dtype: torch.dtype, device: str, compile_models: bool
+    entry: ZooEntry, dtype: torch.dtype, device: str, compile_mode: str | None
 ) -> tuple[dict[str, Forward], dict[str, Callable[[torch.Tensor], torch.Tensor]]]:
     """Each case's forward, and the attention-map getters of the libraries that give maps.
 
@@ -172,8 +172,10 @@ def build_cases(
         "vit_zoo+attention_map": lambda x: ours(x, output_attention_map=True)[0],
         "vit_zoo+patch_tokens": lambda x: ours(x, output_all_features=True)[0],
     }
-    if compile_models:
-        compiled = {name: torch.compile(models[name]) for name in ("vit_zoo", "timm", "open_clip", "hf_sdpa")}
+    if compile_mode:
+        compiled = {
+            name: torch.compile(models[name], mode=compile_mode) for name in ("vit_zoo", "timm", "open_clip", "hf_sdpa")
+        }
         cases.update(
             {
                 "timm compiled": compiled["timm"],
@@ -293,7 +295,7 @@ def environment(args: argparse.Namespace) -> dict:
         "batch_size": args.batch_size,
         "warmup": args.warmup,
         "rounds": args.rounds,
-        "compile": args.compile,
+        "compile": args.compile_mode if args.compile else None,
         "versions": {
             "python": platform.python_version(),
             "torch": torch.__version__,
@@ -307,7 +309,7 @@ def environment(args: argparse.Namespace) -> dict:
 
 
 def run_one(entry: ZooEntry, dtype: torch.dtype, args: argparse.Namespace, ceiling: float) -> dict:
-    cases, maps = build_cases(entry, dtype, args.device, args.compile)
+    cases, maps = build_cases(entry, dtype, args.device, args.compile_mode if args.compile else None)
     generator = torch.Generator().manual_seed(0)
     resolution, channels = entry.model["input_resolution"], entry.model.get("in_channels", 3)
     images = torch.randn(args.batch_size, channels, resolution, resolution, generator=generator)
@@ -398,6 +400,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=10, help="timed interleaved rounds (default 10)")
     parser.add_argument(
         "--compile", action="store_true", help="also time torch.compile'd models (needs a C compiler on CPU)"
+    )
+    parser.add_argument(
+        "--compile-mode",
+        default="default",
+        choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+        help="torch.compile mode for --compile (reduce-overhead = CUDA graphs; default: default)",
     )
     parser.add_argument("--output-dir", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
