@@ -4,8 +4,8 @@ Every library gets the same random weights (copied in through its own OpenAI-key
 dtype, device and batch. Outputs are checked to agree before anything is timed. Cases run interleaved,
 in a rotating order, ``--rounds`` times after ``--warmup`` calls each; the report gives median
 images/s, and each case's ratio to timm as the median of per-round paired ratios (robust to the load
-of a shared machine drifting during the run). On CUDA it also reports MFU against a measured matmul
-ceiling of the same dtype.
+of a shared machine drifting during the run). MFU is measured against a square ``torch.mm`` of the same
+dtype timed in the same rounds.
 
     python benchmarks/bench_speed.py --device cpu
     python benchmarks/bench_speed.py --device cuda --dtype bfloat16 --batch-size 256 --compile \
@@ -49,6 +49,12 @@ except ImportError:  # vit_zoo.convert not merged on this branch yet: see hf_cli
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 BASELINE = "timm"
+MATMUL = "matmul"
+OVERHEADS = [  # (with attention maps, without): the issue's "attention map almost free"
+    ("vit_zoo+attention_map", "vit_zoo"),
+    ("vit_zoo+attention_map compiled", "vit_zoo compiled"),
+    ("hf_eager+attentions", "hf_sdpa"),
+]
 # agreement with vit_zoo's embedding required before timing (relative L2 error)
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 5e-2, torch.float16: 1e-2}
 
@@ -234,37 +240,58 @@ def time_cases(cases: dict[str, Forward], images: torch.Tensor, warmup: int, rou
     return samples
 
 
-def matmul_ceiling(device: str, dtype: torch.dtype, size: int, repeats: int = 5) -> float:
-    """Best measured FLOP/s of a square ``torch.mm`` of this dtype on this device."""
+def matmul_case(device: str, dtype: torch.dtype) -> tuple[Forward, float]:
+    """A square ``torch.mm`` timed among the cases (so MFU pairs with it round by round), and its FLOPs."""
+    size = 8192 if device.startswith("cuda") else 1024
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        torch.mm(a, b)
-        synchronize(device)
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best
+    return (lambda _images: torch.mm(a, b)), 2 * size**3
 
 
-def summarise(samples: dict[str, list[float]], batch: int, flops_per_image: float, ceiling: float) -> dict[str, dict]:
-    """Per case: median/min seconds, images/s, paired ratio to timm (>1 = faster than timm), MFU."""
-    baseline = samples[BASELINE]
+def paired(numerators: list[float], denominators: list[float]) -> list[float]:
+    return [n / d for n, d in zip(numerators, denominators, strict=True)]
+
+
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    if len(values) == 1:
+        return values[0], values[0], values[0]
+    low, median, high = statistics.quantiles(values, n=4, method="inclusive")
+    return low, median, high
+
+
+def summarise(
+    samples: dict[str, list[float]], batch: int, flops_per_image: float, matmul_flops: float
+) -> tuple[dict[str, dict], dict[str, float], dict[str, float]]:
+    """Per case: median/min seconds, images/s, paired ratio to timm (> 1 = faster) with quartiles, MFU.
+
+    Also the attention-map overheads (paired ``t_with_maps / t_without``) and the matmul ceiling.
+    Ratios and MFU pair each case with timm's / the matmul's time of the same round.
+    """
+    samples = dict(samples)
+    matmul_times = samples.pop(MATMUL)
     summary = {}
     for name, times in samples.items():
-        median = statistics.median(times)
-        images_per_s = batch / median
+        low, ratio, high = quartiles(paired(samples[BASELINE], times))
+        achieved = [batch * flops_per_image / t for t in times]
         summary[name] = {
-            "median_s": median,
+            "median_s": statistics.median(times),
             "min_s": min(times),
-            "images_per_s": images_per_s,
-            "ratio_vs_timm": statistics.median(b / t for b, t in zip(baseline, times, strict=True)),
-            "mfu": images_per_s * flops_per_image / ceiling,
+            "images_per_s": batch / statistics.median(times),
+            "ratio_vs_timm": ratio,
+            "ratio_vs_timm_quartiles": [low, high],
+            "mfu": statistics.median(paired(achieved, [matmul_flops / t for t in matmul_times])),
             "samples_s": times,
         }
-    return summary
+    overheads = {
+        f"{with_maps} / {without}": quartiles(paired(samples[with_maps], samples[without]))[1]
+        for with_maps, without in OVERHEADS
+        if with_maps in samples and without in samples
+    }
+    ceiling = {
+        "best_tflops": matmul_flops / min(matmul_times) / 1e12,
+        "median_tflops": matmul_flops / statistics.median(matmul_times) / 1e12,
+    }
+    return summary, overheads, ceiling
 
 
 def device_name(device: str) -> str:
@@ -308,51 +335,63 @@ def environment(args: argparse.Namespace) -> dict:
     }
 
 
-def run_one(entry: ZooEntry, dtype: torch.dtype, args: argparse.Namespace, ceiling: float) -> dict:
+def run_one(entry: ZooEntry, dtype: torch.dtype, args: argparse.Namespace) -> dict:
     cases, maps = build_cases(entry, dtype, args.device, args.compile_mode if args.compile else None)
     generator = torch.Generator().manual_seed(0)
     resolution, channels = entry.model["input_resolution"], entry.model.get("in_channels", 3)
     images = torch.randn(args.batch_size, channels, resolution, resolution, generator=generator)
     images = images.to(device=args.device, dtype=dtype)
+    matmul, matmul_flops = matmul_case(args.device, dtype)
     with torch.inference_mode():
         errors = check_agreement(cases, maps, images)
-        samples = time_cases(cases, images, args.warmup, args.rounds)
-    summary = summarise(samples, args.batch_size, 2e9 * entry.gmacs, ceiling)
+        samples = time_cases({**cases, MATMUL: matmul}, images, args.warmup, args.rounds)
+    summary, overheads, ceiling = summarise(samples, args.batch_size, 2e9 * entry.gmacs, matmul_flops)
     return {
         "model": entry.name,
         "dtype": str(dtype).removeprefix("torch."),
         "gflops_per_image": 2 * entry.gmacs,
-        "matmul_ceiling_tflops": ceiling / 1e12,
+        "matmul_ceiling": ceiling,
         "agreement": errors,
+        "attention_map_overheads": overheads,
         "cases": summary,
+        "matmul_samples_s": samples[MATMUL],
     }
 
 
 def markdown(results: list[dict], env: dict) -> str:
-    """One table per (model, dtype): images/s, ratio to timm, MFU."""
+    """One table per (model, dtype): images/s, ratio to timm, MFU, agreement; then map overheads."""
+    load = ", ".join(f"{v:.1f}" for v in env["load_average_start"])
+    load_end = ", ".join(f"{v:.1f}" for v in env["load_average_end"])
     lines = [
         f"Device: {env['device_name']} ({env['device']}, {env['threads']} threads), torch {env['versions']['torch']}, "
-        f"batch {env['batch_size']}, median of {env['rounds']} interleaved rounds after {env['warmup']} warmup calls; "
-        f"load average at start {', '.join(f'{v:.1f}' for v in env['load_average_start'])}, "
-        f"at end {', '.join(f'{v:.1f}' for v in env['load_average_end'])}.",
+        f"batch {env['batch_size']}, {env['rounds']} interleaved rounds after {env['warmup']} warmup calls; "
+        f"load average {load} at start, {load_end} at end.",
         "",
     ]
     for result in results:
+        ceiling = result["matmul_ceiling"]
         lines += [
             f"### {result['model']}, {result['dtype']}",
             "",
-            f"Matmul ceiling {result['matmul_ceiling_tflops']:.3g} TFLOP/s; "
-            f"{result['gflops_per_image']:.3g} GFLOP/image.",
+            f"{result['gflops_per_image']:.3g} GFLOP/image; matmul ceiling {ceiling['median_tflops']:.3g} TFLOP/s "
+            f"(median), {ceiling['best_tflops']:.3g} (best).",
             "",
-            "| case | images/s | × timm (paired median) | MFU | rel. L2 error vs vit_zoo |",
+            "| case | images/s (median) | × timm, paired median [quartiles] | MFU | rel. L2 error vs vit_zoo |",
             "|---|---:|---:|---:|---:|",
         ]
         for name, case in result["cases"].items():
-            error = result["agreement"].get(name, float("nan"))
-            speed = f"{case['images_per_s']:.4g} | {case['ratio_vs_timm']:.3f} | {case['mfu']:.1%}"
-            lines.append(f"| {name} | {speed} | {error:.1e} |")
+            low, high = case["ratio_vs_timm_quartiles"]
+            ratio = f"{case['ratio_vs_timm']:.3f} [{low:.2f}–{high:.2f}]"
+            error = result["agreement"][name]
+            lines.append(f"| {name} | {case['images_per_s']:.4g} | {ratio} | {case['mfu']:.1%} | {error:.1e} |")
+        overheads = "; ".join(f"{name} = {value:.3f}" for name, value in result["attention_map_overheads"].items())
         attention_error = result["agreement"]["attention_map max|vit_zoo - hf_eager|"]
-        lines += ["", f"Attention maps, max |vit_zoo − HF eager|: {attention_error:.1e}.", ""]
+        lines += [
+            "",
+            f"Time with attention maps ÷ time without (paired medians): {overheads}.",
+            f"Attention maps, max |vit_zoo − HF eager|: {attention_error:.1e}.",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -427,10 +466,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     env = environment(args)
     results = []
     for dtype in (getattr(torch, name) for name in args.dtype):
-        ceiling = matmul_ceiling(args.device, dtype, 8192 if args.device.startswith("cuda") else 1024)
         for entry in entries:
             print(f"{entry.name} {dtype} ...", flush=True)
-            results.append(run_one(entry, dtype, args, ceiling))
+            results.append(run_one(entry, dtype, args))
     env["load_average_end"] = os.getloadavg()
     args.output_dir.mkdir(parents=True, exist_ok=True)
     stem = args.output_dir / f"speed_{args.device.split(':')[0]}"

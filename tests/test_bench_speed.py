@@ -31,6 +31,11 @@ def test_tiny_run_writes_agreeing_results(bench_speed, tmp_path):
         assert len(case["samples_s"]) == 2, name
         assert case["images_per_s"] > 0 and case["ratio_vs_timm"] > 0, name
     assert result["cases"]["timm"]["ratio_vs_timm"] == 1.0
+    assert 0 < result["cases"]["vit_zoo"]["mfu"] and result["matmul_ceiling"]["best_tflops"] > 0
+    assert set(result["attention_map_overheads"]) == {
+        "vit_zoo+attention_map / vit_zoo",
+        "hf_eager+attentions / hf_sdpa",
+    }
     assert all(error <= 1e-5 for error in result["agreement"].values()), result["agreement"]
     table = (tmp_path / "speed_cpu.md").read_text()
     assert "| vit_zoo+attention_map |" in table and "vit_zoo_tiny_patch8_test_32, float32" in table
