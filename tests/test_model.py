@@ -52,12 +52,14 @@ def test_eager_and_sdpa_agree():
     torch.manual_seed(0)
     model = VisionTransformer(**TINY).eval()
     images = torch.randn(3, 3, 32, 32)
+    calls = [(True, True), (False, True), (False, False)]  # the last two run the last block for CLS only
     with torch.no_grad():
-        sdpa = model(images, True, True)
+        sdpa = [model(images, *call) for call in calls]
         model.set_attention_implementation("eager")
-        eager = model(images, True, True)
-    for a, b in zip(sdpa, eager):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        eager = [model(images, *call) for call in calls]
+    for sdpa_outputs, eager_outputs in zip(sdpa, eager, strict=True):
+        for a, b in zip(sdpa_outputs, eager_outputs, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_attention_map_does_not_change_embedding():
@@ -65,7 +67,27 @@ def test_attention_map_does_not_change_embedding():
     model = VisionTransformer(**TINY).eval()
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        torch.testing.assert_close(model(images)[0], model(images, True, True)[0], rtol=0, atol=0)
+        plain = model(images)[0]
+        torch.testing.assert_close(plain, model(images, output_attention_map=True)[0], rtol=0, atol=0)
+        # all features run the last block on every token: same values, another matmul shape
+        torch.testing.assert_close(plain, model(images, True, True)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_cls_only_last_block_gives_the_full_computations_cls_token():
+    torch.manual_seed(0)
+    model = VisionTransformer(**TINY).eval()
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        full = model.forward_tokens(images, True, True, True)
+        cls_only = model.forward_tokens(images, True, True, True, cls_only_last_block=True)
+    assert cls_only.last_hidden_state.shape == (2, 1, TINY["width"])
+    assert cls_only.attentions[-1].shape == (2, TINY["heads"], 1, full.last_hidden_state.shape[1])
+    torch.testing.assert_close(cls_only.last_hidden_state, full.last_hidden_state[:, :1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(cls_only.attentions[-1], full.attentions[-1][:, :, :1], rtol=1e-5, atol=1e-6)
+    for a, b in zip(cls_only.cls_attentions, full.cls_attentions, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(cls_only.hidden_states[:-1], full.hidden_states[:-1], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_gradient_checkpointing_gives_same_gradients():

@@ -11,7 +11,6 @@ flat file, inside saved model folders for ``trust_remote_code`` users, so it imp
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -58,7 +57,9 @@ def check_geometry(
             f"use e.g. input_resolution={input_resolution // patch_size * patch_size or patch_size}"
         )
     if width % heads:
-        raise ValueError(f"width ({width}) must be divisible by heads ({heads}); choose heads among the divisors of width")
+        raise ValueError(
+            f"width ({width}) must be divisible by heads ({heads}); choose heads among the divisors of width"
+        )
     if not _is_positive_number(mlp_ratio):
         raise ValueError(f"mlp_ratio must be a positive number (finite), got {mlp_ratio!r}")
     if int(width * mlp_ratio) <= 0:
@@ -78,21 +79,50 @@ class LayerNorm(nn.LayerNorm):
     """LayerNorm computed in fp32 and returned in the input's dtype, as OpenAI's subclass does.
 
     OpenAI's version upcasts the input only, which fails once the weights themselves are fp16/bf16;
-    weight and bias are upcast together with it here.
+    weight and bias are upcast together with it here when the dtypes differ. When they match, torch's
+    kernels already accumulate fp16/bf16 in fp32, so the casts (two extra passes over the tokens) are
+    skipped.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
+        if x.dtype == self.weight.dtype:
             return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
         out = F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps)
         return out.to(x.dtype)
+
+
+QUICK_GELU_SCALE = 1.702
 
 
 class QuickGELU(nn.Module):
     """OpenAI CLIP's GELU approximation, ``x * sigmoid(1.702 x)``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.sigmoid(1.702 * x)
+        return x * torch.sigmoid(QUICK_GELU_SCALE * x)
+
+
+class Mlp(nn.Module):
+    """``c_proj(gelu(c_fc(x)))``, OpenAI's ``mlp`` (an ``nn.Sequential`` there; same parameter names).
+
+    QuickGELU runs as ``silu(1.702 h) / 1.702`` with both scales folded into the two matmuls
+    (``addmm``'s ``alpha``/``beta``): one pass over the ``[tokens, hidden]`` activations instead of three.
+    """
+
+    def __init__(self, width: int, hidden: int, activation: str = "quick_gelu") -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(width, hidden)
+        self.gelu = QuickGELU() if activation == "quick_gelu" else nn.GELU()
+        self.c_proj = nn.Linear(hidden, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [..., width]`` -> ``[..., width]``."""
+        if not isinstance(self.gelu, QuickGELU):
+            return self.c_proj(self.gelu(self.c_fc(x)))
+        rows = x.reshape(-1, x.shape[-1])
+        scale = QUICK_GELU_SCALE
+        hidden = torch.addmm(self.c_fc.bias, rows, self.c_fc.weight.t(), beta=scale, alpha=scale)
+        out = torch.addmm(self.c_proj.bias, F.silu(hidden, inplace=True), self.c_proj.weight.t(), alpha=1 / scale)
+        return out.view(*x.shape[:-1], out.shape[-1])
 
 
 class Attention(nn.Module):
@@ -100,7 +130,8 @@ class Attention(nn.Module):
 
     Runs through ``F.scaled_dot_product_attention`` (``implementation="sdpa"``) or explicit
     matmul-softmax (``"eager"``). Attention probabilities are computed only when asked: the CLS query
-    row alone for attention maps, the full matrix only when ``output_full_attention`` is set.
+    row alone for attention maps, the full matrix only when ``output_full_attention`` is set. With
+    ``cls_query_only`` only the CLS token attends (keys and values still come from every token).
     """
 
     def __init__(self, width: int, heads: int) -> None:
@@ -119,13 +150,20 @@ class Attention(nn.Module):
         nn.init.zeros_(self.out_proj.bias)
 
     def forward(
-        self, x: torch.Tensor, output_cls_attention: bool = False, output_full_attention: bool = False
+        self,
+        x: torch.Tensor,
+        output_cls_attention: bool = False,
+        output_full_attention: bool = False,
+        cls_query_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """``x [b, n, width]`` -> ``(out [b, n, width], cls_attention [b, heads, n-1] | None,
-        attention [b, heads, n, n] | None)``."""
-        batch, tokens, width = x.shape
-        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
-        q, k, v = qkv.view(batch, tokens, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        """``x [b, n, width]`` -> ``(out [b, q, width], cls_attention [b, heads, n-1] | None,
+        attention [b, heads, q, n] | None)``, ``q = 1`` with ``cls_query_only``, else ``n``."""
+        width = x.shape[-1]
+        if cls_query_only:
+            (q,) = self._split_heads(F.linear(x[:, :1], self.in_proj_weight[:width], self.in_proj_bias[:width]))
+            k, v = self._split_heads(F.linear(x, self.in_proj_weight[width:], self.in_proj_bias[width:]))
+        else:
+            q, k, v = self._split_heads(F.linear(x, self.in_proj_weight, self.in_proj_bias))
         full_attention = cls_attention = None
         if output_full_attention or self.implementation == "eager":
             probs = self._probabilities(q, k)
@@ -137,8 +175,13 @@ class Attention(nn.Module):
             out = F.scaled_dot_product_attention(q, k, v)
             if output_cls_attention:
                 cls_attention = self._probabilities(q[:, :, :1], k)[:, :, 0, 1:]
-        out = self.out_proj(out.transpose(1, 2).reshape(batch, tokens, width))
+        out = self.out_proj(out.transpose(1, 2).flatten(2))
         return out, cls_attention, full_attention
+
+    def _split_heads(self, projected: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``[b, n, parts * width]`` -> ``parts`` strided views ``[b, heads, n, head_dim]`` (no copy)."""
+        batch, tokens, _ = projected.shape
+        return projected.view(batch, tokens, -1, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
 
     def _probabilities(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         scores = (q * (1.0 / math.sqrt(self.head_dim))) @ k.transpose(-2, -1)
@@ -146,7 +189,11 @@ class Attention(nn.Module):
 
 
 class ResidualAttentionBlock(nn.Module):
-    """Pre-norm transformer block: ``x + attn(ln_1(x))``, then ``x + mlp(ln_2(x))``."""
+    """Pre-norm transformer block: ``x + attn(ln_1(x))``, then ``x + mlp(ln_2(x))``.
+
+    With ``cls_only`` the block computes the CLS token's output alone (``[b, 1, width]``), attending over
+    every token: all a projected embedding needs from the last block.
+    """
 
     def __init__(
         self, width: int, heads: int, mlp_ratio: float = 4.0, activation: str = "quick_gelu", eps: float = 1e-5
@@ -155,20 +202,20 @@ class ResidualAttentionBlock(nn.Module):
         hidden = int(width * mlp_ratio)
         self.attn = Attention(width, heads)
         self.ln_1 = LayerNorm(width, eps=eps)
-        self.mlp = nn.Sequential(
-            OrderedDict(
-                c_fc=nn.Linear(width, hidden),
-                gelu=QuickGELU() if activation == "quick_gelu" else nn.GELU(),
-                c_proj=nn.Linear(hidden, width),
-            )
-        )
+        self.mlp = Mlp(width, hidden, activation)
         self.ln_2 = LayerNorm(width, eps=eps)
 
     def forward(
-        self, x: torch.Tensor, output_cls_attention: bool = False, output_full_attention: bool = False
+        self,
+        x: torch.Tensor,
+        output_cls_attention: bool = False,
+        output_full_attention: bool = False,
+        cls_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        attended, cls_attention, full_attention = self.attn(self.ln_1(x), output_cls_attention, output_full_attention)
-        x = x + attended
+        attended, cls_attention, full_attention = self.attn(
+            self.ln_1(x), output_cls_attention, output_full_attention, cls_only
+        )
+        x = (x[:, :1] if cls_only else x) + attended
         x = x + self.mlp(self.ln_2(x))
         return x, cls_attention, full_attention
 
@@ -178,10 +225,20 @@ class Transformer(nn.Module):
 
     With ``grad_checkpointing`` set, each block runs through ``checkpoint_function`` (torch's non-reentrant
     checkpoint unless an adapter, e.g. transformers' ``activation_checkpointing_enable``, swaps it).
+
+    ``cls_only_last_block`` makes the last block compute the CLS token alone: ``last_hidden_state``
+    (and the last of ``hidden_states``) is then ``[b, 1, width]`` and the last of ``attentions``
+    ``[b, heads, 1, n]``; the CLS values are those of the full computation.
     """
 
     def __init__(
-        self, width: int, layers: int, heads: int, mlp_ratio: float = 4.0, activation: str = "quick_gelu", eps: float = 1e-5
+        self,
+        width: int,
+        layers: int,
+        heads: int,
+        mlp_ratio: float = 4.0,
+        activation: str = "quick_gelu",
+        eps: float = 1e-5,
     ) -> None:
         super().__init__()
         self.width = width
@@ -198,17 +255,20 @@ class Transformer(nn.Module):
         output_cls_attention: bool = False,
         output_full_attention: bool = False,
         output_hidden_states: bool = False,
+        cls_only_last_block: bool = False,
     ) -> TransformerOutput:
         hidden_states = [x] if output_hidden_states else None
         cls_attentions = [] if output_cls_attention else None
         full_attentions = [] if output_full_attention else None
-        for block in self.resblocks:
+        last = len(self.resblocks) - 1
+        for index, block in enumerate(self.resblocks):
+            cls_only = cls_only_last_block and index == last
             if self.grad_checkpointing and torch.is_grad_enabled():
                 x, cls_attention, full_attention = self.checkpoint_function(
-                    block, x, output_cls_attention, output_full_attention
+                    block, x, output_cls_attention, output_full_attention, cls_only
                 )
             else:
-                x, cls_attention, full_attention = block(x, output_cls_attention, output_full_attention)
+                x, cls_attention, full_attention = block(x, output_cls_attention, output_full_attention, cls_only)
             if hidden_states is not None:
                 hidden_states.append(x)
             if cls_attentions is not None:
@@ -286,7 +346,16 @@ class VisionTransformer(nn.Module):
     ) -> None:
         super().__init__()
         check_geometry(
-            input_resolution, patch_size, width, layers, heads, output_dim, in_channels, mlp_ratio, activation, layer_norm_eps
+            input_resolution,
+            patch_size,
+            width,
+            layers,
+            heads,
+            output_dim,
+            in_channels,
+            mlp_ratio,
+            activation,
+            layer_norm_eps,
         )
         self.input_resolution = input_resolution
         self.patch_size = patch_size
@@ -309,17 +378,22 @@ class VisionTransformer(nn.Module):
     def set_attention_implementation(self, implementation: str) -> None:
         """Pick ``"sdpa"`` (default, fused kernels) or ``"eager"`` (explicit softmax) for every block."""
         if implementation not in ATTENTION_IMPLEMENTATIONS:
-            raise ValueError(f"attention implementation must be one of {ATTENTION_IMPLEMENTATIONS}, got {implementation!r}")
+            raise ValueError(
+                f"attention implementation must be one of {ATTENTION_IMPLEMENTATIONS}, got {implementation!r}"
+            )
         for block in self.transformer.resblocks:
             block.attn.implementation = implementation
 
     def check_input(self, x: torch.Tensor, interpolate_pos_encoding: bool = False) -> None:
         """Raise ``ValueError`` saying what was expected if ``x`` is not an image batch this model takes."""
         if not isinstance(x, torch.Tensor):
-            raise ValueError(f"expected a torch.Tensor of images [batch, {self.in_channels}, H, W], got {type(x).__name__}")
+            raise ValueError(
+                f"expected a torch.Tensor of images [batch, {self.in_channels}, H, W], got {type(x).__name__}"
+            )
         if x.ndim != 4:
             raise ValueError(
-                f"expected a 4D image batch [batch, {self.in_channels}, {self.input_resolution}, {self.input_resolution}], "
+                f"expected a 4D image batch [batch, {self.in_channels}, {self.input_resolution}, "
+                f"{self.input_resolution}], "
                 f"got a {x.ndim}D tensor of shape {tuple(x.shape)}; add a batch dimension with x[None] for one image"
             )
         if not x.is_floating_point():
@@ -356,10 +430,17 @@ class VisionTransformer(nn.Module):
         output_attentions: bool = False,
         output_hidden_states: bool = False,
         interpolate_pos_encoding: bool = False,
+        cls_only_last_block: bool = False,
     ) -> TransformerOutput:
-        """Run the tower up to (not including) ``ln_post``; see ``TransformerOutput`` for shapes."""
+        """Run the tower up to (not including) ``ln_post``; see ``TransformerOutput`` for shapes.
+
+        ``cls_only_last_block`` skips the last block's patch outputs (see ``Transformer``): enough for
+        ``project``, and cheaper by most of a block.
+        """
         tokens = self.embed_patches(x, interpolate_pos_encoding)
-        return self.transformer(tokens, output_cls_attention, output_attentions, output_hidden_states)
+        return self.transformer(
+            tokens, output_cls_attention, output_attentions, output_hidden_states, cls_only_last_block
+        )
 
     def project(self, last_hidden_state: torch.Tensor) -> torch.Tensor:
         """CLS token of ``[b, n, width]`` -> ``ln_post`` -> ``proj`` -> ``[b, output_dim]``."""
@@ -375,7 +456,9 @@ class VisionTransformer(nn.Module):
         ``output_all_features``, followed by ``attention_map [layers, b, heads, grid, grid]`` (each
         layer's CLS-query attention over the patches) if ``output_attention_map``.
         """
-        out = self.forward_tokens(x, output_cls_attention=output_attention_map)
+        out = self.forward_tokens(
+            x, output_cls_attention=output_attention_map, cls_only_last_block=not output_all_features
+        )
         outputs = (self.project(out.last_hidden_state),)
         if output_all_features:
             outputs += (out.last_hidden_state[:, 1:, :],)
