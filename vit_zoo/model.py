@@ -180,8 +180,9 @@ class Attention(nn.Module):
 
     def _split_heads(self, projected: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``[b, n, parts * width]`` -> ``parts`` strided views ``[b, heads, n, head_dim]`` (no copy)."""
-        batch, tokens, _ = projected.shape
-        return projected.view(batch, tokens, -1, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        batch, tokens, features = projected.shape
+        parts = features // (self.heads * self.head_dim)  # not -1: an empty batch leaves it ambiguous
+        return projected.view(batch, tokens, parts, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
 
     def _probabilities(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         scores = (q * (1.0 / math.sqrt(self.head_dim))) @ k.transpose(-2, -1)
