@@ -101,28 +101,40 @@ class QuickGELU(nn.Module):
         return x * torch.sigmoid(QUICK_GELU_SCALE * x)
 
 
+class ScaledLinear(nn.Linear):
+    """``nn.Linear`` computing ``alpha * x Wᵀ + beta * b`` in one ``addmm`` (same parameters and names)."""
+
+    def __init__(self, in_features: int, out_features: int, alpha: float = 1.0, beta: float = 1.0) -> None:
+        super().__init__(in_features, out_features)
+        self.alpha, self.beta = alpha, beta
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        out = torch.addmm(self.bias, rows, self.weight.t(), beta=self.beta, alpha=self.alpha)
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+
 class Mlp(nn.Module):
     """``c_proj(gelu(c_fc(x)))``, OpenAI's ``mlp`` (an ``nn.Sequential`` there; same parameter names).
 
     QuickGELU runs as ``silu(1.702 h) / 1.702`` with both scales folded into the two matmuls
-    (``addmm``'s ``alpha``/``beta``): one pass over the ``[tokens, hidden]`` activations instead of three.
+    (``ScaledLinear``): one pass over the ``[tokens, hidden]`` activations instead of three. The layers stay
+    modules called through ``forward``, so hooks (accelerate's offloading) see them.
     """
 
     def __init__(self, width: int, hidden: int, activation: str = "quick_gelu") -> None:
         super().__init__()
-        self.c_fc = nn.Linear(width, hidden)
-        self.gelu = QuickGELU() if activation == "quick_gelu" else nn.GELU()
-        self.c_proj = nn.Linear(hidden, width)
+        quick = activation == "quick_gelu"
+        scale = QUICK_GELU_SCALE if quick else 1.0
+        self.c_fc = ScaledLinear(width, hidden, alpha=scale, beta=scale)
+        self.gelu = QuickGELU() if quick else nn.GELU()
+        self.c_proj = ScaledLinear(hidden, width, alpha=1 / scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x [..., width]`` -> ``[..., width]``."""
-        if not isinstance(self.gelu, QuickGELU):
-            return self.c_proj(self.gelu(self.c_fc(x)))
-        rows = x.reshape(-1, x.shape[-1])
-        scale = QUICK_GELU_SCALE
-        hidden = torch.addmm(self.c_fc.bias, rows, self.c_fc.weight.t(), beta=scale, alpha=scale)
-        out = torch.addmm(self.c_proj.bias, F.silu(hidden, inplace=True), self.c_proj.weight.t(), alpha=1 / scale)
-        return out.view(*x.shape[:-1], out.shape[-1])
+        if isinstance(self.gelu, QuickGELU):
+            return self.c_proj(F.silu(self.c_fc(x), inplace=True))
+        return self.c_proj(self.gelu(self.c_fc(x)))
 
 
 class Attention(nn.Module):
@@ -457,9 +469,7 @@ class VisionTransformer(nn.Module):
         ``output_all_features``, followed by ``attention_map [layers, b, heads, grid, grid]`` (each
         layer's CLS-query attention over the patches) if ``output_attention_map``.
         """
-        out = self.forward_tokens(
-            x, output_cls_attention=output_attention_map, cls_only_last_block=not output_all_features
-        )
+        out = self.forward_tokens(x, output_cls_attention=output_attention_map)
         outputs = (self.project(out.last_hidden_state),)
         if output_all_features:
             outputs += (out.last_hidden_state[:, 1:, :],)
