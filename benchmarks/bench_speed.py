@@ -41,11 +41,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection  # noqa
 
 import vit_zoo  # noqa: E402
 from vit_zoo import VisionTransformer, ZooEntry, get_entry  # noqa: E402
-
-try:
-    from vit_zoo.convert import to_hf_clip_state_dict
-except ImportError:  # vit_zoo.convert not merged on this branch yet: see hf_clip_state_dict below
-    to_hf_clip_state_dict = None
+from vit_zoo.convert import to_hf_clip_state_dict  # noqa: E402
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 BASELINE = "timm"
@@ -57,38 +53,6 @@ OVERHEADS = [  # (with attention maps, without): the issue's "attention map almo
 ]
 # agreement with vit_zoo's embedding required before timing (relative L2 error)
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 5e-2, torch.float16: 1e-2}
-
-
-def hf_clip_state_dict(visual: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """OpenAI visual keys -> ``CLIPVisionModelWithProjection`` keys (used until ``vit_zoo.convert`` lands)."""
-    if to_hf_clip_state_dict is not None:
-        return to_hf_clip_state_dict(visual)
-    renames = {
-        "conv1.weight": "embeddings.patch_embedding.weight",
-        "class_embedding": "embeddings.class_embedding",
-        "positional_embedding": "embeddings.position_embedding.weight",
-        "ln_pre.": "pre_layrnorm.",
-        "ln_post.": "post_layernorm.",
-        "transformer.resblocks.": "encoder.layers.",
-        ".attn.out_proj.": ".self_attn.out_proj.",
-        ".ln_1.": ".layer_norm1.",
-        ".ln_2.": ".layer_norm2.",
-        ".mlp.c_fc.": ".mlp.fc1.",
-        ".mlp.c_proj.": ".mlp.fc2.",
-    }
-    out = {"visual_projection.weight": visual["proj"].t()}
-    for key, value in visual.items():
-        if key == "proj":
-            continue
-        for old, new in renames.items():
-            key = key.replace(old, new)
-        if ".attn.in_proj_" in key:
-            layer, kind = key.split(".attn.in_proj_")
-            for name, part in zip("qkv", value.chunk(3), strict=True):
-                out[f"vision_model.{layer}.self_attn.{name}_proj.{kind}"] = part
-        else:
-            out["vision_model." + key] = value
-    return out
 
 
 def timm_model(geometry: dict, visual: dict[str, torch.Tensor]) -> torch.nn.Module:
@@ -139,7 +103,7 @@ def hf_model(geometry: dict, visual: dict[str, torch.Tensor], attention: str) ->
         layer_norm_eps=geometry["layer_norm_eps"],
     )
     model = CLIPVisionModelWithProjection._from_config(config, attn_implementation=attention)
-    model.load_state_dict(hf_clip_state_dict(visual))
+    model.load_state_dict(to_hf_clip_state_dict(visual))
     return model
 
 
