@@ -37,11 +37,11 @@ import timm  # noqa: E402
 import transformers  # noqa: E402
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg  # noqa: E402
 from timm.models.vision_transformer import checkpoint_filter_fn  # noqa: E402
-from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection  # noqa: E402
+from transformers import CLIPVisionModelWithProjection  # noqa: E402
 
 import vit_zoo  # noqa: E402
-from vit_zoo import VisionTransformer, ZooEntry, get_entry  # noqa: E402
-from vit_zoo.convert import to_hf_clip_state_dict  # noqa: E402
+from vit_zoo import VisionTransformer, VitZooConfig, ZooEntry, get_entry  # noqa: E402
+from vit_zoo.convert import to_hf_clip_state_dict, to_hf_clip_vision_config  # noqa: E402
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 BASELINE = "timm"
@@ -90,18 +90,7 @@ def open_clip_model(geometry: dict, visual: dict[str, torch.Tensor]) -> torch.nn
 
 
 def hf_model(geometry: dict, visual: dict[str, torch.Tensor], attention: str) -> torch.nn.Module:
-    config = CLIPVisionConfig(
-        hidden_size=geometry["width"],
-        intermediate_size=int(geometry["width"] * geometry["mlp_ratio"]),
-        num_hidden_layers=geometry["layers"],
-        num_attention_heads=geometry["heads"],
-        num_channels=geometry["in_channels"],
-        image_size=geometry["input_resolution"],
-        patch_size=geometry["patch_size"],
-        projection_dim=geometry["output_dim"],
-        hidden_act=geometry["activation"],
-        layer_norm_eps=geometry["layer_norm_eps"],
-    )
+    config = to_hf_clip_vision_config(VitZooConfig(**geometry))
     model = CLIPVisionModelWithProjection._from_config(config, attn_implementation=attention)
     model.load_state_dict(to_hf_clip_state_dict(visual))
     return model
