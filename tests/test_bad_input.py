@@ -613,4 +613,4 @@ def test_debug_shows_the_traceback(tmp_path):
     assert "Traceback (most recent call last):" in result.stderr
     assert result.stderr.rstrip().endswith("notes.txt is not a checkpoint (unknown file type); expected an OpenAI CLIP "
                                            ".pt archive, a torch.save state dict or a .safetensors file")
-    assert "vit_zoo/_readers.py" in result.stderr and not (tmp_path / "out").exists()
+    assert "vit_zoo/readers.py" in result.stderr and not (tmp_path / "out").exists()

@@ -24,7 +24,7 @@ from timm.optim import create_optimizer_v2
 
 import vit_zoo
 from vit_zoo import VisionTransformer
-from vit_zoo._timm import TimmVisionTransformer, timm_config_dict
+from vit_zoo.vision_transformer import TimmVisionTransformer, timm_config_dict
 from vit_zoo.convert import CheckpointError, to_hf_clip_state_dict
 from vit_zoo.zoo import OPENAI_MEAN, OPENAI_STD, ZooConfigError
 

@@ -7,7 +7,7 @@ __version__ = "0.1.0"  # first: modules imported below read it
 
 from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
 
-from . import _timm  # noqa: F401  (registers the zoo with timm)
+from . import vision_transformer  # noqa: F401  (registers the zoo with timm)
 from .config import VitZooConfig
 from .image_processing import image_processor_for
 from .model import VisionTransformer

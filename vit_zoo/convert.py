@@ -27,7 +27,7 @@ import torch
 from safetensors import SafetensorError
 from transformers import CLIPVisionConfig
 
-from ._readers import CheckpointError, _first_line, load_checkpoint
+from .readers import CheckpointError, _first_line, load_checkpoint
 from .config import VitZooConfig
 from .download import download_pretrained, pretrained_source, sha256_of
 from .model import ACTIVATIONS, VisionTransformer

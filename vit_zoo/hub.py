@@ -35,7 +35,7 @@ from safetensors import SafetensorError, safe_open
 from transformers.dynamic_module_utils import custom_object_save
 
 from . import __version__
-from ._timm import GEOMETRY_KWARGS, TimmVisionTransformer, timm_config_dict
+from .vision_transformer import GEOMETRY_KWARGS, TimmVisionTransformer, timm_config_dict
 from .config import VitZooConfig
 from .image_processing import image_processor_for
 from .model import VisionTransformer

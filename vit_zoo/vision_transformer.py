@@ -1,5 +1,9 @@
 """timm integration: every zoo variant becomes a timm model entry, the way timm's own model files register.
 
+The module is named as timm names its ViT family file (``timm/models/vision_transformer.py``): timm files
+each entry under the last part of its registering module's name, and timm's own test suite selects the
+ViT-family feature tests (``forward_intermediates``, ``features_only``) by that name.
+
 Importing this module (``import vit_zoo`` does) subscribes to the zoo with ``zoo.on_register``; each
 variant, built-in or registered later, gets
 
