@@ -41,7 +41,7 @@ from transformers import CLIPVisionModelWithProjection  # noqa: E402
 
 import vit_zoo  # noqa: E402
 from vit_zoo import VisionTransformer, VitZooConfig, ZooEntry, get_entry  # noqa: E402
-from vit_zoo.convert import to_hf_clip_state_dict, to_hf_clip_vision_config  # noqa: E402
+from vit_zoo.state_dicts import to_hf_clip_state_dict, to_hf_clip_vision_config  # noqa: E402
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 BASELINE = "timm"

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from transformers import CLIPVisionModelWithProjection
 
 from vit_zoo import VitZooConfig
-from vit_zoo.convert import to_hf_clip_state_dict, to_hf_clip_vision_config
+from vit_zoo.state_dicts import to_hf_clip_state_dict, to_hf_clip_vision_config
 
 
 def export(folder: Path, output: Path) -> None:

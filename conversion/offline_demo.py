@@ -2,7 +2,7 @@
 
 1. Builds a ViT-B/32-shaped CLIP (2 blocks instead of 12, random weights) the way OpenAI ships theirs: an
    fp16 TorchScript archive holding the whole model (image tower ``visual.*``, a text tower, the scalars).
-2. Converts it with ``vit_zoo.convert.convert_checkpoint`` (what ``vit-zoo convert FILE`` runs) to float32.
+2. Converts it with ``vit_zoo.convert_checkpoint`` (what ``vit-zoo convert FILE`` runs) to float32.
 3. Loads the folder through timm (``local-dir:``), transformers (``AutoModel``), transformers' remote code
    (a fresh interpreter where vit_zoo cannot be imported) and the core ``VisionTransformer``, and checks
    every embedding against the original model's.
@@ -26,8 +26,7 @@ from torch import nn
 from transformers import AutoModel
 from transformers.utils import logging as transformers_logging
 
-from vit_zoo import VisionTransformer, VitZooConfig
-from vit_zoo.convert import convert_checkpoint
+from vit_zoo import VisionTransformer, VitZooConfig, convert_checkpoint
 
 GEOMETRY = dict(input_resolution=224, patch_size=32, width=768, layers=2, heads=12, output_dim=512)
 TOLERANCE = 1e-5

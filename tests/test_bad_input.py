@@ -45,11 +45,19 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, CLIPVisionConfig, CLIPVisionModel
 
-from vit_zoo import VitZooConfig, VitZooModel, cli, get_entry
-from vit_zoo import hub as hub_module
-from vit_zoo.convert import CheckpointError, convert_checkpoint, load_checkpoint
+from vit_zoo import (
+    CheckpointError,
+    VitZooConfig,
+    VitZooModel,
+    cli,
+    convert_checkpoint,
+    get_entry,
+    load_checkpoint,
+    push_folder,
+    save_model_folder,
+)
+from vit_zoo import folder as folder_module
 from vit_zoo.download import ATTEMPTS
-from vit_zoo.hub import push_folder, save_model_for_hub
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_NAME = "vit_zoo_tiny_patch8_test_32"
@@ -93,7 +101,7 @@ def tiny_archive(tiny_clip, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def model_folder(tmp_path_factory) -> Path:
     torch.manual_seed(0)
-    return save_model_for_hub(VitZooModel(VitZooConfig(**TINY)).eval(), tmp_path_factory.mktemp("model") / "tiny")
+    return save_model_folder(VitZooModel(VitZooConfig(**TINY)).eval(), tmp_path_factory.mktemp("model") / "tiny")
 
 
 @pytest.fixture
@@ -419,7 +427,7 @@ def full_disk(tmp_path, monkeypatch) -> Iterator[Path]:
     folder = tmp_path / "full"
     with tmpfs(folder, "size=64k") as mounted:
         if not mounted:
-            real_save = hub_module.save_torch_state_dict
+            real_save = folder_module.save_torch_state_dict
 
             def save_until_full(state_dict, save_directory, **kwargs):
                 real_save(state_dict, save_directory, **kwargs)
@@ -427,7 +435,7 @@ def full_disk(tmp_path, monkeypatch) -> Iterator[Path]:
                 weights.write_bytes(weights.read_bytes()[:65536])
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-            monkeypatch.setattr(hub_module, "save_torch_state_dict", save_until_full)
+            monkeypatch.setattr(folder_module, "save_torch_state_dict", save_until_full)
         yield folder
 
 

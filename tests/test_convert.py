@@ -2,6 +2,8 @@
 
 import importlib.util
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -11,9 +13,8 @@ from reference import OPENAI_GEOMETRIES, TINY
 from safetensors.torch import load_file
 from transformers import CLIPVisionModelWithProjection
 
-from vit_zoo import VisionTransformer, VitZooConfig
+from vit_zoo import CheckpointError, OutputError, VisionTransformer, VitZooConfig, convert_checkpoint
 from vit_zoo import convert as convert_module
-from vit_zoo.convert import CheckpointError, convert_checkpoint
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -164,12 +165,13 @@ def test_existing_output_is_refused_and_untouched(checkpoints, tmp_path):
 def test_failure_while_writing_leaves_nothing(checkpoints, tmp_path, monkeypatch):
     _, archive, _ = checkpoints("tiny")
 
-    def write_then_fail(tower, config, record, folder, max_shard_size):
+    def write_then_fail(tower, config, folder, **options):
+        folder.mkdir()
         (folder / "model.safetensors").write_bytes(b"half")
         raise OSError("disk full")
 
-    monkeypatch.setattr(convert_module, "_write_folder", write_then_fail)
-    with pytest.raises(CheckpointError, match="cannot write .*out \\(disk full\\); choose an output folder"):
+    monkeypatch.setattr(convert_module, "save_folder", write_then_fail)
+    with pytest.raises(OutputError, match="cannot write .*out \\(disk full\\); choose an output folder"):
         convert_checkpoint(archive, tmp_path / "out", name="vit_zoo_tiny_patch8_test_32")
     assert list(tmp_path.iterdir()) == []
 
@@ -209,3 +211,17 @@ def test_export_to_transformers_clip_and_back(checkpoints, tmp_path):
     original, round_trip = load_file(folder / "model.safetensors"), load_file(back / "model.safetensors")
     assert sorted(original) == sorted(round_trip)
     assert all(round_trip[k].dtype == v.dtype and torch.equal(round_trip[k], v) for k, v in original.items())
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_written_folder_honours_the_umask(checkpoints, tmp_path, umask):
+    """safetensors writes its files 0600; a converted folder is shared like any other file the user makes."""
+    _, archive, _ = checkpoints("tiny")
+    previous = os.umask(umask)
+    try:
+        folder = convert_checkpoint(archive, tmp_path / "out", name="vit_zoo_tiny_patch8_test_32")
+    finally:
+        os.umask(previous)
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in [folder, *folder.iterdir()]}
+    assert modes.pop("out") == 0o777 & ~umask
+    assert "model.safetensors" in modes and set(modes.values()) == {0o666 & ~umask}, modes

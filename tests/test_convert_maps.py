@@ -7,8 +7,8 @@ from reference import OPENAI_GEOMETRIES, TINY, reference_clip, visual_state_dict
 from transformers import CLIPConfig, CLIPModel, CLIPVisionModelWithProjection
 
 from vit_zoo import VisionTransformer, VitZooConfig
-from vit_zoo.convert import (
-    CheckpointError,
+from vit_zoo.errors import CheckpointError
+from vit_zoo.state_dicts import (
     check_state_dict,
     infer_geometry,
     to_hf_clip_state_dict,

@@ -20,7 +20,7 @@ from checkpoints import (
 from reference import OPENAI_GEOMETRIES, TINY
 from safetensors.torch import save_file
 
-from vit_zoo.convert import CheckpointError, load_checkpoint
+from vit_zoo import CheckpointError, load_checkpoint
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,7 @@ from reference import TINY
 from safetensors import safe_open
 from transformers import AutoImageProcessor
 
-from vit_zoo import VitZooConfig, VitZooModel, list_entries
-from vit_zoo.hub import save_model_for_hub
+from vit_zoo import VitZooConfig, VitZooModel, list_entries, save_model_folder
 from vit_zoo.visualize import crop_box, select_attention
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +28,7 @@ def run_cli(*args, cwd=None):
 @pytest.fixture(scope="module")
 def model_folder(tmp_path_factory):
     torch.manual_seed(0)
-    return save_model_for_hub(VitZooModel(VitZooConfig(**TINY)).eval(), tmp_path_factory.mktemp("model") / "tiny")
+    return save_model_folder(VitZooModel(VitZooConfig(**TINY)).eval(), tmp_path_factory.mktemp("model") / "tiny")
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ import torch
 from checkpoints import openai_clip, write_state_dict, write_torchscript_archive
 from reference import TINY
 
-from vit_zoo.convert import CheckpointError, load_checkpoint
+from vit_zoo import CheckpointError, load_checkpoint
 
 SEED = 20261125
 CASES = {"archive": 240, "state_dict": 140}

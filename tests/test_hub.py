@@ -8,8 +8,7 @@ from hub_server import READ_TOKEN, WRITE_TOKEN, hub_server  # noqa: F401 - the f
 from reference import TINY
 from safetensors.torch import load_file, save_file
 
-from vit_zoo import VisionTransformer, VitZooConfig
-from vit_zoo.hub import HubError, pull, push_folder
+from vit_zoo import HubError, VisionTransformer, VitZooConfig, pull, push_folder
 
 pytestmark = [pytest.mark.hub, pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")]
 

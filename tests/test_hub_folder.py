@@ -16,9 +16,17 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoImageProcessor, AutoModel, CLIPImageProcessor
 
 import vit_zoo
-from vit_zoo import VisionTransformer, VitZooConfig
-from vit_zoo.convert import convert_checkpoint
-from vit_zoo.hub import HubError, model_card, push_folder, push_to_hub, save_for_hub, save_model_for_hub
+from vit_zoo import (
+    FolderError,
+    VisionTransformer,
+    VitZooConfig,
+    convert_checkpoint,
+    push_folder,
+    push_to_hub,
+    save_folder,
+    save_model_folder,
+)
+from vit_zoo.folder import model_card
 
 GEOMETRY = dict(TINY, input_resolution=32, patch_size=8)
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -144,7 +152,7 @@ def test_models_in_memory_save_to_the_same_layout(kind, tmp_path):
         model = vit_zoo.VitZooModel(VitZooConfig(**GEOMETRY))
     else:
         model = VisionTransformer(**GEOMETRY, activation="gelu")
-    folder = save_model_for_hub(model.eval(), tmp_path / "saved")
+    folder = save_model_folder(model.eval(), tmp_path / "saved")
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         expected = model(images) if kind == "timm" else model(images)[0] if kind == "core" else model(images).image_embeds
@@ -154,8 +162,8 @@ def test_models_in_memory_save_to_the_same_layout(kind, tmp_path):
 
 def test_save_refuses_a_non_empty_folder(tmp_path):
     (tmp_path / "keep.txt").write_text("mine")
-    with pytest.raises(HubError, match="not empty"):
-        save_for_hub(VisionTransformer(**GEOMETRY).state_dict(), VitZooConfig(**GEOMETRY), tmp_path)
+    with pytest.raises(FolderError, match="not empty"):
+        save_folder(VisionTransformer(**GEOMETRY).state_dict(), VitZooConfig(**GEOMETRY), tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
 
 

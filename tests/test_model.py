@@ -73,13 +73,13 @@ def test_attention_map_does_not_change_embedding():
         torch.testing.assert_close(plain, model(images, True, True)[0], rtol=1e-5, atol=1e-6)
 
 
-def test_cls_only_last_block_gives_the_full_computations_cls_token():
+def test_cls_only_gives_the_full_computations_cls_token():
     torch.manual_seed(0)
     model = VisionTransformer(**TINY).eval()
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         full = model.forward_tokens(images, True, True, True)
-        cls_only = model.forward_tokens(images, True, True, True, cls_only_last_block=True)
+        cls_only = model.forward_tokens(images, True, True, True, cls_only=True)
     assert cls_only.last_hidden_state.shape == (2, 1, TINY["width"])
     assert cls_only.attentions[-1].shape == (2, TINY["heads"], 1, full.last_hidden_state.shape[1])
     torch.testing.assert_close(cls_only.last_hidden_state, full.last_hidden_state[:, :1], rtol=1e-5, atol=1e-6)

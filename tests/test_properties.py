@@ -24,9 +24,9 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file
 from transformers import AutoModel
 
-from vit_zoo import VisionTransformer, VitZooConfig
+from vit_zoo import VisionTransformer, VitZooConfig, pull, push_folder
 from vit_zoo.convert import convert_checkpoint
-from vit_zoo.hub import REPO_ID_PLACEHOLDER, pull, push_folder
+from vit_zoo.folder import REPO_ID_PLACEHOLDER
 from vit_zoo.model import ACTIVATIONS
 from vit_zoo.zoo import parse_entry
 

@@ -23,9 +23,8 @@ from timm.models._hub import load_model_config_from_path
 from timm.optim import create_optimizer_v2
 
 import vit_zoo
-from vit_zoo import VisionTransformer
+from vit_zoo import CheckpointError, VisionTransformer, to_hf_clip_state_dict
 from vit_zoo.vision_transformer import TimmVisionTransformer, timm_config_dict
-from vit_zoo.convert import CheckpointError, to_hf_clip_state_dict
 from vit_zoo.zoo import OPENAI_MEAN, OPENAI_STD, ZooConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

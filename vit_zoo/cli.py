@@ -10,20 +10,17 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import __version__
+from ._version import __version__
 from .convert import DTYPES, convert_checkpoint
 from .download import BASE_URL_ENV, CACHE_ENV
 from .embed import collect_images, embed_images, load_model, resolve_model_folder, save_embeddings
+from .errors import CliError, first_line
 from .hub import pull, push_folder
 from .model import ACTIVATIONS
 from .zoo import list_entries, openai_names
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
-
-
-class CliError(Exception):
-    """A user-facing error: its message is printed as is."""
 
 
 def _add_list_arguments(parser: argparse.ArgumentParser) -> None:
@@ -212,8 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:  # noqa: BLE001 - every failure becomes one line unless --debug
         if args.debug:
             raise
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        print(f"vit-zoo {args.command}: error: {message}", file=sys.stderr)
+        print(f"vit-zoo {args.command}: error: {first_line(error)}", file=sys.stderr)
         return EXIT_ERROR
 
 

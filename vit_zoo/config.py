@@ -10,7 +10,7 @@ from typing import Any
 
 from transformers import PreTrainedConfig
 
-from .model import check_geometry
+from .model import GEOMETRY_FIELDS, Geometry
 
 
 class VitZooConfig(PreTrainedConfig):
@@ -55,7 +55,7 @@ class VitZooConfig(PreTrainedConfig):
     initializer_factor: float = 1.0
 
     def __post_init__(self, **kwargs) -> None:
-        check_geometry(**self.geometry)  # a plain ValueError, before transformers wraps anything
+        _ = self.geometry  # validates: a plain ValueError, before transformers wraps anything
         super().__post_init__(**kwargs)
 
     @classmethod
@@ -75,20 +75,9 @@ class VitZooConfig(PreTrainedConfig):
         return super().from_dict(config_dict, **kwargs)
 
     @property
-    def geometry(self) -> dict:
-        """The keyword arguments of ``VisionTransformer`` this config describes."""
-        return dict(
-            input_resolution=self.input_resolution,
-            patch_size=self.patch_size,
-            width=self.width,
-            layers=self.layers,
-            heads=self.heads,
-            output_dim=self.output_dim,
-            in_channels=self.in_channels,
-            mlp_ratio=self.mlp_ratio,
-            activation=self.activation,
-            layer_norm_eps=self.layer_norm_eps,
-        )
+    def geometry(self) -> Geometry:
+        """The ``Geometry`` this config describes (``VisionTransformer(**config.geometry)`` builds the tower)."""
+        return Geometry(**{name: getattr(self, name) for name in GEOMETRY_FIELDS})
 
 
 VitZooConfig.register_for_auto_class()

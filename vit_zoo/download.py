@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 
 from tqdm.auto import tqdm
 
+from .errors import DownloadError
 from .zoo import PretrainedSource, get_entry
 
 CACHE_ENV = "VIT_ZOO_CACHE"
@@ -29,10 +30,6 @@ ATTEMPTS = 3
 TIMEOUT_S = 60
 _CHUNK = 1 << 20
 _HASH_CHUNK = 1 << 23
-
-
-class DownloadError(OSError):
-    """A download failed; the message says why and what to do."""
 
 
 class _Interrupted(Exception):

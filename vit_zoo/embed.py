@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -11,17 +10,18 @@ from pathlib import Path
 
 import torch
 from PIL import Image, UnidentifiedImageError
-from safetensors import SafetensorError
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from .convert import DTYPES, convert_checkpoint
 from .download import default_cache_dir
-from .hub import check_vit_zoo_folder, pull
+from .errors import UnknownVariantError, first_line
+from .folder import check_folder, write_atomically
+from .hub import pull
 from .model import VisionTransformer
 from .modeling import VitZooModel
 from .visualize import overlay, overlay_grid, select_attention
-from .zoo import UnknownVariantError, get_entry
+from .zoo import get_entry
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 OUTPUT_SUFFIXES = (".safetensors", ".npy")
@@ -45,7 +45,7 @@ def resolve_model_folder(model: str, cache_dir: str | os.PathLike | None = None)
     """A vit_zoo folder for ``model``: a local folder as is; a zoo or OpenAI name downloaded and converted once
     into ``<cache>/converted/<name>``; otherwise a Hub repo id, pulled through the HF cache."""
     if Path(model).is_dir():
-        return check_vit_zoo_folder(model)
+        return check_folder(model)
     try:
         entry = get_entry(model)
     except UnknownVariantError:
@@ -134,7 +134,7 @@ def embed_images(
                 images.append(_open_image(path))
                 names.append(path)
             except (UnidentifiedImageError, OSError, ValueError) as error:
-                result.skipped[path] = str(error).splitlines()[0] if str(error) else type(error).__name__
+                result.skipped[path] = first_line(error)
         if not images:
             continue
         pixel_values = processor(images=images, return_tensors="pt")["pixel_values"]
@@ -176,21 +176,16 @@ def save_embeddings(path: str | os.PathLike, result: EmbedResult, model_name: st
         raise ValueError(f"--output must end in {' or '.join(OUTPUT_SUFFIXES)}, got {path.name}")
     names = [str(file) for file in result.files]
     embeddings = result.stacked().contiguous()
-    temporary = path.with_name(f".{path.name}.partial")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(staging: Path) -> None:
         if path.suffix == ".safetensors":
-            save_file({"embeddings": embeddings}, temporary, metadata={"files": json.dumps(names), "model": model_name})
+            save_file({"embeddings": embeddings}, staging, metadata={"files": json.dumps(names), "model": model_name})
         else:
             import numpy as np
 
-            with open(temporary, "wb") as handle:
+            with open(staging, "wb") as handle:
                 np.save(handle, embeddings.numpy())
             path.with_name(path.name + ".files.txt").write_text("".join(f"{name}\n" for name in names), encoding="utf-8")
-        temporary.replace(path)
-    except (OSError, SafetensorError) as error:
-        with contextlib.suppress(OSError):  # on a read-only disk even removing a missing file fails
-            temporary.unlink(missing_ok=True)
-        reason = getattr(error, "strerror", None) or str(error).strip().splitlines()[0]
-        raise ValueError(f"cannot write {path} ({reason}); choose an --output on a writable disk with free space") from error
+
+    write_atomically(path, write, replace=True)
     return path

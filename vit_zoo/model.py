@@ -11,9 +11,10 @@ flat file, inside saved model folders for ``trust_remote_code`` users, so it imp
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, fields
 from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,51 +25,102 @@ ACTIVATIONS = ("quick_gelu", "gelu")
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
 
 
-def check_geometry(
-    input_resolution: int,
-    patch_size: int,
-    width: int,
-    layers: int,
-    heads: int,
-    output_dim: int,
-    in_channels: int = 3,
-    mlp_ratio: float = 4.0,
-    activation: str = "quick_gelu",
-    layer_norm_eps: float = 1e-5,
-) -> None:
-    """Raise ``ValueError`` naming the field and the fix if the geometry cannot build a model."""
-    sizes = dict(
-        input_resolution=input_resolution,
-        patch_size=patch_size,
-        width=width,
-        layers=layers,
-        heads=heads,
-        output_dim=output_dim,
-        in_channels=in_channels,
-    )
-    for name, value in sizes.items():
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{name} must be a positive int, got {value!r} ({type(value).__name__})")
-        if value <= 0:
-            raise ValueError(f"{name} must be a positive int, got {value}")
-    if input_resolution % patch_size:
-        raise ValueError(
-            f"input_resolution ({input_resolution}) must be divisible by patch_size ({patch_size}); "
-            f"use e.g. input_resolution={input_resolution // patch_size * patch_size or patch_size}"
-        )
-    if width % heads:
-        raise ValueError(
-            f"width ({width}) must be divisible by heads ({heads}); choose heads among the divisors of width"
-        )
-    if not _is_positive_number(mlp_ratio):
-        raise ValueError(f"mlp_ratio must be a positive number (finite), got {mlp_ratio!r}")
-    if int(width * mlp_ratio) <= 0:
-        raise ValueError(f"width * mlp_ratio must give at least one hidden unit, got {width} * {mlp_ratio}")
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-    if not _is_positive_number(layer_norm_eps):
-        raise ValueError(f"layer_norm_eps must be a positive number (finite), got {layer_norm_eps!r}")
+@dataclass(frozen=True)
+class Geometry(Mapping):
+    """The shape of a tower: everything ``VisionTransformer`` is built from, validated on construction.
 
+    Field names are the seed's ``VisionTransformer`` arguments. A ``Mapping`` of those names as well, so
+    ``VisionTransformer(**geometry)`` and ``dict(geometry)`` work. Invalid values raise ``ValueError`` naming
+    the field and the fix.
+    """
+
+    input_resolution: int
+    patch_size: int
+    width: int
+    layers: int
+    heads: int
+    output_dim: int
+    in_channels: int = 3
+    mlp_ratio: float = 4.0
+    activation: str = "quick_gelu"
+    layer_norm_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        for name in ("input_resolution", "patch_size", "width", "layers", "heads", "output_dim", "in_channels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be a positive int, got {value!r} ({type(value).__name__})")
+            if value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value}")
+        resolution, patch = self.input_resolution, self.patch_size
+        if resolution % patch:
+            raise ValueError(
+                f"input_resolution ({resolution}) must be divisible by patch_size ({patch}); "
+                f"use e.g. input_resolution={resolution // patch * patch or patch}"
+            )
+        if self.width % self.heads:
+            raise ValueError(
+                f"width ({self.width}) must be divisible by heads ({self.heads}); "
+                "choose heads among the divisors of width"
+            )
+        if not _is_positive_number(self.mlp_ratio):
+            raise ValueError(f"mlp_ratio must be a positive number (finite), got {self.mlp_ratio!r}")
+        if self.hidden <= 0:
+            raise ValueError(
+                f"width * mlp_ratio must give at least one hidden unit, got {self.width} * {self.mlp_ratio}"
+            )
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        if not _is_positive_number(self.layer_norm_eps):
+            raise ValueError(f"layer_norm_eps must be a positive number (finite), got {self.layer_norm_eps!r}")
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in GEOMETRY_FIELDS:
+            raise KeyError(name)
+        return getattr(self, name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(GEOMETRY_FIELDS)
+
+    def __len__(self) -> int:
+        return len(GEOMETRY_FIELDS)
+
+    @property
+    def grid_size(self) -> int:
+        return self.input_resolution // self.patch_size
+
+    @property
+    def hidden(self) -> int:
+        """The MLP's hidden width."""
+        return int(self.width * self.mlp_ratio)
+
+    @property
+    def num_params(self) -> int:
+        """Parameter count."""
+        width, hidden = self.width, self.hidden
+        tokens = self.grid_size**2 + 1
+        block = 4 * width * width + 4 * width + 2 * width * hidden + hidden + width + 4 * width
+        return (
+            self.in_channels * self.patch_size**2 * width  # conv1
+            + width + tokens * width + 4 * width  # class/positional embedding, ln_pre, ln_post
+            + self.layers * block
+            + width * self.output_dim  # proj
+        )  # fmt: skip
+
+    @property
+    def gmacs(self) -> float:
+        """Multiply-accumulates of one forward pass at ``input_resolution``, in billions (GFLOPs are twice this)."""
+        width, hidden = self.width, self.hidden
+        patches = self.grid_size**2
+        tokens = patches + 1
+        block = tokens * (4 * width * width + 2 * width * hidden) + 2 * tokens * tokens * width
+        macs = patches * self.in_channels * self.patch_size**2 * width + self.layers * block + width * self.output_dim
+        return macs / 1e9
+
+
+GEOMETRY_FIELDS = tuple(field.name for field in fields(Geometry))
+SHAPE_FIELDS = tuple(name for name in GEOMETRY_FIELDS if name not in ("heads", "activation", "layer_norm_eps"))
+"""The fields that decide tensor shapes, so the ones a state dict shows."""
 
 def _is_positive_number(value) -> bool:
     """An int or float, not a bool, above 0 and finite (``inf`` would overflow ``int(width * mlp_ratio)``)."""
@@ -143,7 +195,7 @@ class Attention(nn.Module):
     Runs through ``F.scaled_dot_product_attention`` (``implementation="sdpa"``) or explicit
     matmul-softmax (``"eager"``). Attention probabilities are computed only when asked: the CLS query
     row alone for attention maps, the full matrix only when ``output_full_attention`` is set. With
-    ``cls_query_only`` only the CLS token attends (keys and values still come from every token).
+    ``cls_only`` only the CLS token attends (keys and values still come from every token).
     """
 
     def __init__(self, width: int, heads: int) -> None:
@@ -166,12 +218,12 @@ class Attention(nn.Module):
         x: torch.Tensor,
         output_cls_attention: bool = False,
         output_full_attention: bool = False,
-        cls_query_only: bool = False,
+        cls_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """``x [b, n, width]`` -> ``(out [b, q, width], cls_attention [b, heads, n-1] | None,
-        attention [b, heads, q, n] | None)``, ``q = 1`` with ``cls_query_only``, else ``n``."""
+        attention [b, heads, q, n] | None)``, ``q = 1`` with ``cls_only``, else ``n``."""
         width = x.shape[-1]
-        if cls_query_only:
+        if cls_only:
             (q,) = self._split_heads(F.linear(x[:, :1], self.in_proj_weight[:width], self.in_proj_bias[:width]))
             k, v = self._split_heads(F.linear(x, self.in_proj_weight[width:], self.in_proj_bias[width:]))
         else:
@@ -239,7 +291,7 @@ class Transformer(nn.Module):
     With ``grad_checkpointing`` set, each block runs through ``checkpoint_function`` (torch's non-reentrant
     checkpoint unless an adapter, e.g. transformers' ``activation_checkpointing_enable``, swaps it).
 
-    ``cls_only_last_block`` makes the last block compute the CLS token alone: ``last_hidden_state``
+    ``cls_only`` makes the last block compute the CLS token alone: ``last_hidden_state``
     (and the last of ``hidden_states``) is then ``[b, 1, width]`` and the last of ``attentions``
     ``[b, heads, 1, n]``; the CLS values are those of the full computation.
     """
@@ -268,20 +320,16 @@ class Transformer(nn.Module):
         output_cls_attention: bool = False,
         output_full_attention: bool = False,
         output_hidden_states: bool = False,
-        cls_only_last_block: bool = False,
+        cls_only: bool = False,
     ) -> TransformerOutput:
         hidden_states = [x] if output_hidden_states else None
         cls_attentions = [] if output_cls_attention else None
         full_attentions = [] if output_full_attention else None
         last = len(self.resblocks) - 1
         for index, block in enumerate(self.resblocks):
-            cls_only = cls_only_last_block and index == last
-            if self.grad_checkpointing and torch.is_grad_enabled():
-                x, cls_attention, full_attention = self.checkpoint_function(
-                    block, x, output_cls_attention, output_full_attention, cls_only
-                )
-            else:
-                x, cls_attention, full_attention = block(x, output_cls_attention, output_full_attention, cls_only)
+            x, cls_attention, full_attention = self.run_block(
+                block, x, output_cls_attention, output_full_attention, cls_only and index == last
+            )
             if hidden_states is not None:
                 hidden_states.append(x)
             if cls_attentions is not None:
@@ -294,6 +342,19 @@ class Transformer(nn.Module):
             cls_attentions=tuple(cls_attentions) if cls_attentions is not None else None,
             attentions=tuple(full_attentions) if full_attentions is not None else None,
         )
+
+    def run_block(
+        self,
+        block: ResidualAttentionBlock,
+        x: torch.Tensor,
+        output_cls_attention: bool = False,
+        output_full_attention: bool = False,
+        cls_only: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """One block's ``(tokens, cls_attention, attention)``, under ``checkpoint_function`` when checkpointing."""
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return self.checkpoint_function(block, x, output_cls_attention, output_full_attention, cls_only)
+        return block(x, output_cls_attention, output_full_attention, cls_only)
 
 
 @dataclass
@@ -330,6 +391,8 @@ def resample_positional_embedding(positional_embedding: torch.Tensor, grid: tupl
 class VisionTransformer(nn.Module):
     """OpenAI CLIP's ``VisionTransformer``, returning patch features and CLS->patch attention maps on request.
 
+    ``geometry`` holds the arguments as a ``Geometry`` (``VisionTransformer(**model.geometry)`` builds a twin).
+
     Args:
         input_resolution: side of the square input image in pixels.
         patch_size: side of a square patch; must divide ``input_resolution``.
@@ -358,22 +421,10 @@ class VisionTransformer(nn.Module):
         layer_norm_eps: float = 1e-5,
     ) -> None:
         super().__init__()
-        check_geometry(
-            input_resolution,
-            patch_size,
-            width,
-            layers,
-            heads,
-            output_dim,
-            in_channels,
-            mlp_ratio,
-            activation,
+        self.geometry = Geometry(
+            input_resolution, patch_size, width, layers, heads, output_dim, in_channels, mlp_ratio, activation,
             layer_norm_eps,
         )
-        self.input_resolution = input_resolution
-        self.patch_size = patch_size
-        self.in_channels = in_channels
-        self.output_dim = output_dim
         self.conv1 = nn.Conv2d(in_channels, width, kernel_size=patch_size, stride=patch_size, bias=False)
 
         scale = width**-0.5
@@ -385,8 +436,24 @@ class VisionTransformer(nn.Module):
         self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
 
     @property
+    def input_resolution(self) -> int:
+        return self.geometry.input_resolution
+
+    @property
+    def patch_size(self) -> int:
+        return self.geometry.patch_size
+
+    @property
+    def in_channels(self) -> int:
+        return self.geometry.in_channels
+
+    @property
+    def output_dim(self) -> int:
+        return self.geometry.output_dim
+
+    @property
     def grid_size(self) -> int:
-        return self.input_resolution // self.patch_size
+        return self.geometry.grid_size
 
     def set_attention_implementation(self, implementation: str) -> None:
         """Pick ``"sdpa"`` (default, fused kernels) or ``"eager"`` (explicit softmax) for every block."""
@@ -443,16 +510,16 @@ class VisionTransformer(nn.Module):
         output_attentions: bool = False,
         output_hidden_states: bool = False,
         interpolate_pos_encoding: bool = False,
-        cls_only_last_block: bool = False,
+        cls_only: bool = False,
     ) -> TransformerOutput:
         """Run the tower up to (not including) ``ln_post``; see ``TransformerOutput`` for shapes.
 
-        ``cls_only_last_block`` skips the last block's patch outputs (see ``Transformer``): enough for
+        ``cls_only`` skips the last block's patch outputs (see ``Transformer``): enough for
         ``project``, and cheaper by most of a block.
         """
         tokens = self.embed_patches(x, interpolate_pos_encoding)
         return self.transformer(
-            tokens, output_cls_attention, output_attentions, output_hidden_states, cls_only_last_block
+            tokens, output_cls_attention, output_attentions, output_hidden_states, cls_only
         )
 
     def project(self, last_hidden_state: torch.Tensor) -> torch.Tensor:

@@ -33,6 +33,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from .errors import CheckpointError, first_line, os_reason
+
 EXPECTED = "expected an OpenAI CLIP .pt archive, a torch.save state dict or a .safetensors file"
 WRAPPER_KEYS = ("state_dict", "model")
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -50,10 +52,6 @@ _STORAGE_DTYPES = {
     "ByteStorage": torch.uint8,
     "BoolStorage": torch.bool,
 }
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be used: the one-line message says what the file is not and what is expected."""
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -94,7 +92,7 @@ def _read_head(path: Path) -> bytes:
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such file; {EXPECTED}") from None
     except OSError as error:
-        raise CheckpointError(f"{path}: cannot read ({error.strerror or error})") from None
+        raise CheckpointError(f"{path}: cannot read ({os_reason(error)})") from None
     if not head:
         raise CheckpointError(f"{path} is empty; {EXPECTED}")
     return head
@@ -108,16 +106,11 @@ def _is_safetensors(head: bytes, size: int) -> bool:
     return head[8:9] == b"{" and 8 + header_length <= size
 
 
-def _first_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
-
-
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(path)
     except (SafetensorError, OSError, ValueError) as error:
-        raise CheckpointError(f"{path} is a corrupt safetensors file ({_first_line(error)}); {EXPECTED}") from None
+        raise CheckpointError(f"{path} is a corrupt safetensors file ({first_line(error)}); {EXPECTED}") from None
 
 
 def _weights_only_reason(error: pickle.UnpicklingError) -> str:
@@ -139,14 +132,14 @@ def _torch_load(path: Path, mmap_file: bool) -> Any:
             "loaded, never code"
         ) from None
     except Exception as error:  # noqa: BLE001 - any failure to parse is a bad file
-        raise CheckpointError(f"{path} is not a readable torch checkpoint ({_first_line(error)}); {EXPECTED}") from None
+        raise CheckpointError(f"{path} is not a readable torch checkpoint ({first_line(error)}); {EXPECTED}") from None
 
 
 def _read_zip(path: Path) -> Any:
     try:
         archive = zipfile.ZipFile(path)
     except Exception as error:  # noqa: BLE001 - BadZipFile, EOFError, undecodable names, unknown zip versions...
-        raise CheckpointError(f"{path} is a truncated or corrupt zip file ({_first_line(error)}); {EXPECTED}") from None
+        raise CheckpointError(f"{path} is a truncated or corrupt zip file ({first_line(error)}); {EXPECTED}") from None
     with archive:
         names = archive.namelist()
         records = [name for name in names if name.count("/") == 1 and name.endswith("/data.pkl")]
@@ -396,7 +389,7 @@ def _check_pickle_sizes(data: bytes) -> None:
     try:
         operations = [(opcode.name, argument) for opcode, argument, _ in pickletools.genops(data)]
     except ValueError as error:
-        raise CheckpointError(f"data.pkl is corrupt ({_first_line(error)})") from None
+        raise CheckpointError(f"data.pkl is corrupt ({first_line(error)})") from None
     slots = [argument for name, argument in operations if name in ("PUT", "BINPUT", "LONG_BINPUT")]
     if any(not 0 <= int(slot) <= len(data) for slot in slots):
         raise CheckpointError(f"data.pkl stores into memo slot {max(map(int, slots))} of a {len(data)}-byte pickle")
@@ -415,7 +408,7 @@ def _read_torchscript(path: Path, archive: zipfile.ZipFile, top: str) -> dict[st
     except CheckpointError as error:
         raise CheckpointError(f"{path}: {error}") from None
     except Exception as error:  # noqa: BLE001 - any failure to parse (bad CRC, code text, pickle) is a corrupt archive
-        raise CheckpointError(f"{path}: corrupt TorchScript archive ({_first_line(error)}); {EXPECTED}") from None
+        raise CheckpointError(f"{path}: corrupt TorchScript archive ({first_line(error)}); {EXPECTED}") from None
 
 
 def _module_state_dict(root: _ScriptObject, types: _ModuleTypes) -> dict[str, torch.Tensor]:

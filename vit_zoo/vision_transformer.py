@@ -43,28 +43,19 @@ from timm.models import (
 )
 from timm.models._features import feature_take_indices
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from . import convert
 from .download import sha256_of
-from .model import VisionTransformer, check_geometry
-from .zoo import ZooConfigError, ZooEntry, get_entry, list_entries, on_register
+from .errors import CheckpointError, ZooConfigError
+from .model import GEOMETRY_FIELDS, SHAPE_FIELDS, Geometry, VisionTransformer
+from .readers import load_checkpoint
+from .state_dicts import infer_geometry, state_dict_differences, to_vit_zoo_state_dict
+from .zoo import ZooEntry, get_entry, list_entries, on_register
 
 __all__ = ["TimmVisionTransformer", "pretrained_cfgs", "pretrained_filter_fn", "timm_config_dict"]
 
-# timm keyword -> VisionTransformer keyword, for the geometry an entry's YAML defines.
-GEOMETRY_KWARGS = {
-    "img_size": "input_resolution",
-    "patch_size": "patch_size",
-    "width": "width",
-    "layers": "layers",
-    "heads": "heads",
-    "output_dim": "output_dim",
-    "in_chans": "in_channels",
-    "mlp_ratio": "mlp_ratio",
-    "activation": "activation",
-    "layer_norm_eps": "layer_norm_eps",
-}
+# The Geometry fields timm names its own way; the others keep their names as timm keywords.
+_TIMM_NAMES = {"input_resolution": "img_size", "in_channels": "in_chans"}
+GEOMETRY_KWARGS = tuple(_TIMM_NAMES.get(name, name) for name in GEOMETRY_FIELDS)
 MODEL_KWARGS = ("num_classes", "dynamic_img_size", "drop_rate", "device", "dtype")
 # consumed by timm's build_model_with_cfg / create_model on the way to the model
 BUILDER_KWARGS = (
@@ -87,7 +78,19 @@ def _square_size(img_size: int | Sequence[int]) -> int:
                 f"img_size={max(height, width)}) and use dynamic_img_size=True for other shapes at run time"
             )
         return height
-    return img_size  # check_geometry says what is wrong with anything else
+    return img_size  # Geometry says what is wrong with anything else
+
+
+def timm_model_args(geometry: Mapping[str, Any]) -> dict[str, Any]:
+    """Geometry fields under timm's keyword names (``img_size``, ``in_chans``; the others as they are)."""
+    return {_TIMM_NAMES.get(name, name): value for name, value in geometry.items()}
+
+
+def _geometry_of(model_args: Mapping[str, Any]) -> Geometry:
+    """The ``Geometry`` timm keyword arguments describe (``img_size`` an int or a square ``(side, side)``)."""
+    geometry = {name: model_args[_TIMM_NAMES.get(name, name)] for name in GEOMETRY_FIELDS}
+    geometry["input_resolution"] = _square_size(geometry["input_resolution"])
+    return Geometry(**geometry)
 
 
 class TimmVisionTransformer(VisionTransformer):
@@ -143,11 +146,7 @@ class TimmVisionTransformer(VisionTransformer):
                 _square_size(img_size), patch_size, width, layers, heads, output_dim, in_chans,
                 mlp_ratio=mlp_ratio, activation=activation, layer_norm_eps=layer_norm_eps,
             )
-            self.model_args = dict(
-                img_size=self.input_resolution, patch_size=patch_size, in_chans=in_chans, width=width,
-                layers=layers, heads=heads, output_dim=output_dim, mlp_ratio=mlp_ratio, activation=activation,
-                layer_norm_eps=layer_norm_eps,
-            )
+            self.model_args = timm_model_args(self.geometry)
             self.num_features = width
             self.head_hidden_size = output_dim
             self.num_prefix_tokens = 1
@@ -219,11 +218,6 @@ class TimmVisionTransformer(VisionTransformer):
         """Images ``[b, in_chans, H, W]`` -> ``[b, num_classes]`` (the image embedding without a classifier)."""
         return self.forward_head(self.forward_features(x))
 
-    def _run_block(self, block: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-        if self.grad_checkpointing and torch.is_grad_enabled():
-            return checkpoint(block, tokens, use_reentrant=False)[0]
-        return block(tokens)[0]
-
     def forward_intermediates(
         self,
         x: torch.Tensor,
@@ -257,7 +251,7 @@ class TimmVisionTransformer(VisionTransformer):
         tokens = self.embed_patches(x, interpolate_pos_encoding=self.dynamic_img_size)
         intermediates = []
         for index, block in enumerate(blocks[: max_index + 1] if stop_early else blocks):
-            tokens = self._run_block(block, tokens)
+            tokens = self.transformer.run_block(block, tokens)[0]
             if index in take_indices:
                 intermediates.append(self.ln_post(tokens) if norm else tokens)
 
@@ -296,7 +290,7 @@ class TimmVisionTransformer(VisionTransformer):
         return take_indices
 
     def load_pretrained(self, checkpoint_path: str) -> None:
-        """Load any checkpoint ``vit_zoo.convert.load_checkpoint`` reads (OpenAI TorchScript archive, torch
+        """Load any checkpoint ``vit_zoo.readers.load_checkpoint`` reads (OpenAI TorchScript archive, torch
         pickle, safetensors; OpenAI, open_clip, HF CLIP or vit_zoo keys) through timm's ``load_pretrained``.
 
         timm calls this for ``custom_load`` sources: a downloaded ``url`` (checked against the zoo's
@@ -305,7 +299,7 @@ class TimmVisionTransformer(VisionTransformer):
         cfg = self.pretrained_cfg
         if not cfg.get("file"):
             _check_download(Path(checkpoint_path), cfg)
-        state_dict = convert.load_checkpoint(checkpoint_path)
+        state_dict = load_checkpoint(checkpoint_path)
         in_memory = {**cfg, "state_dict": state_dict, "custom_load": False, "source": None}
         load_pretrained(
             self,
@@ -335,7 +329,7 @@ def _check_download(path: Path, pretrained_cfg: Mapping[str, Any]) -> None:
     found = sha256_of(path)
     if found != expected:
         path.unlink()
-        raise convert.CheckpointError(
+        raise CheckpointError(
             f"{pretrained_cfg.get('url')}: the downloaded file has SHA-256 {found}, expected {expected}; "
             f"the corrupt copy ({path}) was deleted, try again"
         )
@@ -361,7 +355,7 @@ def _resampled(weights: dict[str, torch.Tensor], model: TimmVisionTransformer, s
         return weights
     old_grid = math.isqrt(positional.shape[0] - 1)
     if old_grid * old_grid != positional.shape[0] - 1:
-        raise convert.CheckpointError(
+        raise CheckpointError(
             f"{source}: positional_embedding has {positional.shape[0]} rows, expected 1 + grid*grid (a square grid)"
         )
     new_grid = model.grid_size
@@ -373,26 +367,14 @@ def _resampled(weights: dict[str, torch.Tensor], model: TimmVisionTransformer, s
     return weights
 
 
-# the geometry fields that decide tensor shapes (heads do not), in timm's keyword names
-SHAPE_KWARGS = ("img_size", "patch_size", "width", "layers", "output_dim", "in_chans", "mlp_ratio")
-
-
 def _comparable(key: str, shape: torch.Size) -> torch.Size:
     # conv1's input channels are adapted afterwards by timm (adapt_input_conv): leave them out
     return shape[:1] + shape[2:] if key == "conv1.weight" else shape
 
 
-def _differences(weights: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Size]) -> list[str]:
-    """What keeps ``weights`` from loading: missing, unexpected and misshapen tensors (the first few of each)."""
-    found = [
-        ("missing", [k for k in expected if k not in weights]),
-        ("unexpected", [k for k in weights if k not in expected]),
-        ("wrong shape", [
-            f"{k} {list(weights[k].shape)} instead of {list(shape)}" for k, shape in expected.items()
-            if k in weights and _comparable(k, weights[k].shape) != _comparable(k, shape)
-        ]),
-    ]
-    return [f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}" for label, keys in found if keys]
+def _shape_args(geometry: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of ``geometry`` that decide tensor shapes, in timm's keyword names."""
+    return timm_model_args({name: geometry[name] for name in SHAPE_FIELDS})
 
 
 def _check_fits(
@@ -400,25 +382,25 @@ def _check_fits(
 ) -> None:
     """Raise ``CheckpointError`` unless ``fitted`` (``original`` after resampling) loads into ``model``."""
     expected = {k: v.shape for k, v in model.state_dict().items() if not k.startswith("head.")}
-    differences = _differences(fitted, expected)
+    differences = state_dict_differences(fitted, expected, _comparable)
     if not differences:
         return
     name = getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)
-    built = {k: model.model_args[k] for k in SHAPE_KWARGS}
-    message = f"{source} does not fit {name} built with {_kwargs_text(built)} ({'; '.join(differences)})"
+    message = (
+        f"{source} does not fit {name} built with {_kwargs_text(_shape_args(model.geometry))} "
+        f"({'; '.join(differences)})"
+    )
     try:
-        found = convert.infer_geometry(original)
-    except convert.CheckpointError:
-        raise convert.CheckpointError(message) from None
-    checkpoint = {k: found[GEOMETRY_KWARGS[k]] for k in SHAPE_KWARGS}
+        found = infer_geometry(original)
+    except CheckpointError:
+        raise CheckpointError(message) from None
     same_shapes = ("width", "layers", "output_dim", "mlp_ratio")
     matches = [
-        e.name for e in list_entries()
-        if e.name != name and all(_entry_model_args(e)[k] == checkpoint[k] for k in same_shapes)
+        e.name for e in list_entries() if e.name != name and all(e.geometry[k] == found[k] for k in same_shapes)
     ]
     alternative = f", or use {' / '.join(matches)}" if matches else ""
-    raise convert.CheckpointError(
-        f"{message}: the checkpoint holds a ViT with {_kwargs_text(checkpoint)}; pass that geometry as keyword "
+    raise CheckpointError(
+        f"{message}: the checkpoint holds a ViT with {_kwargs_text(_shape_args(found))}; pass that geometry as keyword "
         f"arguments{alternative}"
     )
 
@@ -428,7 +410,7 @@ def pretrained_filter_fn(
 ) -> dict[str, torch.Tensor]:
     """timm's ``pretrained_filter_fn``: any CLIP ViT state dict -> this model's keys and shapes.
 
-    Converts OpenAI / open_clip / HF CLIP / vit_zoo layouts with ``vit_zoo.convert.to_vit_zoo_state_dict``
+    Converts OpenAI / open_clip / HF CLIP / vit_zoo layouts with ``vit_zoo.state_dicts.to_vit_zoo_state_dict``
     (keeping a saved ``head.*`` classifier), resamples the patch kernel and positional embedding with
     timm's ``resample_patch_embed`` / ``resample_abs_pos_embed`` when ``patch_size`` or ``img_size``
     differ, and raises ``CheckpointError`` naming the checkpoint's and the model's geometry when the rest
@@ -437,17 +419,16 @@ def pretrained_filter_fn(
     source = _weights_source(model)
     head = {k: v for k, v in state_dict.items() if k.startswith("head.")}
     try:
-        weights = convert.to_vit_zoo_state_dict({k: v for k, v in state_dict.items() if k not in head})
-    except convert.CheckpointError as error:
-        raise convert.CheckpointError(f"{source}: {error}") from None
+        weights = to_vit_zoo_state_dict({k: v for k, v in state_dict.items() if k not in head})
+    except CheckpointError as error:
+        raise CheckpointError(f"{source}: {error}") from None
     fitted = _resampled(weights, model, source)
     _check_fits(fitted, weights, model, source)
     return {**fitted, **head}
 
 
 def _entry_model_args(entry: ZooEntry) -> dict[str, Any]:
-    config = entry.config()
-    return {timm_name: getattr(config, core) for timm_name, core in GEOMETRY_KWARGS.items()}
+    return timm_model_args(entry.geometry)
 
 
 def pretrained_cfgs(entry: ZooEntry) -> dict[str, dict[str, Any]]:
@@ -537,10 +518,8 @@ def _create(entry: ZooEntry, pretrained: bool, kwargs: dict[str, Any]) -> TimmVi
     kwargs.setdefault("in_chans", channels)
     for key, value in _entry_model_args(entry).items():
         kwargs.setdefault(key, value)
-    geometry = {GEOMETRY_KWARGS[k]: kwargs[k] for k in GEOMETRY_KWARGS}
     try:
-        geometry["input_resolution"] = _square_size(geometry["input_resolution"])
-        check_geometry(**geometry)
+        _geometry_of(kwargs)
     except ValueError as error:
         raise ValueError(f"{entry.name}: {error} (timm's img_size is input_resolution, in_chans in_channels)") from None
     out_indices = kwargs.pop("out_indices", min(3, kwargs["layers"]))

@@ -10,35 +10,23 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from .config import VitZooConfig
+from .errors import UnknownVariantError, ZooConfigError, first_line, os_reason
+from .model import GEOMETRY_FIELDS, Geometry
 
 CONFIGS_ENV = "VIT_ZOO_CONFIGS"
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
-MODEL_KEYS = ("input_resolution", "patch_size", "width", "layers", "heads", "output_dim", "in_channels",
-              "mlp_ratio", "activation", "layer_norm_eps")
-REQUIRED_MODEL_KEYS = MODEL_KEYS[:6]
+REQUIRED_MODEL_KEYS = tuple(field.name for field in fields(Geometry) if field.default is MISSING)
 TOP_KEYS = ("name", "description", "model", "preprocessing", "pretrained")
-_GEOMETRY_DEFAULTS = dict(in_channels=3, mlp_ratio=4.0)
 SOURCE_KEYS = ("openai_name", "url", "sha256", "license", "paper", "hf_hub_id")
-
-
-class ZooConfigError(ValueError):
-    """A zoo YAML file or dict is malformed; the message names the file and the field."""
-
-
-class UnknownVariantError(KeyError):
-    """No zoo variant has that name; the message lists the known ones."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 @dataclass(frozen=True)
@@ -80,33 +68,22 @@ class ZooEntry:
         return VitZooConfig(**{**self.model, **overrides})
 
     @property
+    def geometry(self) -> Geometry:
+        return Geometry(**self.model)
+
+    @property
     def input_resolution(self) -> int:
         return self.model["input_resolution"]
 
     @property
     def num_params(self) -> int:
         """Parameter count, computed from the geometry."""
-        g = {**_GEOMETRY_DEFAULTS, **self.model}
-        width, hidden = g["width"], int(g["width"] * g["mlp_ratio"])
-        tokens = (g["input_resolution"] // g["patch_size"]) ** 2 + 1
-        block = 4 * width * width + 4 * width + 2 * width * hidden + hidden + width + 4 * width
-        return (
-            g["in_channels"] * g["patch_size"] ** 2 * width  # conv1
-            + width + tokens * width + 4 * width  # class/positional embedding, ln_pre, ln_post
-            + g["layers"] * block
-            + width * g["output_dim"]  # proj
-        )
+        return self.geometry.num_params
 
     @property
     def gmacs(self) -> float:
         """Multiply-accumulates of one forward pass, in billions (GFLOPs are twice this)."""
-        g = {**_GEOMETRY_DEFAULTS, **self.model}
-        width, hidden = g["width"], int(g["width"] * g["mlp_ratio"])
-        patches = (g["input_resolution"] // g["patch_size"]) ** 2
-        tokens = patches + 1
-        block = tokens * (4 * width * width + 2 * width * hidden) + 2 * tokens * tokens * width
-        macs = patches * g["in_channels"] * g["patch_size"] ** 2 * width + g["layers"] * block + width * g["output_dim"]
-        return macs / 1e9
+        return self.geometry.gmacs
 
 
 def _fail(origin: str, message: str) -> ZooConfigError:
@@ -129,7 +106,7 @@ def _mapping(origin: str, section: str, value: Any) -> Mapping:
 
 def _parse_model(origin: str, data: Any) -> dict[str, Any]:
     model = dict(_mapping(origin, "model", data))
-    _check_keys(origin, "model", model, MODEL_KEYS)
+    _check_keys(origin, "model", model, GEOMETRY_FIELDS)
     missing = [key for key in REQUIRED_MODEL_KEYS if key not in model]
     if missing:
         raise _fail(origin, f"model is missing {missing}; every variant needs {list(REQUIRED_MODEL_KEYS)}")
@@ -195,9 +172,9 @@ def load_entry(path: str | os.PathLike) -> ZooEntry:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as error:
-        raise ZooConfigError(f"{path}: cannot read zoo config ({error.strerror or error})") from None
+        raise ZooConfigError(f"{path}: cannot read zoo config ({os_reason(error)})") from None
     except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise ZooConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+        raise ZooConfigError(f"{path}: not valid YAML ({first_line(error)})") from None
     return parse_entry(data, origin=str(path), path=path)
 
 

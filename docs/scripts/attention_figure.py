@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from vit_zoo import VitZooConfig, VitZooModel, cli  # noqa: E402
-from vit_zoo.hub import save_model_for_hub  # noqa: E402
+from vit_zoo import save_model_folder  # noqa: E402
 
 ASSETS = ROOT / "docs" / "assets"
 SIZE = 224
@@ -48,7 +48,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
         scene().save(work / "scene.png")
-        model = save_model_for_hub(VitZooModel(VitZooConfig(**GEOMETRY)), work / "random-vit")
+        model = save_model_folder(VitZooModel(VitZooConfig(**GEOMETRY)), work / "random-vit")
         command = ["embed", str(model), str(work / "scene.png"), "--output", str(work / "scene.safetensors"),
                    "--attention-map", str(work / "maps"), "--all-layers"]
         print("vit-zoo " + " ".join(command))

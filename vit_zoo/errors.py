@@ -1,0 +1,58 @@
+"""Every exception vit_zoo raises on purpose, and the one way to quote another exception in one line.
+
+Each message is one line naming the file or field at fault and the fix; the CLI prints it as is.
+``config.py``, ``model.py`` and ``modeling.py`` travel as remote code and so raise plain ``ValueError``s.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used: the one-line message says what the file is not and what is expected."""
+
+
+class ZooConfigError(ValueError):
+    """A zoo YAML file or dict is malformed; the message names the file and the field."""
+
+
+class UnknownVariantError(KeyError):
+    """No zoo variant has that name; the message lists the known ones."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class DownloadError(OSError):
+    """A download failed; the message says why and what to do."""
+
+
+class OutputError(OSError):
+    """An output file or folder cannot be written (read-only, disk full, already there); nothing was left."""
+
+
+class HubError(RuntimeError):
+    """A push or pull failed; the message says why and what to do."""
+
+
+class FolderError(HubError):
+    """A folder is not a complete vit_zoo folder (what push and pull move), or cannot be written as one."""
+
+
+class CliError(Exception):
+    """A user-facing error of the command line: its message is printed as is."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first non-blank line of ``error``'s message, or its type's name when it has none (``OSError()``)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def os_reason(error: OSError) -> str:
+    """``No space left on device`` rather than ``[Errno 28] ...: 'path'``; ``shutil.copytree``'s collected
+    errors by the first file's reason."""
+    if isinstance(error, shutil.Error) and error.args and isinstance(error.args[0], list) and error.args[0]:
+        return str(error.args[0][0][-1])
+    return getattr(error, "strerror", None) or first_line(error)

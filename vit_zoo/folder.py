@@ -1,0 +1,357 @@
+"""The vit_zoo folder: one folder that timm, transformers (installed or as remote code) and vit_zoo all load.
+
+What it holds: ``model.safetensors`` with the bare tower names (``conv1.weight``...; sharded with an index
+past ``max_shard_size``), one ``config.json`` holding both transformers' keys (``model_type``,
+``architectures``, ``auto_map``, geometry) and timm's (``architecture``, ``num_classes``, ``num_features``,
+``pretrained_cfg``, ``model_args``), ``preprocessor_config.json`` (for RGB models), the remote-code files
+(``config.py``, ``model.py``, ``modeling.py``) and a model card (``README.md``).
+
+``save_folder`` / ``save_model_folder`` write it, ``check_folder`` checks one, and ``write_atomically`` is how
+every vit_zoo output appears: complete, or not at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from huggingface_hub import save_torch_state_dict
+from safetensors import SafetensorError, safe_open
+from transformers.dynamic_module_utils import custom_object_save
+
+from ._version import __version__
+from .config import VitZooConfig
+from .errors import FolderError, OutputError, first_line, os_reason
+from .image_processing import image_processor_for
+from .model import VisionTransformer
+from .modeling import VitZooModel, VitZooPreTrainedModel, remote_auto_map
+from .vision_transformer import TimmVisionTransformer, timm_config_dict, timm_model_args
+from .zoo import PretrainedSource, ZooEntry, list_entries
+
+__all__ = [
+    "Provenance",
+    "check_folder",
+    "model_card",
+    "save_folder",
+    "save_model_folder",
+    "write_atomically",
+]
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+DEFAULT_MAX_SHARD_SIZE = "5GB"
+REPO_ID_PLACEHOLDER = "YOUR-NAME/REPO"
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What the model card says about where the weights come from and what was done to them."""
+
+    source: str  # URL, or the file name of a local checkpoint
+    sha256: str
+    command: str
+    folder: str
+    source_dtype: str
+    dtype: str
+    entry: ZooEntry | None = None
+    release: PretrainedSource | None = None
+
+    @property
+    def converted(self) -> bool:
+        return self.source_dtype != self.dtype
+
+
+def save_folder(
+    state_dict: Mapping[str, torch.Tensor],
+    config: VitZooConfig,
+    folder: str | os.PathLike,
+    *,
+    entry: ZooEntry | None = None,
+    provenance: Provenance | None = None,
+    timm_keys: Mapping[str, Any] | None = None,
+    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
+) -> Path:
+    """Write the one folder that timm, transformers (installed or remote code) and vit_zoo all load.
+
+    Args:
+        state_dict: the tower's tensors with bare names (``conv1.weight``...; ``head.*`` for a timm classifier),
+            saved in their own dtype.
+        config: the geometry; ``config.json`` also gets ``architectures``, ``auto_map``, ``dtype`` and timm's keys.
+        folder: an empty or missing folder.
+        entry: the zoo variant the weights belong to (preprocessing, license, timm pretrained cfg).
+        provenance: what the model card says about the source (``Provenance``).
+        timm_keys: timm's ``config.json`` keys (default: from ``entry``, else the closest zoo variant, with
+            ``config``'s geometry as ``model_args``).
+        max_shard_size: size past which ``model.safetensors`` is split into shards with an index.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if any(folder.iterdir()):
+        raise FolderError(f"{folder} is not empty; save into a new folder")
+    save_torch_state_dict(dict(state_dict), folder, max_shard_size=max_shard_size, metadata={"format": "pt"})
+    combined = VitZooConfig.from_dict(config.to_dict())
+    combined.architectures = [VitZooModel.__name__]
+    combined.auto_map = remote_auto_map()
+    combined.dtype = _storage_dtype(state_dict)
+    # timm's pretrained_cfg in config.json would otherwise make AutoImageProcessor ignore preprocessor_config.json
+    combined.image_processor_type = "CLIPImageProcessor"
+    for key, value in (timm_keys or _timm_keys(config, entry)).items():
+        setattr(combined, key, value)
+    combined.save_pretrained(folder)  # config.json, and config.py + model.py for remote code
+    custom_object_save(VitZooModel, folder)  # modeling.py
+    if config.in_channels == 3:  # CLIPImageProcessor prepares RGB images; other inputs bring their own pixel_values
+        image_processor_for(entry if entry is not None else config).save_pretrained(folder)
+    (folder / "README.md").write_text(model_card(config, entry, provenance), encoding="utf-8")
+    return folder
+
+
+def save_model_folder(
+    model: VisionTransformer | VitZooPreTrainedModel,
+    folder: str | os.PathLike,
+    *,
+    entry: ZooEntry | None = None,
+    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
+) -> Path:
+    """``save_folder`` for a model in memory: a timm model (``timm.create_model("vit_zoo_...")``), a
+    ``VitZooModel`` or a core ``VisionTransformer``."""
+    if isinstance(model, VitZooPreTrainedModel):
+        config = model.config
+        prefix = f"{model.base_model_prefix}."
+        state_dict = {k.removeprefix(prefix): v for k, v in model.state_dict().items() if k.startswith(prefix)}
+    elif isinstance(model, VisionTransformer):
+        config = _config_of(model)
+        state_dict = model.state_dict()
+    else:
+        raise TypeError(f"expected a vit_zoo model (timm, transformers or core), got {type(model).__name__}")
+    timm_keys = timm_config_dict(model) if isinstance(model, TimmVisionTransformer) else None
+    if entry is None and isinstance(model, TimmVisionTransformer):
+        entry = next((e for e in list_entries() if e.name == model.pretrained_cfg.get("architecture")), None)
+    tensors = {k: v.detach().contiguous() for k, v in state_dict.items()}
+    return save_folder(tensors, config, folder, entry=entry, timm_keys=timm_keys, max_shard_size=max_shard_size)
+
+
+def _config_of(model: VisionTransformer) -> VitZooConfig:
+    return VitZooConfig(**model.geometry)
+
+
+def _storage_dtype(state_dict: Mapping[str, torch.Tensor]) -> torch.dtype:
+    dtypes = {tensor.dtype for tensor in state_dict.values() if tensor.is_floating_point()}
+    return dtypes.pop() if len(dtypes) == 1 else torch.float32
+
+
+def _closest_entry(config: VitZooConfig) -> ZooEntry:
+    """The zoo variant sharing most of ``config``'s geometry: timm's ``architecture`` for weights of unknown origin
+    (``model_args`` then carry the exact geometry)."""
+    geometry = config.geometry
+    return max(list_entries(), key=lambda entry: sum(entry.geometry[k] == v for k, v in geometry.items()))
+
+
+def _timm_keys(config: VitZooConfig, entry: ZooEntry | None) -> dict[str, Any]:
+    base = entry if entry is not None else _closest_entry(config)
+    keys = timm_config_dict(base, next(iter(base.pretrained), None) if entry is not None else None)
+    model_args = timm_model_args(config.geometry)
+    keys["model_args"] = dict(model_args, num_classes=config.output_dim)
+    keys["num_classes"], keys["num_features"] = config.output_dim, config.width
+    keys["pretrained_cfg"].update(
+        num_classes=config.output_dim, input_size=(config.in_channels, config.input_resolution, config.input_resolution)
+    )
+    if entry is None:
+        keys["pretrained_cfg"].pop("tag", None)
+    return keys
+
+
+def model_card(config: VitZooConfig, entry: ZooEntry | None = None, provenance: Provenance | None = None) -> str:
+    """The ``README.md`` of a vit_zoo folder: Hub metadata, provenance, geometry and usage for every loader.
+
+    Usage snippets name the repo ``YOUR-NAME/REPO``; ``push_folder`` puts the real repo id in.
+    """
+    release = provenance.release if provenance else _first_release(entry)
+    title = entry.description if entry and entry.description else "CLIP ViT image encoder"
+    metadata = [
+        "---",
+        f"license: {release.license if release and release.license else 'other'}",
+        "library_name: transformers",
+        "pipeline_tag: image-feature-extraction",
+        "tags:",
+        *(f"- {tag}" for tag in ("vit_zoo", "timm", "clip", "vision", "image-feature-extraction")),
+        *([f"base_model: {release.hf_hub_id}"] if release and release.hf_hub_id else []),
+        "---",
+    ]
+    return "\n".join([*metadata, "", f"# {title}", "", _CARD_INTRO, "", *_provenance_lines(config, entry, provenance),
+                      "", _usage(config, entry), ""])
+
+
+def _first_release(entry: ZooEntry | None) -> PretrainedSource | None:
+    return next(iter(entry.pretrained.values()), None) if entry else None
+
+
+_CARD_INTRO = (
+    "OpenAI CLIP's image tower in [vit-zoo](https://pypi.org/project/vit-zoo/)'s layout (OpenAI's `visual` "
+    "parameter names, as safetensors). One repo for timm, transformers (with or without vit-zoo installed) and "
+    "vit-zoo itself. Besides the projected CLS embedding it gives every patch token and each layer's "
+    "CLS-to-patch attention map `[layers, batch, heads, grid, grid]`."
+)
+
+
+def _provenance_lines(config: VitZooConfig, entry: ZooEntry | None, provenance: Provenance | None) -> list[str]:
+    lines = ["## Provenance", ""]
+    if provenance is not None:
+        weights = (
+            f"{provenance.dtype}, converted from the source's {provenance.source_dtype}"
+            if provenance.converted
+            else f"{provenance.dtype}, as in the source (not converted)"
+        )
+        lines += [
+            f"- Source: {provenance.source}",
+            f"- Source SHA-256: `{provenance.sha256}`",
+            f"- Converted with: `{provenance.command}` (vit-zoo {__version__})",
+            f"- Weights: {weights}",
+        ]
+    else:
+        lines.append(f"- Saved from a model in memory with vit-zoo {__version__}")
+    release = provenance.release if provenance else _first_release(entry)
+    if entry is not None:
+        lines.append(f"- Zoo variant: `{entry.name}`")
+    if release is not None and release.paper:
+        lines.append(f"- Paper: {release.paper}")
+    lines += [f"- Activation: `{config.activation}`", "- Geometry: " + ", ".join(f"{k}={v}" for k, v in config.geometry.items())]
+    return lines
+
+
+def _usage(config: VitZooConfig, entry: ZooEntry | None) -> str:
+    size = config.input_resolution
+    repo = REPO_ID_PLACEHOLDER
+    return f"""## Usage
+
+With timm (`pip install vit-zoo`; importing it registers the `vit_zoo_*` models):
+
+```python
+import timm
+import vit_zoo  # noqa: F401
+
+model = timm.create_model("hf-hub:{repo}", pretrained=True).eval()
+config = timm.data.resolve_data_config({{}}, model=model)
+transform = timm.data.create_transform(**config)
+embedding = model(transform(image).unsqueeze(0))  # [1, {config.output_dim}], OpenAI's encode_image
+```
+
+With transformers and vit-zoo installed:
+
+```python
+import vit_zoo  # noqa: F401  (registers model_type "vit_zoo" with the Auto classes)
+from transformers import AutoImageProcessor, AutoModel
+
+processor = AutoImageProcessor.from_pretrained("{repo}")
+model = AutoModel.from_pretrained("{repo}")
+outputs = model(**processor(images=image, return_tensors="pt"), output_attention_map=True)
+outputs.image_embeds  # [1, {config.output_dim}]
+outputs.attention_map  # [{config.layers}, 1, {config.heads}, {size // config.patch_size}, {size // config.patch_size}]
+```
+
+With transformers alone (the repo carries its modeling code):
+
+```python
+from transformers import AutoModel
+
+model = AutoModel.from_pretrained("{repo}", trust_remote_code=True)
+```
+
+From the command line: `vit-zoo pull {repo}` downloads it, `vit-zoo embed {repo} IMAGES...` embeds images.
+"""
+
+
+def check_folder(folder: str | os.PathLike) -> Path:
+    """Raise ``FolderError`` unless ``folder`` holds a vit_zoo ``config.json`` and readable safetensors weights
+    (each file's header is parsed and checked against the file's size; the tensors are not read)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FolderError(f"{folder} is not a folder; give the --output folder of `vit-zoo convert`")
+    check_model_type(folder / "config.json")
+    if not any((folder / name).is_file() for name in WEIGHT_FILES):
+        raise FolderError(f"{folder} has no model.safetensors; convert a checkpoint into it first")
+    for path in _weight_files(folder):
+        try:
+            with safe_open(path, "pt"):
+                pass
+        except (SafetensorError, OSError) as error:
+            raise FolderError(
+                f"{path} is not a readable safetensors file ({first_line(error)}); convert or pull the model again"
+            ) from None
+    return folder
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    """``model.safetensors``, or the shards its index names."""
+    index = folder / WEIGHT_FILES[1]
+    if not index.is_file():
+        return [folder / WEIGHT_FILES[0]]
+    try:
+        shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise FolderError(f"{index} is not a readable shard index; convert or pull the model again") from None
+    return [folder / shard for shard in sorted(map(str, shards))]
+
+
+def check_model_type(config_path: Path) -> None:
+    try:
+        model_type = json.loads(config_path.read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        folder = config_path.parent
+        raise FolderError(f"{folder} has no readable config.json; convert a checkpoint into it first") from None
+    if model_type != VitZooConfig.model_type:
+        raise FolderError(
+            f"{config_path} describes a {model_type!r} model, not a {VitZooConfig.model_type!r} one; "
+            "use a repo written by vit-zoo"
+        )
+
+
+def write_atomically(target: str | os.PathLike, write: Callable[[Path], Any], *, replace: bool = False) -> Path:
+    """Make ``target`` (a file or a folder) appear complete or not at all.
+
+    ``write(staging)`` creates the file or folder at ``staging``, a hidden path beside ``target``, which is then
+    renamed to ``target`` (replacing an existing file if ``replace``). What is written gets the permissions the
+    user's umask gives new files (safetensors writes its files ``0600``). On any failure the staging path and the
+    parent folders made for it are removed; a disk error becomes one ``OutputError`` line.
+    """
+    target = Path(target)
+    new_parents = [folder for folder in target.parents if not folder.exists()]
+    staging = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.partial")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write(staging)
+        _apply_umask(staging)
+        if not replace and (target.exists() or target.is_symlink()):
+            raise OutputError(f"output {target} appeared while writing it; nothing was written")
+        os.replace(staging, target)
+    except BaseException as error:
+        if staging.is_dir() and not staging.is_symlink():
+            shutil.rmtree(staging, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):  # on a read-only disk even removing a missing file fails
+                staging.unlink(missing_ok=True)
+        for folder in new_parents:  # innermost first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        if isinstance(error, (OSError, SafetensorError)) and not isinstance(error, OutputError):
+            reason = os_reason(error) if isinstance(error, OSError) else first_line(error)
+            raise OutputError(
+                f"cannot write {target} ({reason}); choose an output folder on a writable disk with free space"
+            ) from error
+        raise
+    return target
+
+
+def _apply_umask(path: Path) -> None:
+    """Give ``path`` (and what a folder holds) the modes ``open``/``mkdir`` would have given under the umask."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for item in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        if not item.is_symlink():
+            item.chmod((0o777 if item.is_dir() else 0o666) & ~umask)
