@@ -30,6 +30,19 @@ def test_parameter_names_are_openai_visual_names():
     assert set(model.state_dict()) == set(visual_state_dict(reference))
 
 
+def test_mlp_computes_exactly_openais_linear_quickgelu_linear():
+    """Bit for bit OpenAI's ``nn.Sequential(c_fc, QuickGELU, c_proj)``: tools that rewrite or merge into
+    ``nn.Linear`` (LoRA, quantisers) rely on each linear computing ``x Wᵀ + b`` and nothing else."""
+    reference = reference_clip(**TINY).visual.transformer.resblocks[0].mlp
+    model = VisionTransformer(**TINY).eval()
+    model.load_state_dict(visual_state_dict(reference_clip(**TINY)))
+    mlp = model.transformer.resblocks[0].mlp
+    assert type(mlp.c_fc) is torch.nn.Linear and type(mlp.c_proj) is torch.nn.Linear
+    tokens = torch.randn(2, 17, TINY["width"])
+    with torch.no_grad():
+        assert torch.equal(mlp(tokens), reference(tokens))
+
+
 @pytest.mark.parametrize("name", ["tiny", *OPENAI_GEOMETRIES])
 def test_matches_openai_reference(name):
     geometry = TINY if name == "tiny" else OPENAI_GEOMETRIES[name]

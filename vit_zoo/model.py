@@ -153,39 +153,22 @@ class QuickGELU(nn.Module):
         return x * torch.sigmoid(QUICK_GELU_SCALE * x)
 
 
-class ScaledLinear(nn.Linear):
-    """``nn.Linear`` computing ``alpha * x Wᵀ + beta * b`` in one ``addmm`` (same parameters and names)."""
-
-    def __init__(self, in_features: int, out_features: int, alpha: float = 1.0, beta: float = 1.0) -> None:
-        super().__init__(in_features, out_features)
-        self.alpha, self.beta = alpha, beta
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, x.shape[-1])
-        out = torch.addmm(self.bias, rows, self.weight.t(), beta=self.beta, alpha=self.alpha)
-        return out.view(*x.shape[:-1], out.shape[-1])
-
-
 class Mlp(nn.Module):
     """``c_proj(gelu(c_fc(x)))``, OpenAI's ``mlp`` (an ``nn.Sequential`` there; same parameter names).
 
-    QuickGELU runs as ``silu(1.702 h) / 1.702`` with both scales folded into the two matmuls
-    (``ScaledLinear``): one pass over the ``[tokens, hidden]`` activations instead of three. The layers stay
-    modules called through ``forward``, so hooks (accelerate's offloading) see them.
+    Plain ``nn.Linear`` layers: tools that rewrite linears (LoRA/PEFT, quantisers) see exactly what they
+    expect, and ``torch.compile`` sees the ``addmm`` -> pointwise -> ``addmm`` pattern it fuses and tunes
+    (bias in the GEMM, the activation in one kernel, or in the GEMM's epilogue with ``max-autotune``).
     """
 
     def __init__(self, width: int, hidden: int, activation: str = "quick_gelu") -> None:
         super().__init__()
-        quick = activation == "quick_gelu"
-        scale = QUICK_GELU_SCALE if quick else 1.0
-        self.c_fc = ScaledLinear(width, hidden, alpha=scale, beta=scale)
-        self.gelu = QuickGELU() if quick else nn.GELU()
-        self.c_proj = ScaledLinear(hidden, width, alpha=1 / scale)
+        self.c_fc = nn.Linear(width, hidden)
+        self.gelu = QuickGELU() if activation == "quick_gelu" else nn.GELU()
+        self.c_proj = nn.Linear(hidden, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x [..., width]`` -> ``[..., width]``."""
-        if isinstance(self.gelu, QuickGELU):
-            return self.c_proj(F.silu(self.c_fc(x), inplace=True))
         return self.c_proj(self.gelu(self.c_fc(x)))
 
 
