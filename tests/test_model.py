@@ -5,6 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference import OPENAI_GEOMETRIES, TINY, reference_attention_maps, reference_clip, visual_state_dict
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from vit_zoo import VisionTransformer
 
@@ -84,6 +85,31 @@ def test_attention_map_does_not_change_embedding():
         torch.testing.assert_close(plain, model(images, output_attention_map=True)[0], rtol=0, atol=0)
         # all features run the last block on every token: same values, another matmul shape
         torch.testing.assert_close(plain, model(images, True, True)[0], rtol=1e-5, atol=1e-6)
+
+
+def large_copies(model: VisionTransformer, images: torch.Tensor, **kwargs) -> list[tuple[str, int]]:
+    """The copying ops (clone, copy_, contiguous) a forward runs on tensors of at least ``[b, n, width]``."""
+    tokens = images.shape[0] * (1 + model.grid_size**2) * model.transformer.width
+    copies = []
+
+    class RecordCopies(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func.overloadpacket in (torch.ops.aten.clone, torch.ops.aten.copy_) and out.numel() >= tokens:
+                copies.append((str(func), out.numel()))
+            return out
+
+    with torch.no_grad(), RecordCopies():
+        model(images, **kwargs)
+    return copies
+
+
+def test_attention_map_reads_keys_in_place():
+    """The CLS row's scores come from the fused QKV projection as it is: no strided copy of K per block."""
+    torch.manual_seed(0)
+    model = VisionTransformer(**TINY).eval()
+    images = torch.randn(2, 3, 32, 32)
+    assert large_copies(model, images, output_attention_map=True) == large_copies(model, images)
 
 
 def test_cls_only_gives_the_full_computations_cls_token():

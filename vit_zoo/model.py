@@ -172,6 +172,11 @@ class Mlp(nn.Module):
         return self.c_proj(self.gelu(self.c_fc(x)))
 
 
+def softmax_in_fp32(scores: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dimension, accumulated in fp32 and returned in the scores' dtype."""
+    return scores.softmax(dim=-1, dtype=torch.float32).to(scores.dtype)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with ``nn.MultiheadAttention``'s parameter names, batch-first.
 
@@ -207,10 +212,14 @@ class Attention(nn.Module):
         attention [b, heads, q, n] | None)``, ``q = 1`` with ``cls_only``, else ``n``."""
         width = x.shape[-1]
         if cls_only:
-            (q,) = self._split_heads(F.linear(x[:, :1], self.in_proj_weight[:width], self.in_proj_bias[:width]))
-            k, v = self._split_heads(F.linear(x, self.in_proj_weight[width:], self.in_proj_bias[width:]))
+            queries = F.linear(x[:, :1], self.in_proj_weight[:width], self.in_proj_bias[:width])
+            keys_values = F.linear(x, self.in_proj_weight[width:], self.in_proj_bias[width:])
+            (q,), (k, v) = self._split_heads(queries), self._split_heads(keys_values)
+            cls_query, keys = queries[:, 0], keys_values[..., :width]
         else:
-            q, k, v = self._split_heads(F.linear(x, self.in_proj_weight, self.in_proj_bias))
+            projected = F.linear(x, self.in_proj_weight, self.in_proj_bias)
+            q, k, v = self._split_heads(projected)
+            cls_query, keys = projected[:, 0, :width], projected[..., width : 2 * width]
         full_attention = cls_attention = None
         if output_full_attention or self.implementation == "eager":
             probs = self._probabilities(q, k)
@@ -221,7 +230,7 @@ class Attention(nn.Module):
         else:
             out = F.scaled_dot_product_attention(q, k, v)
             if output_cls_attention:
-                cls_attention = self._probabilities(q[:, :, :1], k)[:, :, 0, 1:]
+                cls_attention = self._cls_probabilities(cls_query, keys)[:, :, 1:]
         out = self.out_proj(out.transpose(1, 2).flatten(2))
         return out, cls_attention, full_attention
 
@@ -233,7 +242,21 @@ class Attention(nn.Module):
 
     def _probabilities(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         scores = (q * (1.0 / math.sqrt(self.head_dim))) @ k.transpose(-2, -1)
-        return scores.softmax(dim=-1, dtype=torch.float32).to(q.dtype)
+        return softmax_in_fp32(scores)
+
+    def _cls_probabilities(self, cls_query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """CLS query ``[b, width]`` over ``keys [b, n, width]`` -> probabilities ``[b, heads, n]``.
+
+        ``keys`` is a strided slice of the QKV projection. ``matmul`` over the per-head view
+        ``[b, heads, n, head_dim]`` would first copy K into a contiguous buffer (a strided copy as large as
+        K, per block); one batched product of a block-diagonal query (row ``i``: head ``i``'s query in head
+        ``i``'s columns, zeros elsewhere) with ``keys`` reads K in place and gives every head's scores.
+        """
+        batch = cls_query.shape[0]
+        eye = torch.eye(self.heads, dtype=cls_query.dtype, device=cls_query.device)
+        per_head = cls_query.view(batch, 1, self.heads, self.head_dim) * (1.0 / math.sqrt(self.head_dim))
+        block_diagonal_query = (eye[:, :, None] * per_head).flatten(2)
+        return softmax_in_fp32(block_diagonal_query @ keys.transpose(1, 2))
 
 
 class ResidualAttentionBlock(nn.Module):
