@@ -5,14 +5,18 @@ dtype, device and batch. Outputs are checked to agree before anything is timed. 
 in a rotating order, ``--rounds`` times after ``--warmup`` calls each; the report gives median
 images/s, and each case's ratio to timm as the median of per-round paired ratios (robust to the load
 of a shared machine drifting during the run). MFU is measured against a square ``torch.mm`` of the same
-dtype timed in the same rounds.
+dtype timed in the same rounds. One more forward per case runs under ``torch.profiler``: its top kernels
+(CUDA) or operators (CPU) by self time go next to the results.
 
     python benchmarks/bench_speed.py --device cpu
-    python benchmarks/bench_speed.py --device cuda --dtype bfloat16 --batch-size 256 --compile \
+    python benchmarks/bench_speed.py --device cuda --dtype bfloat16 --batch-sizes 256 --compile \
         --models ViT-B/16 ViT-L/14
+    python benchmarks/bench_speed.py --device cuda --dtype bfloat16 --batch-sizes 1 8 32 --compile \
+        --compile-mode reduce-overhead --cases "timm compiled" "vit_zoo compiled"
 
-Writes ``speed_<device>.json`` and ``speed_<device>.md`` (and ``speed_<device>.png`` when matplotlib is
-installed) into ``--output-dir`` (default ``benchmarks/results``).
+Writes ``speed_<device>.json``, ``speed_<device>.md``, ``speed_<device>_kernels.md`` (and
+``speed_<device>.png`` when matplotlib is installed) into ``--output-dir`` (default ``benchmarks/results``).
+``--plot RESULTS.json`` redraws the plot of a results file next to it.
 """
 
 from __future__ import annotations
@@ -45,7 +49,25 @@ from vit_zoo.state_dicts import to_hf_clip_state_dict, to_hf_clip_vision_config 
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 BASELINE = "timm"
+REFERENCE = "vit_zoo"  # every output is checked against this case's
 MATMUL = "matmul"
+EAGER_CASES = (
+    "timm",
+    "open_clip",
+    "hf_sdpa",
+    "hf_eager+attentions",
+    "vit_zoo",
+    "vit_zoo+attention_map",
+    "vit_zoo+patch_tokens",
+)
+COMPILED_CASES = (
+    "timm compiled",
+    "open_clip compiled",
+    "hf_sdpa compiled",
+    "vit_zoo compiled",
+    "vit_zoo+attention_map compiled",
+)
+TOP_KERNELS = 12
 OVERHEADS = [  # (with attention maps, without): the issue's "attention map almost free"
     ("vit_zoo+attention_map", "vit_zoo"),
     ("vit_zoo+attention_map compiled", "vit_zoo compiled"),
@@ -132,8 +154,10 @@ def build_cases(
         "vit_zoo+patch_tokens": lambda x: ours(x, output_all_features=True)[0],
     }
     if compile_mode:
+        # one static graph per batch size, as a user serving a fixed batch would have (no dynamic-shape guards)
         compiled = {
-            name: torch.compile(models[name], mode=compile_mode) for name in ("vit_zoo", "timm", "open_clip", "hf_sdpa")
+            name: torch.compile(models[name], mode=compile_mode, dynamic=False)
+            for name in ("vit_zoo", "timm", "open_clip", "hf_sdpa")
         }
         cases.update(
             {
@@ -158,7 +182,7 @@ def check_agreement(cases: dict[str, Forward], maps: dict[str, Forward], images:
     Raises ``RuntimeError`` when a library disagrees: its timing would not be of the same model.
     """
     tolerance = TOLERANCE[images.dtype]
-    reference = cases["vit_zoo"](images)
+    reference = cases[REFERENCE](images)
     errors = {name: relative_error(forward(images), reference) for name, forward in cases.items()}
     errors["attention_map max|vit_zoo - hf_eager|"] = (
         (maps["vit_zoo"](images) - maps["hf_eager"](images)).abs().max().item()
@@ -172,6 +196,32 @@ def check_agreement(cases: dict[str, Forward], maps: dict[str, Forward], images:
 def synchronize(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
+
+
+def profile_cases(cases: dict[str, Forward], images: torch.Tensor, top: int = TOP_KERNELS) -> dict[str, list[dict]]:
+    """One more forward per case under ``torch.profiler``: its ``top`` kernels (CUDA) or operators (CPU) by
+    self time, each with its call count, microseconds and share of the case's total."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    on_cuda = images.device.type == "cuda"
+    activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if on_cuda else [ProfilerActivity.CPU]
+    kernels = {}
+    for name, forward in cases.items():
+        with profile(activities=activities) as profiler:
+            forward(images)
+            synchronize(str(images.device))
+        # on CUDA the kernels themselves (CPU-side operators also carry the device time of what they launch)
+        times = {
+            event.key: (event.count, event.self_device_time_total if on_cuda else event.self_cpu_time_total)
+            for event in profiler.key_averages()
+            if (event.device_type != DeviceType.CPU) == on_cuda
+        }
+        times = {key: value for key, value in times.items() if value[1] > 0}
+        total = sum(us for _, us in times.values()) or 1.0
+        ranked = sorted(times.items(), key=lambda item: -item[1][1])[:top]
+        kernels[name] = [{"name": key, "calls": calls, "us": us, "share": us / total} for key, (calls, us) in ranked]
+    return kernels
 
 
 def time_cases(cases: dict[str, Forward], images: torch.Tensor, warmup: int, rounds: int) -> dict[str, list[float]]:
@@ -272,7 +322,7 @@ def environment(args: argparse.Namespace) -> dict:
         "device_name": device_name(args.device),
         "cpu_flags": cpu_flags(),
         "threads": torch.get_num_threads(),
-        "batch_size": args.batch_size,
+        "batch_sizes": args.batch_sizes,
         "warmup": args.warmup,
         "rounds": args.rounds,
         "compile": args.compile_mode if args.compile else None,
@@ -288,27 +338,38 @@ def environment(args: argparse.Namespace) -> dict:
     }
 
 
-def run_one(entry: ZooEntry, dtype: torch.dtype, args: argparse.Namespace) -> dict:
+def run_model(entry: ZooEntry, dtype: torch.dtype, args: argparse.Namespace) -> list[dict]:
+    """Build every library's model once, then check, time and profile the cases at each batch size."""
     cases, maps = build_cases(entry, dtype, args.device, args.compile_mode if args.compile else None)
-    generator = torch.Generator().manual_seed(0)
-    resolution, channels = entry.model["input_resolution"], entry.model.get("in_channels", 3)
-    images = torch.randn(args.batch_size, channels, resolution, resolution, generator=generator)
-    images = images.to(device=args.device, dtype=dtype)
+    cases = {name: forward for name, forward in cases.items() if name in args.cases}
     matmul, matmul_flops = matmul_case(args.device, dtype)
-    with torch.inference_mode():
-        errors = check_agreement(cases, maps, images)
-        samples = time_cases({**cases, MATMUL: matmul}, images, args.warmup, args.rounds)
-    summary, overheads, ceiling = summarise(samples, args.batch_size, 2e9 * entry.gmacs, matmul_flops)
-    return {
-        "model": entry.name,
-        "dtype": str(dtype).removeprefix("torch."),
-        "gflops_per_image": 2 * entry.gmacs,
-        "matmul_ceiling": ceiling,
-        "agreement": errors,
-        "attention_map_overheads": overheads,
-        "cases": summary,
-        "matmul_samples_s": samples[MATMUL],
-    }
+    resolution, channels = entry.model["input_resolution"], entry.model.get("in_channels", 3)
+    results = []
+    for batch in args.batch_sizes:
+        print(f"{entry.name} {dtype} batch {batch} ...", flush=True)
+        generator = torch.Generator().manual_seed(0)
+        images = torch.randn(batch, channels, resolution, resolution, generator=generator)
+        images = images.to(device=args.device, dtype=dtype)
+        with torch.inference_mode():
+            errors = check_agreement(cases, maps, images)
+            samples = time_cases({**cases, MATMUL: matmul}, images, args.warmup, args.rounds)
+            kernels = profile_cases(cases, images)
+        summary, overheads, ceiling = summarise(samples, batch, 2e9 * entry.gmacs, matmul_flops)
+        results.append(
+            {
+                "model": entry.name,
+                "dtype": str(dtype).removeprefix("torch."),
+                "batch_size": batch,
+                "gflops_per_image": 2 * entry.gmacs,
+                "matmul_ceiling": ceiling,
+                "agreement": errors,
+                "attention_map_overheads": overheads,
+                "cases": summary,
+                "matmul_samples_s": samples[MATMUL],
+                "kernels": kernels,
+            }
+        )
+    return results
 
 
 def markdown(results: list[dict], env: dict) -> str:
@@ -317,14 +378,14 @@ def markdown(results: list[dict], env: dict) -> str:
     load_end = ", ".join(f"{v:.1f}" for v in env["load_average_end"])
     lines = [
         f"Device: {env['device_name']} ({env['device']}, {env['threads']} threads), torch {env['versions']['torch']}, "
-        f"batch {env['batch_size']}, {env['rounds']} interleaved rounds after {env['warmup']} warmup calls; "
+        f"{env['rounds']} interleaved rounds after {env['warmup']} warmup calls; "
         f"load average {load} at start, {load_end} at end.",
         "",
     ]
     for result in results:
         ceiling = result["matmul_ceiling"]
         lines += [
-            f"### {result['model']}, {result['dtype']}",
+            f"### {title(result)}",
             "",
             f"{result['gflops_per_image']:.3g} GFLOP/image; matmul ceiling {ceiling['median_tflops']:.3g} TFLOP/s "
             f"(median), {ceiling['best_tflops']:.3g} (best).",
@@ -348,8 +409,32 @@ def markdown(results: list[dict], env: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(results: list[dict], path: Path) -> bool:
-    """Bar chart of images/s relative to timm; returns False (and writes nothing) without matplotlib."""
+def title(result: dict) -> str:
+    return f"{result['model']}, {result['dtype']}, batch {result['batch_size']}"
+
+
+def kernels_markdown(results: list[dict], env: dict) -> str:
+    """Per (model, dtype, batch) and case: the profiled forward's top kernels/operators by self time."""
+    unit = "CUDA kernel" if env["device"].startswith("cuda") else "CPU operator"
+    lines = [f"Top {unit}s by self time in one profiled forward per case ({env['device_name']}).", ""]
+    for result in results:
+        lines += [f"### {title(result)}", ""]
+        for case, kernels in result["kernels"].items():
+            lines += [f"**{case}**", "", f"| {unit} | calls | µs | share |", "|---|---:|---:|---:|"]
+            for kernel in kernels:
+                name = kernel["name"].replace("|", "\\|")
+                name = name if len(name) <= 100 else name[:97] + "..."
+                lines.append(f"| `{name}` | {kernel['calls']} | {kernel['us']:.0f} | {kernel['share']:.1%} |")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def plot(results: list[dict], path: Path, caption: str = "") -> bool:
+    """Images/s per case, one panel per (model, dtype, batch), each bar labelled with its ratio to timm.
+
+    Reads only ``images_per_s`` and ``ratio_vs_timm`` of each case, so it also draws results files
+    reduced to those. Returns False (and writes nothing) without matplotlib.
+    """
     try:
         import matplotlib
 
@@ -357,18 +442,35 @@ def plot(results: list[dict], path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    figure, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 4), squeeze=False)
+    figure, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4.2), squeeze=False)
     for ax, result in zip(axes[0], results, strict=True):
         names = list(result["cases"])
-        ax.barh(names, [result["cases"][n]["ratio_vs_timm"] for n in names])
-        ax.axvline(1.0, color="black", linewidth=0.8)
-        ax.set_title(f"{result['model']} {result['dtype']}", fontsize=9)
-        ax.set_xlabel("speed vs timm (×)")
+        rates = [result["cases"][name]["images_per_s"] for name in names]
+        colors = ["tab:blue" if name.startswith("vit_zoo") else "tab:gray" for name in names]
+        bars = ax.barh(names, rates, color=colors)
+        for bar, name in zip(bars, names, strict=True):
+            ratio = result["cases"][name].get("ratio_vs_timm")
+            if ratio is not None:
+                ax.annotate(f" {ratio:.2f}×", (bar.get_width(), bar.get_y() + bar.get_height() / 2), va="center", fontsize=8)
+        ax.set_title(title(result), fontsize=9)
+        ax.set_xlabel("images/s (× = paired ratio to timm eager)")
+        ax.set_xlim(0, max(rates) * 1.2)
         ax.invert_yaxis()
+    if caption:
+        figure.suptitle(caption, fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return True
+
+
+def plot_file(path: Path) -> Path:
+    """Redraw the plot of a results JSON (``{"environment": {"caption": ...}?, "results": [...]}``) next to it."""
+    report = json.loads(path.read_text())
+    target = path.with_suffix(".png")
+    if not plot(report["results"], target, report.get("environment", {}).get("caption", "")):
+        raise SystemExit("--plot needs matplotlib (pip install matplotlib, or the docs extra)")
+    return target
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -380,7 +482,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["float32", "bfloat16", "float16"],
         help="dtypes to run (default: float32 bfloat16 on CPU, bfloat16 on CUDA)",
     )
-    parser.add_argument("--batch-size", type=int, help="images per forward (default 8 on CPU, 256 on CUDA)")
+    parser.add_argument(
+        "--batch-sizes",
+        "--batch-size",
+        nargs="+",
+        type=int,
+        help="images per forward, one run per size (default 8 on CPU, 256 on CUDA)",
+    )
     parser.add_argument(
         "--models",
         nargs="+",
@@ -399,20 +507,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
         help="torch.compile mode for --compile (reduce-overhead = CUDA graphs; default: default)",
     )
+    parser.add_argument(
+        "--cases",
+        nargs="+",
+        choices=EAGER_CASES + COMPILED_CASES,
+        metavar="CASE",
+        help=f"time only these (timm and vit_zoo always run: ratios and agreement need them); "
+        f"default all. Choices: {', '.join(EAGER_CASES + COMPILED_CASES)}",
+    )
     parser.add_argument("--output-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--plot", type=Path, metavar="RESULTS_JSON", help="only redraw the plot of a results file")
     args = parser.parse_args(argv)
+    if args.plot:
+        return args
     on_cuda = args.device.startswith("cuda")
     if on_cuda and not torch.cuda.is_available():
         parser.error(f"--device {args.device} asked but torch sees no CUDA device; use --device cpu")
     args.dtype = args.dtype or (["bfloat16"] if on_cuda else ["float32", "bfloat16"])
-    args.batch_size = args.batch_size or (256 if on_cuda else 8)
-    if args.batch_size <= 0 or args.rounds <= 0 or args.warmup < 0:
-        parser.error("--batch-size and --rounds must be positive, --warmup non-negative")
+    args.batch_sizes = args.batch_sizes or [256 if on_cuda else 8]
+    if min(args.batch_sizes) <= 0 or args.rounds <= 0 or args.warmup < 0:
+        parser.error("--batch-sizes and --rounds must be positive, --warmup non-negative")
+    available = EAGER_CASES + (COMPILED_CASES if args.compile else ())
+    if args.cases and not set(args.cases) <= set(available):
+        parser.error(f"cases {sorted(set(args.cases) - set(available))} need --compile")
+    args.cases = [name for name in available if name in {BASELINE, REFERENCE, *(args.cases or available)}]
     return args
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
+    if args.plot:
+        print(plot_file(args.plot))
+        return []
     if args.threads:
         torch.set_num_threads(args.threads)
     entries = [get_entry(name) for name in args.models]
@@ -420,14 +546,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     results = []
     for dtype in (getattr(torch, name) for name in args.dtype):
         for entry in entries:
-            print(f"{entry.name} {dtype} ...", flush=True)
-            results.append(run_one(entry, dtype, args))
+            results += run_model(entry, dtype, args)
     env["load_average_end"] = os.getloadavg()
     args.output_dir.mkdir(parents=True, exist_ok=True)
     stem = args.output_dir / f"speed_{args.device.split(':')[0]}"
     stem.with_suffix(".json").write_text(json.dumps({"environment": env, "results": results}, indent=2))
     table = markdown(results, env)
     stem.with_suffix(".md").write_text(table + "\n")
+    stem.with_name(stem.name + "_kernels.md").write_text(kernels_markdown(results, env) + "\n")
     plot(results, stem.with_suffix(".png"))
     print(table)
     return results

@@ -41,6 +41,11 @@ def reference_clip(
     return model.eval()
 
 
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """``‖actual − expected‖ / ‖expected‖`` in float64: the agreement measure of the tests and benchmarks."""
+    return ((actual.double() - expected.double()).norm() / expected.double().norm()).item()
+
+
 def visual_state_dict(model: CLIP) -> dict[str, torch.Tensor]:
     """The vision tower's tensors with the ``visual.`` prefix removed."""
     return {k.removeprefix("visual."): v for k, v in model.state_dict().items() if k.startswith("visual.")}

@@ -2,14 +2,16 @@
 
 ``aot_eager`` traces the whole forward (and backward) through dynamo and AOTAutograd, so a graph break
 or an in-place op autograd cannot functionalise fails here in seconds. Inductor, which generates and
-compiles C++ on CPU, runs once on the attention-map forward (the superset of the plain one).
+compiles C++ on CPU (Triton on CUDA, ``pytest -m gpu``), runs once on the attention-map forward (the
+superset of the plain one); its outputs are compared by relative L2 norm, since fused kernels reorder
+reductions and a near-zero element can then differ by more than any elementwise rtol.
 """
 
 import shutil
 
 import pytest
 import torch
-from reference import TINY
+from reference import TINY, relative_error
 
 from vit_zoo import VisionTransformer
 
@@ -63,7 +65,10 @@ DEVICES = [
             not (shutil.which("cc") or shutil.which("gcc")), reason="inductor on CPU needs a C compiler"
         ),
     ),
-    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")),
+    pytest.param(
+        "cuda",
+        marks=[pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")],
+    ),
 ]
 
 
@@ -76,5 +81,6 @@ def test_inductor_attention_map_forward_matches_eager(device):
     with torch.no_grad():
         expected = model(images, output_attention_map=True)
         actual = compiled(images, output_attention_map=True)
+    assert len(actual) == len(expected)
     for a, e in zip(actual, expected, strict=True):
-        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-5)
+        assert a.shape == e.shape and relative_error(a, e) <= 1e-4

@@ -4,14 +4,17 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from reference import OPENAI_GEOMETRIES, TINY, reference_attention_maps, reference_clip, visual_state_dict
+from reference import (
+    OPENAI_GEOMETRIES,
+    TINY,
+    reference_attention_maps,
+    reference_clip,
+    relative_error,
+    visual_state_dict,
+)
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from vit_zoo import VisionTransformer
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return ((actual.double() - expected.double()).norm() / expected.double().norm()).item()
 
 
 def test_seed_worked_example_shapes():
