@@ -359,7 +359,7 @@ def file_server():
         yield server
 
 
-def test_pretrained_tag_downloads_by_url_and_checks_sha256(tiny_checkpoint, file_server, tmp_path):
+def test_pretrained_tag_downloads_by_url_and_checks_sha256(tiny_checkpoint, file_server, tmp_path, scratch_zoo):
     data = tiny_checkpoint.read_bytes()
     sha256 = hashlib.sha256(data).hexdigest()
     file_server.files["/tiny.pt"] = data
@@ -456,7 +456,7 @@ USER_VARIANT = dict(
 )
 
 
-def test_user_yaml_variant_registered_at_run_time_is_a_timm_model(tmp_path):
+def test_user_yaml_variant_registered_at_run_time_is_a_timm_model(tmp_path, scratch_zoo):
     path = tmp_path / "user.yaml"
     path.write_text(yaml.safe_dump(USER_VARIANT))
     vit_zoo.register_config(path)
@@ -497,9 +497,7 @@ def test_malformed_user_yaml_is_reported_with_its_path_and_field(tmp_path):
     assert str(path) in result.stderr and "patch_size" in result.stderr
 
 
-def test_variant_named_like_a_timm_model_is_refused(monkeypatch):
-    # the zoo keeps an entry its listeners refused: keep it out of the rest of the session
-    monkeypatch.setattr(vit_zoo.zoo, "_registry", dict(vit_zoo.zoo._registry))
+def test_variant_named_like_a_timm_model_is_refused(scratch_zoo):
     with pytest.raises(ZooConfigError, match="'resnet18' is already a timm model"):
         vit_zoo.register_config(dict(USER_VARIANT, name="resnet18"))
     assert timm.create_model("resnet18").__class__.__name__ == "ResNet"

@@ -75,9 +75,7 @@ def test_unreadable_and_non_yaml_files(tmp_path):
         zoo.load_entry(tmp_path / "list.yaml")
 
 
-def test_register_config_and_listeners(tmp_path, monkeypatch):
-    monkeypatch.setattr(zoo, "_registry", dict(zoo._registry))
-    monkeypatch.setattr(zoo, "_listeners", list(zoo._listeners))
+def test_register_config_and_listeners(tmp_path, scratch_zoo):
     seen = []
     zoo.on_register(lambda entry: seen.append(entry.name))
     assert "vit_zoo_base_patch32_clip_224" in seen
