@@ -27,8 +27,9 @@ import os
 import platform
 import statistics
 import sys
+import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -264,10 +265,11 @@ def quartiles(values: list[float]) -> tuple[float, float, float]:
 
 def summarise(
     samples: dict[str, list[float]], batch: int, flops_per_image: float, matmul_flops: float
-) -> tuple[dict[str, dict], dict[str, float], dict[str, float]]:
+) -> tuple[dict[str, dict], dict[str, tuple[float, float, float]], dict[str, float]]:
     """Per case: median/min seconds, images/s, paired ratio to timm (> 1 = faster) with quartiles, MFU.
 
-    Also the attention-map overheads (paired ``t_with_maps / t_without``) and the matmul ceiling.
+    Also the attention-map overheads (paired ``t_with_maps / t_without``: lower quartile, median, upper
+    quartile) and the matmul ceiling.
     Ratios and MFU pair each case with timm's / the matmul's time of the same round.
     """
     samples = dict(samples)
@@ -286,7 +288,7 @@ def summarise(
             "samples_s": times,
         }
     overheads = {
-        f"{with_maps} / {without}": quartiles(paired(samples[with_maps], samples[without]))[1]
+        f"{with_maps} / {without}": quartiles(paired(samples[with_maps], samples[without]))
         for with_maps, without in OVERHEADS
         if with_maps in samples and without in samples
     }
@@ -338,13 +340,12 @@ def environment(args: argparse.Namespace) -> dict:
     }
 
 
-def run_model(entry: ZooEntry, dtype: torch.dtype, args: argparse.Namespace) -> list[dict]:
+def run_model(entry: ZooEntry, dtype: torch.dtype, args: argparse.Namespace) -> Iterator[dict]:
     """Build every library's model once, then check, time and profile the cases at each batch size."""
     cases, maps = build_cases(entry, dtype, args.device, args.compile_mode if args.compile else None)
     cases = {name: forward for name, forward in cases.items() if name in args.cases}
     matmul, matmul_flops = matmul_case(args.device, dtype)
     resolution, channels = entry.model["input_resolution"], entry.model.get("in_channels", 3)
-    results = []
     for batch in args.batch_sizes:
         print(f"{entry.name} {dtype} batch {batch} ...", flush=True)
         generator = torch.Generator().manual_seed(0)
@@ -355,7 +356,7 @@ def run_model(entry: ZooEntry, dtype: torch.dtype, args: argparse.Namespace) -> 
             samples = time_cases({**cases, MATMUL: matmul}, images, args.warmup, args.rounds)
             kernels = profile_cases(cases, images)
         summary, overheads, ceiling = summarise(samples, batch, 2e9 * entry.gmacs, matmul_flops)
-        results.append(
+        yield (
             {
                 "model": entry.name,
                 "dtype": str(dtype).removeprefix("torch."),
@@ -363,13 +364,13 @@ def run_model(entry: ZooEntry, dtype: torch.dtype, args: argparse.Namespace) -> 
                 "gflops_per_image": 2 * entry.gmacs,
                 "matmul_ceiling": ceiling,
                 "agreement": errors,
-                "attention_map_overheads": overheads,
+                "attention_map_overheads": {name: median for name, (_, median, _) in overheads.items()},
+                "attention_map_overhead_quartiles": {name: [low, high] for name, (low, _, high) in overheads.items()},
                 "cases": summary,
                 "matmul_samples_s": samples[MATMUL],
                 "kernels": kernels,
             }
         )
-    return results
 
 
 def markdown(results: list[dict], env: dict) -> str:
@@ -398,15 +399,23 @@ def markdown(results: list[dict], env: dict) -> str:
             ratio = f"{case['ratio_vs_timm']:.3f} [{low:.2f}–{high:.2f}]"
             error = result["agreement"][name]
             lines.append(f"| {name} | {case['images_per_s']:.4g} | {ratio} | {case['mfu']:.1%} | {error:.1e} |")
-        overheads = "; ".join(f"{name} = {value:.3f}" for name, value in result["attention_map_overheads"].items())
+        overheads = "; ".join(
+            f"{name} = {median:.3f}{overhead_quartiles(result, name)}"
+            for name, median in result["attention_map_overheads"].items()
+        )
         attention_error = result["agreement"]["attention_map max|vit_zoo - hf_eager|"]
         lines += [
             "",
-            f"Time with attention maps ÷ time without (paired medians): {overheads}.",
+            f"Time with attention maps ÷ time without (paired medians [quartiles]): {overheads}.",
             f"Attention maps, max |vit_zoo − HF eager|: {attention_error:.1e}.",
             "",
         ]
     return "\n".join(lines)
+
+
+def overhead_quartiles(result: dict, name: str) -> str:
+    low_high = result.get("attention_map_overhead_quartiles", {}).get(name)
+    return f" [{low_high[0]:.2f}–{low_high[1]:.2f}]" if low_high else ""
 
 
 def title(result: dict) -> str:
@@ -457,7 +466,7 @@ def plot(results: list[dict], path: Path, caption: str = "") -> bool:
         ax.set_xlim(0, max(rates) * 1.2)
         ax.invert_yaxis()
     if caption:
-        figure.suptitle(caption, fontsize=9)
+        figure.suptitle(textwrap.fill(caption, width=int(12 * figure.get_figwidth())), fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
@@ -546,17 +555,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
     results = []
     for dtype in (getattr(torch, name) for name in args.dtype):
         for entry in entries:
-            results += run_model(entry, dtype, args)
+            for result in run_model(entry, dtype, args):
+                results.append(result)
+                write_reports(results, env, args)  # after each case set: a run cut short keeps what it measured
+    print(markdown(results, env))
+    return results
+
+
+def write_reports(results: list[dict], env: dict, args: argparse.Namespace) -> None:
     env["load_average_end"] = os.getloadavg()
     args.output_dir.mkdir(parents=True, exist_ok=True)
     stem = args.output_dir / f"speed_{args.device.split(':')[0]}"
     stem.with_suffix(".json").write_text(json.dumps({"environment": env, "results": results}, indent=2))
-    table = markdown(results, env)
-    stem.with_suffix(".md").write_text(table + "\n")
+    stem.with_suffix(".md").write_text(markdown(results, env) + "\n")
     stem.with_name(stem.name + "_kernels.md").write_text(kernels_markdown(results, env) + "\n")
     plot(results, stem.with_suffix(".png"))
-    print(table)
-    return results
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ def test_tiny_run_writes_agreeing_results_per_batch_size(bench_speed, tmp_path):
             "vit_zoo+attention_map / vit_zoo",
             "hf_eager+attentions / hf_sdpa",
         }
+        for name, (low, high) in result["attention_map_overhead_quartiles"].items():
+            assert low <= result["attention_map_overheads"][name] <= high, name
         assert all(error <= 1e-5 for error in result["agreement"].values()), result["agreement"]
         # the profiled forward: the attention-map case runs its block-diagonal CLS-row product
         assert set(result["kernels"]) == set(result["cases"])
