@@ -75,12 +75,12 @@ def convert_checkpoint(
         raise CheckpointError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     named_entry = get_entry(name) if name else None
     path, entry, release = _resolve_source(source, cache_dir)
+    tower = to_vit_zoo_state_dict(load_checkpoint(path))  # first: it refuses pipes and devices, which hashing would not
     sha256 = release.sha256 if release else sha256_of(path)
     if release is None:
         entry, release = _release_with_sha256(sha256)
     entry = named_entry or entry
 
-    tower = to_vit_zoo_state_dict(load_checkpoint(path))
     geometry = infer_geometry(tower)
     if entry is not None:
         check_entry_geometry(geometry, entry)

@@ -21,13 +21,14 @@ import os
 import pickle
 import pickletools
 import re
+import stat
 import struct
 import warnings
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, BinaryIO, ClassVar
 
 import torch
 from safetensors import SafetensorError
@@ -72,6 +73,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     elif _is_safetensors(head, path.stat().st_size):
         contents = _read_safetensors(path)
     elif head[0] == _PICKLE_PROTO:
+        _check_legacy_pickles(path)
         contents = _torch_load(path, mmap_file=False)
     elif head[8:9] == b"{":
         raise CheckpointError(
@@ -83,9 +85,27 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return _unwrap(contents, path)
 
 
-def _read_head(path: Path) -> bytes:
-    if path.is_dir():
+def check_regular_file(path: Path) -> None:
+    """Raise ``CheckpointError`` unless ``path`` is a regular file: a folder, a pipe (``<(...)``, a FIFO, which would
+    block or be read once) or a device (``/dev/zero`` never ends) is refused before it is opened."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such file; {EXPECTED}") from None
+    except OSError as error:
+        raise CheckpointError(f"{path}: cannot read ({error.strerror or error})") from None
+    if stat.S_ISREG(mode):
+        return
+    if stat.S_ISDIR(mode):
         raise CheckpointError(f"{path} is a folder, not a checkpoint file; {EXPECTED}")
+    kind = "a pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+    raise CheckpointError(
+        f"{path} is {kind}, not a regular file; save the checkpoint to a file first (it is read in place, by offsets)"
+    )
+
+
+def _read_head(path: Path) -> bytes:
+    check_regular_file(path)
     try:
         with path.open("rb") as file:
             head = file.read(16)
@@ -104,6 +124,20 @@ def _is_safetensors(head: bytes, size: int) -> bool:
         return False
     header_length = int.from_bytes(head[:8], "little")
     return head[8:9] == b"{" and 8 + header_length <= size
+
+
+def _check_legacy_pickles(path: Path) -> None:
+    """A legacy (non-zip) ``torch.save`` file is five pickles (magic number, protocol, system info, the contents,
+    the storage keys) followed by raw storage bytes: each pickle is checked before torch unpickles it."""
+    size = path.stat().st_size
+    with path.open("rb") as file:
+        for _ in range(5):
+            if file.tell() == size:  # a plain pickle: torch.load judges it
+                break
+            try:
+                _check_pickle(file, size, "the pickle")
+            except CheckpointError as error:
+                raise CheckpointError(f"{path}: {error}") from None
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -150,6 +184,13 @@ def _read_zip(path: Path) -> Any:
         top = records[0].split("/")[0]
         if f"{top}/constants.pkl" in names or any(name.startswith(f"{top}/code/") for name in names):
             return _read_torchscript(path, archive, top)
+        try:
+            data = _read_member(archive, records[0], path.stat().st_size)
+            _check_pickle(data, len(data), records[0])
+        except CheckpointError as error:
+            raise CheckpointError(f"{path}: {error}") from None
+        except Exception as error:  # noqa: BLE001 - a bad CRC, an undecodable name...: torch.load would fail too
+            raise CheckpointError(f"{path} is a corrupt zip file ({first_line(error)}); {EXPECTED}") from None
     return _torch_load(path, mmap_file=True)
 
 
@@ -163,7 +204,10 @@ def _unwrap(contents: Any, path: Path) -> dict[str, torch.Tensor]:
         contents = inner
     if not isinstance(contents, Mapping):
         raise CheckpointError(f"{path} holds a {type(contents).__name__}, not a state dict; {EXPECTED}")
-    tensors = {str(key): value for key, value in contents.items() if isinstance(value, torch.Tensor)}
+    tensors = {key: value for key, value in contents.items() if isinstance(value, torch.Tensor)}
+    odd_key = next((key for key in tensors if not isinstance(key, str)), None)
+    if odd_key is not None:
+        raise CheckpointError(f"{path} names a tensor by a {type(odd_key).__name__}, not a string; {EXPECTED}")
     if not tensors:
         raise CheckpointError(f"{path} holds no tensors; {EXPECTED}")
     for key, tensor in tensors.items():
@@ -364,7 +408,8 @@ class _ModuleTypes:
     @staticmethod
     def _names(body: str, field: str) -> list[str]:
         """A ``__parameters__ = ["a", "b", ]`` line as a list; absent means none (as torch's importer reads it)."""
-        match = re.search(rf"^\s+{field} = (\[.*\])\s*$", body, re.MULTILINE)
+        # [ \t], not \s: \s+ spans lines, and 300 000 blank lines would then take the search an hour
+        match = re.search(rf"^[ \t]+{field} = (\[.*\])[ \t]*$", body, re.MULTILINE)
         if match is None:
             return []
         names = ast.literal_eval(match.group(1))
@@ -383,23 +428,68 @@ def _read_member(archive: zipfile.ZipFile, name: str, file_size: int) -> bytes:
     return archive.read(info)
 
 
-def _check_pickle_sizes(data: bytes) -> None:
-    """Walk ``data.pkl``'s opcodes without running them, refusing lengths that claim more bytes than follow and
-    memo slots past the pickle's size: the C unpickler would allocate that much before finding out."""
+_MAX_PICKLE_ITEMS = 1_000_000  # a state dict of 1000 tensors unfolds into ~20 000
+_IN_PLACE = frozenset({"APPEND", "APPENDS", "SETITEM", "SETITEMS", "ADDITEMS", "BUILD"})  # the container stays itself
+
+
+def _check_pickle(data: bytes | BinaryIO, size: int, name: str = "data.pkl") -> None:
+    """Walk a pickle's opcodes without running them, refusing what would make unpickling (or reading what it built)
+    take unbounded memory or time: lengths claiming more bytes than follow, memo slots past the pickle's size
+    (the C unpickler allocates first), and objects whose shared references unfold into more than
+    ``_MAX_PICKLE_ITEMS`` items (a tuple nested ``(t, t)`` 60 deep is 678 bytes, but hashing it never ends)."""
+    stack: list = []
+    memo: dict = {}
     try:
-        operations = [(opcode.name, argument) for opcode, argument, _ in pickletools.genops(data)]
-    except ValueError as error:
-        raise CheckpointError(f"data.pkl is corrupt ({first_line(error)})") from None
-    slots = [argument for name, argument in operations if name in ("PUT", "BINPUT", "LONG_BINPUT")]
-    if any(not 0 <= int(slot) <= len(data) for slot in slots):
-        raise CheckpointError(f"data.pkl stores into memo slot {max(map(int, slots))} of a {len(data)}-byte pickle")
+        for opcode, argument, _ in pickletools.genops(data):
+            if opcode.name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
+                slot = len(memo) if opcode.name == "MEMOIZE" else int(argument)
+                if not 0 <= slot <= size:
+                    raise CheckpointError(f"{name} stores into memo slot {slot} of a {size}-byte pickle")
+                memo[slot] = stack[-1]
+            elif opcode.name in ("GET", "BINGET", "LONG_BINGET"):
+                stack.append(memo.get(argument, [1]))
+            elif opcode.name == "DUP":
+                stack.append(stack[-1])
+            else:
+                _simulate(opcode, stack, name)
+    except CheckpointError:
+        raise
+    except (ValueError, IndexError, TypeError) as error:  # genops' complaints; opcodes that misuse the stack
+        raise CheckpointError(f"{name} is corrupt ({first_line(error)})") from None
+
+
+def _simulate(opcode: pickletools.OpcodeInfo, stack: list, name: str) -> None:
+    """Apply ``opcode`` to a stack of ``[unfolded size]`` cells (``None`` for a mark)."""
+    before = opcode.stack_before
+    popped = []
+    if pickletools.markobject in before:
+        while stack[-1] is not None:
+            popped.append(stack.pop())
+        stack.pop()
+        below = before.index(pickletools.markobject)
+    else:
+        below = len(before)
+    for _ in range(below):
+        popped.append(stack.pop())
+    if opcode.name in _IN_PLACE:
+        container = popped.pop()
+        container[0] += sum(cell[0] for cell in popped)
+        made = container
+    else:
+        made = [1 + sum(cell[0] for cell in popped)]
+    if made[0] > _MAX_PICKLE_ITEMS:
+        raise CheckpointError(
+            f"{name} builds an object of more than {_MAX_PICKLE_ITEMS} items from a few bytes of shared references "
+            "(a pickle bomb); refused before unpickling"
+        )
+    stack.extend(None if kind is pickletools.markobject else made for kind in opcode.stack_after)
 
 
 def _read_torchscript(path: Path, archive: zipfile.ZipFile, top: str) -> dict[str, torch.Tensor]:
     file_size = path.stat().st_size
     try:
         data = _read_member(archive, f"{top}/data.pkl", file_size)
-        _check_pickle_sizes(data)
+        _check_pickle(data, len(data))
         root = _ArchiveUnpickler(io.BytesIO(data), _Storages(path, archive, top)).load()
         types = _ModuleTypes(archive, top, file_size)
         if not isinstance(root, _ScriptObject) or types.declaration(root.qualified_name) is None:
