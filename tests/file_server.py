@@ -9,7 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class FileServer(ThreadingHTTPServer):
     """Serves ``files`` (URL path -> bytes). ``drops[path]`` lists byte counts after which the next responses
     are cut off (the connection closes early); ``ranges=False`` makes it ignore Range headers like a plain
-    server. ``requests`` records ``(path, Range header)`` of every GET."""
+    server. ``endless`` paths stream zeros without a Content-Length until the client hangs up. ``requests``
+    records ``(path, Range header)`` of every GET, ``authorizations`` their Authorization headers."""
 
     daemon_threads = True
 
@@ -18,7 +19,9 @@ class FileServer(ThreadingHTTPServer):
         self.files: dict[str, bytes] = {}
         self.drops: dict[str, list[int]] = {}
         self.ranges = True
+        self.endless: set[str] = set()
         self.requests: list[tuple[str, str | None]] = []
+        self.authorizations: list[str | None] = []
 
     @property
     def url(self) -> str:
@@ -39,6 +42,10 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         requested_range = self.headers.get("Range")
         self.server.requests.append((self.path, requested_range))
+        self.server.authorizations.append(self.headers.get("Authorization"))
+        if self.path in self.server.endless:
+            self._stream_zeros()
+            return
         data = self.server.files.get(self.path)
         if data is None:
             self.send_error(404, "Not Found")
@@ -62,6 +69,16 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         else:
             self.wfile.write(body)
+
+    def _stream_zeros(self) -> None:
+        self.send_response(200)
+        self.end_headers()
+        self.close_connection = True
+        try:
+            while True:
+                self.wfile.write(bytes(1 << 16))
+        except OSError:  # the client hung up
+            pass
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - keep test output quiet
         pass

@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+import threading
 
 import pytest
 from file_server import FileServer
@@ -27,7 +28,9 @@ def server():
 
 
 def files_under(folder):
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+    """The files under ``folder`` but the lock files that let concurrent downloads of one name take turns."""
+    files = folder.rglob("*") if folder.exists() else []
+    return sorted(str(p.relative_to(folder)) for p in files if p.is_file() and p.suffix != ".lock")
 
 
 def test_good_file_is_verified_cached_and_reused(server, tmp_path):
@@ -112,7 +115,7 @@ def test_damaged_cached_file_is_fetched_again(server, tmp_path):
 def test_404_creates_nothing(server, tmp_path):
     with pytest.raises(DownloadError, match="HTTP 404"):
         fetch_verified(f"{server.url}/models/missing.pt", SHA256, tmp_path / "cache" / "missing.pt", progress=False)
-    assert not (tmp_path / "cache").exists()
+    assert files_under(tmp_path / "cache") == []
 
 
 def test_unreachable_server(tmp_path):
@@ -139,3 +142,52 @@ def test_cache_folder_follows_the_environment(monkeypatch, tmp_path):
     assert default_cache_dir() == tmp_path / "home" / ".cache" / "vit_zoo"
     monkeypatch.setenv("VIT_ZOO_CACHE", str(tmp_path / "mine"))
     assert default_cache_dir() == tmp_path / "mine"
+
+
+def test_endless_download_stops_at_the_size_cap(server, tmp_path):
+    """A mirror that never stops sending wrote 13 GB in 40 s; the download now ends past ``max_bytes``."""
+    server.endless.add("/models/endless.pt")
+    with pytest.raises(DownloadError, match="sent more than 1048576 bytes, more than any CLIP release; the file was"):
+        fetch_verified(f"{server.url}/models/endless.pt", SHA256, tmp_path / "clip.pt", progress=False, max_bytes=1 << 20)
+    assert files_under(tmp_path) == []
+
+
+def test_content_length_past_the_cap_is_refused_before_downloading(server, tmp_path):
+    with pytest.raises(DownloadError, match=rf"clip.pt is {len(PAYLOAD)} bytes, more than any CLIP release \(1000\)"):
+        fetch_verified(f"{server.url}/models/clip.pt", SHA256, tmp_path / "clip.pt", progress=False, max_bytes=1000)
+    assert files_under(tmp_path) == []
+
+
+def test_credentials_in_the_url_are_sent_as_basic_auth_and_never_shown(server, tmp_path):
+    url = server.url.replace("http://", "http://user:s3cret@")
+    assert fetch_verified(f"{url}/models/clip.pt", SHA256, tmp_path / "clip.pt", progress=False).read_bytes() == PAYLOAD
+    assert server.authorizations == ["Basic dXNlcjpzM2NyZXQ="]
+    with pytest.raises(DownloadError) as error:
+        fetch_verified(f"{url}/models/missing.pt", SHA256, tmp_path / "missing.pt", progress=False)
+    assert str(error.value) == f"{server.url}/models/missing.pt: HTTP 404 Not Found"
+    with FileServer() as down:
+        url = down.url.replace("http://", "http://user:s3cret@")
+    with pytest.raises(DownloadError) as error:
+        fetch_verified(f"{url}/models/clip.pt", SHA256, tmp_path / "other.pt", progress=False)
+    assert "s3cret" not in str(error.value) and str(error.value).startswith(f"cannot reach {down.url}/models/clip.pt (")
+
+
+def test_concurrent_downloads_of_one_name_take_turns(server, tmp_path):
+    """Two downloads shared ``clip.pt.part``: both failed. Now the second waits and reuses the first's file."""
+    server.drops["/models/clip.pt"] = [100_000]  # slow the first down with a resume
+    results, errors = [], []
+
+    def download():
+        try:
+            results.append(fetch_verified(f"{server.url}/models/clip.pt", SHA256, tmp_path / "clip.pt", progress=False))
+        except Exception as error:  # noqa: BLE001 - collected for the assertion
+            errors.append(error)
+
+    threads = [threading.Thread(target=download) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and results == [tmp_path / "clip.pt"] * 2
+    assert [path for path, _ in server.requests] == ["/models/clip.pt"] * 2  # one download, resumed once
+    assert files_under(tmp_path) == ["clip.pt"]

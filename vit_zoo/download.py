@@ -3,12 +3,15 @@
 The cache folder is ``$VIT_ZOO_CACHE``, else ``$XDG_CACHE_HOME/vit_zoo``, else ``~/.cache/vit_zoo``. A file
 is written as ``<name>.part`` (an interrupted download resumes from it with an HTTP Range request) and
 renamed into place only once its SHA-256 matches, so the cache never holds a wrong or partial checkpoint
-under its real name. ``$VIT_ZOO_OPENAI_BASE_URL`` points OpenAI's downloads at a mirror of
-``https://openaipublic.azureedge.net/clip/models``.
+under its real name; a lock file beside it makes concurrent downloads of one name wait for each other. A
+download that grows past ``MAX_DOWNLOAD_BYTES`` is discarded. ``$VIT_ZOO_OPENAI_BASE_URL`` points OpenAI's downloads at a mirror of
+``https://openaipublic.azureedge.net/clip/models``; credentials in it (``https://user:pass@host``) are sent as
+HTTP basic authentication and never shown in messages.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import http.client
 import os
@@ -16,8 +19,9 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
+from filelock import FileLock
 from tqdm.auto import tqdm
 
 from .errors import DownloadError
@@ -28,6 +32,7 @@ BASE_URL_ENV = "VIT_ZOO_OPENAI_BASE_URL"
 OPENAI_BASE_URL = "https://openaipublic.azureedge.net/clip/models"
 ATTEMPTS = 3
 TIMEOUT_S = 60
+MAX_DOWNLOAD_BYTES = 2 << 30  # OpenAI's largest release (ViT-L/14@336px, text tower included) is under 1 GB
 _CHUNK = 1 << 20
 _HASH_CHUNK = 1 << 23
 
@@ -90,54 +95,82 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fetch_verified(url: str, sha256: str, target: Path, progress: bool | None = None) -> Path:
-    """``target``, reused when its SHA-256 matches, else downloaded from ``url`` and verified."""
+def fetch_verified(
+    url: str, sha256: str, target: Path, progress: bool | None = None, max_bytes: int = MAX_DOWNLOAD_BYTES
+) -> Path:
+    """``target``, reused when its SHA-256 matches, else downloaded from ``url`` (at most ``max_bytes``) and verified.
+    Concurrent calls for one ``target`` take turns (a lock file beside it), so the second reuses the first's file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(target.with_name(target.name + ".lock")):
+        return _fetch_verified(url, sha256, target, progress, max_bytes)
+
+
+def _fetch_verified(url: str, sha256: str, target: Path, progress: bool | None, max_bytes: int) -> Path:
     if target.is_file():
         if sha256_of(target) == sha256:
             return target
         target.unlink()  # damaged or stale: fetch it again
     partial = target.with_name(target.name + ".part")
+    shown = shown_url(url)
     for _ in range(ATTEMPTS):
         try:
-            _fetch(url, partial, progress)
+            _fetch(url, partial, progress, max_bytes)
             break
         except _Interrupted as error:
             interruption = error
     else:
         raise DownloadError(
-            f"download of {url} was interrupted {ATTEMPTS} times ({interruption}); run again to resume "
+            f"download of {shown} was interrupted {ATTEMPTS} times ({interruption}); run again to resume "
             f"from the {partial.stat().st_size} bytes kept in {partial}"
         )
     digest = sha256_of(partial)
     if digest != sha256:
         partial.unlink()
         raise DownloadError(
-            f"{url} has SHA-256 {digest}, expected {sha256}; the file was discarded (wrong URL or corrupted mirror?)"
+            f"{shown} has SHA-256 {digest}, expected {sha256}; the file was discarded (wrong URL or corrupted mirror?)"
         )
     os.replace(partial, target)
     return target
 
 
-def _fetch(url: str, partial: Path, progress: bool | None) -> None:
+def shown_url(url: str) -> str:
+    """``url`` without the ``user:password@`` part: what a message may say."""
+    parsed = urlparse(url)
+    return parsed._replace(netloc=parsed.netloc.rpartition("@")[2]).geturl() if "@" in parsed.netloc else url
+
+
+def _request(url: str, headers: dict[str, str]) -> urllib.request.Request:
+    """A request for ``url`` whose ``user:password@`` (if any) travels as basic authentication, not in the URL."""
+    parsed = urlparse(url)
+    if parsed.username is not None:
+        credentials = f"{unquote(parsed.username)}:{unquote(parsed.password or '')}".encode()
+        headers = {**headers, "Authorization": "Basic " + base64.b64encode(credentials).decode()}
+    return urllib.request.Request(shown_url(url), headers=headers)
+
+
+def _fetch(url: str, partial: Path, progress: bool | None, max_bytes: int) -> None:
     """Append the rest of ``url`` to ``partial`` (HTTP Range from its current size)."""
     start = partial.stat().st_size if partial.is_file() else 0
-    request = urllib.request.Request(url, headers={"Range": f"bytes={start}-"} if start else {})
+    shown = shown_url(url)
     try:
+        request = _request(url, {"Range": f"bytes={start}-"} if start else {})
         response = urllib.request.urlopen(request, timeout=TIMEOUT_S)
     except urllib.error.HTTPError as error:
         if error.code == 416 and start:  # nothing left past what we have: the hash check decides
             return
-        raise DownloadError(f"{url}: HTTP {error.code} {error.reason}") from None
-    except (urllib.error.URLError, OSError) as error:
+        raise DownloadError(f"{shown}: HTTP {error.code} {error.reason}") from None
+    except (urllib.error.URLError, OSError, ValueError) as error:  # ValueError: a malformed URL (http.client.InvalidURL)
         reason = getattr(error, "reason", error)
         raise DownloadError(
-            f"cannot reach {url} ({reason}); check the network or set ${BASE_URL_ENV} to a mirror"
+            f"cannot reach {shown} ({reason}); check the network or set ${BASE_URL_ENV} to a mirror"
         ) from None
     with response:
         if start and response.status != 206:  # the server ignored the Range header: start over
             start = 0
         length = response.headers.get("Content-Length")
-        total = start + int(length) if length is not None else None
+        total = start + int(length) if length is not None and length.isdigit() else None
+        if total is not None and total > max_bytes:
+            raise DownloadError(f"{shown} is {total} bytes, more than any CLIP release ({max_bytes}); not downloaded")
         partial.parent.mkdir(parents=True, exist_ok=True)
         with (
             partial.open("ab" if start else "wb") as file,
@@ -151,16 +184,25 @@ def _fetch(url: str, partial: Path, progress: bool | None) -> None:
                 disable=None if progress is None else not progress,
             ) as bar,
         ):
-            _copy(response, file, bar)
+            _copy(response, file, bar, max_bytes - start)
     received = partial.stat().st_size
+    if received > max_bytes:
+        partial.unlink()
+        raise DownloadError(
+            f"{shown} sent more than {max_bytes} bytes, more than any CLIP release; the file was discarded "
+            "(wrong URL or a broken mirror?)"
+        )
     if total is not None and received < total:
         raise _Interrupted(f"connection closed after {received} of {total} bytes")
 
 
-def _copy(response: http.client.HTTPResponse, file, bar: tqdm) -> None:
+def _copy(response: http.client.HTTPResponse, file, bar: tqdm, limit: int) -> None:
+    """Append the response to ``file``, stopping once more than ``limit`` bytes came."""
+    written = 0
     try:
-        while chunk := response.read(_CHUNK):
+        while written <= limit and (chunk := response.read(_CHUNK)):
             file.write(chunk)
+            written += len(chunk)
             bar.update(len(chunk))
     except (http.client.IncompleteRead, ConnectionError, TimeoutError) as error:
         if isinstance(error, http.client.IncompleteRead) and error.partial:
