@@ -13,7 +13,7 @@ from pathlib import Path
 from ._version import __version__
 from .convert import DTYPES, convert_checkpoint
 from .download import BASE_URL_ENV, CACHE_ENV
-from .embed import collect_images, embed_images, load_model, resolve_model_folder, save_embeddings
+from .embed import check_outputs, collect_images, embed_images, load_model, resolve_model_folder, save_embeddings
 from .errors import CliError, first_line
 from .hub import pull, push_folder
 from .model import ACTIVATIONS
@@ -155,6 +155,7 @@ def _run_embed(args: argparse.Namespace) -> int:
     """Embed images with a vit_zoo model; optionally draw its attention maps over them."""
     files = collect_images(args.images)
     folder = resolve_model_folder(args.model, args.cache_dir)
+    check_outputs(args.output, args.attention_map, folder, files)
     model, processor = load_model(folder, args.device, args.dtype)
     crop_pct = processor.crop_size["height"] / processor.size["shortest_edge"]
     attention_dir = Path(args.attention_map) if args.attention_map else None

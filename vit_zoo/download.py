@@ -4,9 +4,9 @@ The cache folder is ``$VIT_ZOO_CACHE``, else ``$XDG_CACHE_HOME/vit_zoo``, else `
 is written as ``<name>.part`` (an interrupted download resumes from it with an HTTP Range request) and
 renamed into place only once its SHA-256 matches, so the cache never holds a wrong or partial checkpoint
 under its real name; a lock file beside it makes concurrent downloads of one name wait for each other. A
-download that grows past ``MAX_DOWNLOAD_BYTES`` is discarded. ``$VIT_ZOO_OPENAI_BASE_URL`` points OpenAI's downloads at a mirror of
-``https://openaipublic.azureedge.net/clip/models``; credentials in it (``https://user:pass@host``) are sent as
-HTTP basic authentication and never shown in messages.
+download that grows past ``MAX_DOWNLOAD_BYTES`` is discarded. ``$VIT_ZOO_OPENAI_BASE_URL`` points OpenAI's
+downloads at a mirror of ``https://openaipublic.azureedge.net/clip/models``; credentials in it
+(``https://user:pass@host``) are sent as HTTP basic authentication and never shown in messages.
 """
 
 from __future__ import annotations

@@ -9,7 +9,11 @@ depend on the backend: ``AutoImageProcessor`` picks the torchvision one when tor
 
 from __future__ import annotations
 
+import json
 import math
+import os
+from pathlib import Path
+from typing import Any
 
 from transformers import CLIPImageProcessor, CLIPImageProcessorPil
 from transformers.image_utils import PILImageResampling
@@ -23,6 +27,9 @@ RESAMPLING = {
     "nearest": PILImageResampling.NEAREST,
 }
 BACKENDS = {"pil": CLIPImageProcessorPil, "torchvision": CLIPImageProcessor}
+PROCESSOR_TYPES = ("CLIPImageProcessor", "CLIPImageProcessorPil")
+MAX_RESIZE_FACTOR = 4  # shortest edge / crop side: crop_pct down to 0.25
+_STEPS = ("do_resize", "do_center_crop", "do_rescale", "do_normalize", "do_convert_rgb")
 
 
 def image_processor_for(
@@ -65,3 +72,86 @@ def image_processor_for(
         image_mean=list(preprocessing.mean),
         image_std=list(preprocessing.std),
     )
+
+
+def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
+    """A JSON file holding an object; ``ValueError`` naming the file when it is missing, not UTF-8, not JSON or
+    not an object."""
+    path = Path(path)
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{path} is missing; convert or pull the model again") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not UTF-8 text; convert or pull the model again") from None
+    except ValueError as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); convert or pull the model again") from None
+    except OSError as error:
+        raise ValueError(f"{path} cannot be read ({error.strerror or error})") from None
+    if not isinstance(settings, dict):
+        raise ValueError(f"{path} holds a JSON {type(settings).__name__}, not an object; convert or pull the model again")
+    return settings
+
+
+def load_image_processor(path: str | os.PathLike) -> CLIPImageProcessorPil:
+    """The ``CLIPImageProcessorPil`` a ``preprocessor_config.json`` describes, every value checked.
+
+    vit_zoo builds the processor itself instead of asking ``AutoImageProcessor``: a folder's ``auto_map`` is never
+    followed, so no repo code can be offered or run. Raises ``ValueError`` naming the file and the field.
+    """
+    settings = read_json_object(path)
+    kind = settings.get("image_processor_type", PROCESSOR_TYPES[0])
+    if kind not in PROCESSOR_TYPES:
+        raise ValueError(f"{path}: image_processor_type {_shown(kind)} is not CLIP's; vit_zoo folders use {PROCESSOR_TYPES[0]}")
+    for step in _STEPS:
+        if settings.get(step, True) is not True:
+            raise ValueError(f"{path}: {step} must be true in a vit_zoo folder (OpenAI's preprocessing does every step)")
+    crop = _side(path, settings, "crop_size", "height")
+    if _side(path, settings, "crop_size", "width") != crop:
+        raise ValueError(f"{path}: crop_size must be square (height == width), got {_shown(settings['crop_size'])}")
+    shortest_edge = _side(path, settings, "size", "shortest_edge")
+    if not crop <= shortest_edge <= MAX_RESIZE_FACTOR * crop:
+        raise ValueError(
+            f"{path}: size.shortest_edge {shortest_edge} must lie between crop_size ({crop}) and {MAX_RESIZE_FACTOR}x it"
+        )
+    resample = settings.get("resample", PILImageResampling.BICUBIC)
+    if type(resample) is not int or resample not in set(PILImageResampling):
+        raise ValueError(f"{path}: resample {_shown(resample)} is not a PIL resampling filter (0-5; bicubic is 3)")
+    mean, std = (_channel_values(path, settings, field) for field in ("image_mean", "image_std"))
+    if min(std) <= 0:
+        raise ValueError(f"{path}: image_std {std} must be positive (a zero std divides by zero: NaN embeddings)")
+    rescale_factor = settings.get("rescale_factor", 1 / 255)
+    if not _finite_number(rescale_factor) or rescale_factor <= 0:
+        raise ValueError(f"{path}: rescale_factor {_shown(rescale_factor)} must be a positive number (1/255 for 8-bit images)")
+    return CLIPImageProcessorPil(
+        size={"shortest_edge": shortest_edge},
+        crop_size={"height": crop, "width": crop},
+        resample=resample,
+        image_mean=mean,
+        image_std=std,
+        rescale_factor=rescale_factor,
+    )
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)`` on one line, at most 60 characters: what a message quotes of a file."""
+    return " ".join(repr(value).split())[:60]
+
+
+def _finite_number(value: Any) -> bool:
+    return type(value) in (int, float) and math.isfinite(value)
+
+
+def _side(path: Path, settings: dict, field: str, key: str) -> int:
+    value = settings.get(field)
+    side = value.get(key) if isinstance(value, dict) else None
+    if type(side) is not int or side < 1:
+        raise ValueError(f"{path}: {field}.{key} must be a positive int, got {_shown(side)}")
+    return side
+
+
+def _channel_values(path: Path, settings: dict, field: str) -> list[float]:
+    values = settings.get(field)
+    if not isinstance(values, list) or len(values) != 3 or not all(map(_finite_number, values)):
+        raise ValueError(f"{path}: {field} must be 3 finite numbers (one per RGB channel), got {_shown(values)}")
+    return values
