@@ -21,13 +21,16 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import warnings
 import zipfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -58,6 +61,8 @@ from vit_zoo import (
 )
 from vit_zoo import folder as folder_module
 from vit_zoo.download import ATTEMPTS
+from vit_zoo.embed import open_image
+from vit_zoo.image_processing import load_image_processor
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_NAME = "vit_zoo_tiny_patch8_test_32"
@@ -624,3 +629,151 @@ def test_debug_shows_the_traceback(tmp_path):
     assert result.stderr.rstrip().endswith("notes.txt is not a checkpoint (unknown file type); expected an OpenAI CLIP "
                                            ".pt archive, a torch.save state dict or a .safetensors file")
     assert "vit_zoo/readers.py" in result.stderr and not (tmp_path / "out").exists()
+
+
+# --- hostile images, folders and outputs for embed ---------------------------------------------------------------
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def hostile_images() -> dict[str, bytes]:
+    """Image files that once ended the run or asked for gigabytes, by name (each a few hundred bytes)."""
+    good = png_bytes(Image.fromarray(np.zeros((8, 8, 3), np.uint8)))
+    at = good.index(b"IDAT")
+    length = struct.unpack(">I", good[at - 4 : at])[0]
+    pixels = good[at + 4 : at + 4 + length]
+    tiff = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tiff, "TIFF")
+    tiff = bytearray(tiff.getvalue())
+    directory = struct.unpack("<I", tiff[4:8])[0]
+    for entry in range(struct.unpack("<H", tiff[directory : directory + 2])[0]):
+        at_entry = directory + 2 + 12 * entry
+        if struct.unpack("<H", tiff[at_entry : at_entry + 2])[0] == 273:  # StripOffsets, now typed FLOAT
+            tiff[at_entry + 2 : at_entry + 4] = struct.pack("<H", 11)
+    ihdr = struct.pack(">IIBBBBB", 20000, 10000, 8, 2, 0, 0, 0)
+    return {
+        "wide.png": png_bytes(Image.new("L", (400_000, 1))),  # 5 GB once resized to a 32 px shortest edge
+        "thin.png": png_bytes(Image.new("1", (1, 200_000))),
+        "header-only.png": b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IEND", b""),
+        "garbage-chunk.png": good[: at - 4]
+        + _png_chunk(b"IDAT", pixels[:5])
+        + _png_chunk(b"\x00\x01\xff\x7f", pixels[5:])
+        + good[at + 8 + length :],
+        "float-offsets.tif": bytes(tiff),
+    }
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.fromarray(np.full((40, 50, 3), 120, np.uint8)).save(folder / "good.png")
+    return folder
+
+
+def test_embed_skips_bombs_and_broken_images(model_folder, image_folder, tmp_path, capsys):
+    for name, content in hostile_images().items():
+        (image_folder / name).write_bytes(content)
+    code, out, err = run_cli(capsys, "embed", model_folder, image_folder, "--output", tmp_path / "e.safetensors")
+    assert code == 0 and out.startswith("embedded 1 images into") and "(5 skipped)" in out, (out, err)
+    assert "Traceback" not in err and "DecompressionBomb" not in err
+    skipped = [line.removeprefix("vit-zoo embed: skipped ") for line in err.splitlines() if "skipped" in line]
+    reasons = dict(line.split(": ", 1) for line in skipped)
+    assert reasons == {
+        str(image_folder / "float-offsets.tif"): "'float' object cannot be interpreted as an integer",
+        str(image_folder / "garbage-chunk.png"): "broken PNG file (chunk b'\\x00\\x01\\xff\\x7f')",
+        str(image_folder / "header-only.png"): "Image size (200000000 pixels) exceeds limit of 178956970 pixels, could be "
+        "decompression bomb DOS attack.",  # PIL's own refusal, raised by Image.open
+        str(image_folder / "thin.png"): "1x200000 pixels would become 32x6400000 at a 32-pixel shortest edge, more "
+        "than 4194304 pixels; crop it to a less extreme aspect ratio",
+        str(image_folder / "wide.png"): "400000x1 pixels would become 12800000x32 at a 32-pixel shortest edge, more "
+        "than 4194304 pixels; crop it to a less extreme aspect ratio",
+    }
+
+
+@pytest.mark.parametrize("mode", ["P", "1", "RGB"])  # RGB: transformers centre-crops with other rounding
+def test_palette_and_1_bit_images_are_resized_before_rgb_as_openai_does(model_folder, mode, tmp_path):
+    """OpenAI resizes in the file's own mode (PIL then uses NEAREST for P and 1) and converts to RGB after."""
+    from open_clip.transform import image_transform
+
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (45, 61, 3), dtype=np.uint8)).convert(mode)
+    image.save(tmp_path / "image.png")
+    processor = load_image_processor(model_folder / "preprocessor_config.json")
+    seen = open_image(tmp_path / "image.png", 32, 32, processor.resample)[0]
+    ours = processor(images=[seen], return_tensors="pt")
+    with Image.open(tmp_path / "image.png") as reloaded:
+        assert reloaded.mode == mode
+        openai = image_transform(32, is_train=False)(reloaded)
+    assert (ours["pixel_values"][0] - openai).abs().max() < 1e-6
+
+
+def test_overlays_of_images_sharing_a_stem_are_all_kept(model_folder, tmp_path, capsys):
+    for relative in ("a/x.png", "b/x.png", "a/x.jpg", "a/y.png"):
+        (tmp_path / relative).parent.mkdir(exist_ok=True)
+        Image.fromarray(np.full((40, 40, 3), len(relative) * 20, np.uint8)).save(tmp_path / relative)
+    code, out, _ = run_cli(
+        capsys, "embed", model_folder, tmp_path / "a", tmp_path / "b", "--output", tmp_path / "e.safetensors",
+        "--attention-map", tmp_path / "maps",
+    )
+    assert code == 0 and "wrote 4 attention overlays" in out
+    assert listing(tmp_path / "maps") == ["a__x.jpg.attention.png", "a__x.png.attention.png", "b__x.png.attention.png",
+                                          "y.attention.png"]
+
+
+def test_outputs_never_land_in_the_model_folder_or_on_an_input(copied_folder, image_folder, tmp_path, capsys):
+    """``--output M/model.safetensors`` replaced the weights; every later embed ran on random ones with exit 0."""
+    before = listing(copied_folder), (copied_folder / "model.safetensors").read_bytes()
+    image = image_folder / "good.png"
+    for flags in (
+        ["--output", copied_folder / "model.safetensors"],
+        ["--output", tmp_path / "e.npy", "--attention-map", copied_folder / "maps"],
+    ):
+        assert_cli_error(run_cli(capsys, "embed", copied_folder, image, *flags), "embed", "is inside the model folder")
+    (tmp_path / "e.npy").write_bytes(b"an input")  # files named directly are embedded whatever their suffix
+    assert_cli_error(
+        run_cli(capsys, "embed", copied_folder, tmp_path / "e.npy", "--output", tmp_path / "e.npy"),
+        "embed",
+        "e.npy is one of the input images; choose an output that does not overwrite an input",
+    )
+    assert (listing(copied_folder), (copied_folder / "model.safetensors").read_bytes()) == before
+
+
+def test_bad_output_suffix_and_unpairable_names_are_refused_before_any_work(model_folder, image_folder, tmp_path, capsys):
+    maps = tmp_path / "maps"
+    assert_cli_error(
+        run_cli(capsys, "embed", model_folder, image_folder, "--output", tmp_path / "e.txt", "--attention-map", maps),
+        "embed",
+        "--output must end in .safetensors or .npy, got e.txt",
+    )
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(image_folder / "two\nlines.png")
+    assert_cli_error(
+        run_cli(capsys, "embed", model_folder, image_folder, "--output", tmp_path / "e.npy", "--attention-map", maps),
+        "embed",
+        "holds a line break, which the one-name-per-line .npy.files.txt cannot pair; use a .safetensors --output",
+    )
+    assert listing(tmp_path) == ["images", "images/good.png", "images/two\nlines.png"]
+
+
+def test_failed_npy_write_leaves_no_files_list(model_folder, image_folder, tmp_path, capsys):
+    (tmp_path / "e.npy").mkdir()  # the final rename fails: a folder is in the way
+    assert_cli_error(
+        run_cli(capsys, "embed", model_folder, image_folder, "--output", tmp_path / "e.npy"), "embed", "cannot write"
+    )
+    assert listing(tmp_path) == ["e.npy", "images", "images/good.png"]
+
+
+def test_mistyped_folder_is_named_not_taken_for_a_repo_id(image_folder, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for model in ("./vit-b-61", "models/vit-b/61", "~/vit-b-61"):
+        assert_cli_error(
+            run_cli(capsys, "embed", model, image_folder), "embed", f"no such folder {model}, and not a zoo name"
+        )

@@ -159,10 +159,12 @@ def collect_images(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     return files
 
 
-def open_image(path: Path, shortest_edge: int, resample: int, keep: bool = False) -> tuple[Image.Image, Image.Image | None]:
-    """``path`` resized (shortest edge to ``shortest_edge``) in the file's own mode, then made RGB - OpenAI's
-    order, which matters for palette and 1-bit images (PIL resizes them with NEAREST) - and, with ``keep``, the
-    whole image as RGB (for overlays).
+def open_image(
+    path: Path, shortest_edge: int, crop: int, resample: int, keep: bool = False
+) -> tuple[Image.Image, Image.Image | None]:
+    """``path`` as OpenAI's preprocessing sees it before normalisation: the shortest edge resized to
+    ``shortest_edge`` in the file's own mode (PIL uses NEAREST for palette and 1-bit images), a centred
+    ``crop``-square cut with torchvision's rounding, then RGB; with ``keep`` also the whole image as RGB (for overlays).
 
     The size is read from the header first: an image of more than ``MAX_IMAGE_PIXELS``, or whose resize would
     make more than ``MAX_RESIZED_PIXELS`` (a 400000x1 PNG of 1 KB), is refused before it is decoded.
@@ -178,7 +180,9 @@ def open_image(path: Path, shortest_edge: int, resample: int, keep: bool = False
                 f"more than {MAX_RESIZED_PIXELS} pixels; crop it to a less extreme aspect ratio"
             )
         image.load()
-        return image.resize(size, resample).convert("RGB"), image.convert("RGB") if keep else None
+        left, top = round((size[0] - crop) / 2), round((size[1] - crop) / 2)
+        seen = image.resize(size, resample).crop((left, top, left + crop, top + crop)).convert("RGB")
+        return seen, image.convert("RGB") if keep else None
 
 
 def _resized_size(width: int, height: int, shortest_edge: int) -> tuple[int, int]:
@@ -219,13 +223,13 @@ def embed_images(
         select_attention(torch.zeros(model.transformer.layers, model.transformer.resblocks[0].attn.heads, 1, 1), layer, heads)
     result = EmbedResult()
     parameter = next(model.parameters())
-    shortest_edge, resample = processor.size["shortest_edge"], processor.resample
+    shortest_edge, crop, resample = processor.size["shortest_edge"], processor.crop_size["height"], processor.resample
     overlay_files = overlay_names(files)
     for batch in tqdm(list(_batches(files, batch_size)), desc="embedding", unit="batch", disable=not progress):
         resized, images, names = [], [], []
         for path in batch:
             try:
-                model_input, whole = open_image(path, shortest_edge, resample, keep=attention_dir is not None)
+                model_input, whole = open_image(path, shortest_edge, crop, resample, keep=attention_dir is not None)
             except Exception as error:  # noqa: BLE001 - PIL's decoders raise anything (SyntaxError, TypeError...)
                 result.skipped[path] = first_line(error)
                 continue
