@@ -1,6 +1,7 @@
 """Fuzzing the checkpoint reader: seeded mutations of a valid OpenAI-format TorchScript archive and of a
 ``torch.save`` state dict (byte flips in the zip structure, truncation, removed and duplicated members,
-edited ``data.pkl`` opcodes with oversized sizes, offsets and shapes, hostile globals and code lines).
+edited ``data.pkl`` opcodes with oversized sizes, offsets and shapes, hostile globals, shared-reference bombs and
+code lines, blank lines that once made a regex quadratic).
 
 Every case must end in a load whose tensors all lie inside the bytes the file holds, or in one clean
 ``CheckpointError`` line; never another exception, never more than ``CASE_BUDGET_S`` seconds, never an
@@ -14,19 +15,17 @@ import io
 import pickletools
 import random
 import re
-import resource
-import signal
 import struct
 import traceback
 import warnings
 import zipfile
 from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
 from checkpoints import openai_clip, write_state_dict, write_torchscript_archive
+from limits import ALLOCATION_FAILURE, Hang, budget
 from reference import TINY
 
 from vit_zoo import CheckpointError, load_checkpoint
@@ -34,8 +33,6 @@ from vit_zoo import CheckpointError, load_checkpoint
 SEED = 20261125
 CASES = {"archive": 240, "state_dict": 140}
 CASE_BUDGET_S = 5
-MEMORY_HEADROOM = 1 << 30  # a case may map or allocate this much beyond what the process already holds
-ALLOCATION_FAILURE = re.compile(r"can't allocate|out of memory|MemoryError|Cannot allocate", re.IGNORECASE)
 INT_VALUES = (0, 1, -1, 7, 255, 2**16, 2**31 - 1, -(2**31), 2**32, 2**40, 2**62, 2**63 + 5, -(2**62), 10**30)
 HOSTILE_GLOBALS = (
     ("posix", "system"),
@@ -48,38 +45,6 @@ HOSTILE_GLOBALS = (
     ("torch.jit._pickle", "build_tensorlist"),
     ("__torch__.x", "Y"),
 )
-
-
-class Hang(Exception):
-    """A case ran past its time budget."""
-
-
-@contextmanager
-def budget(seconds: float):
-    """Raise ``Hang`` in the test's own thread when the case runs too long; cap the address space meanwhile."""
-
-    def alarm(signum, frame):
-        raise Hang(f"still running after {seconds} s")
-
-    previous_handler = signal.signal(signal.SIGALRM, alarm)
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    cap = _address_space() + MEMORY_HEADROOM
-    resource.setrlimit(resource.RLIMIT_AS, (min(cap, hard) if hard != resource.RLIM_INFINITY else cap, hard))
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous_handler)
-        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
-
-
-def _address_space() -> int:
-    """Bytes of virtual memory the process holds now (``VmSize``)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmSize:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmSize in /proc/self/status")
 
 
 # --- mutations: (rng, valid bytes, marker) -> mutated bytes ----------------------------------------------------
@@ -173,7 +138,7 @@ def _edit_opcode(rng: random.Random, pickled: bytes, marker: Path) -> bytes:
     ints = [i for i, (op, _, _) in enumerate(operations) if op.name in ("BININT", "BININT1", "BININT2", "LONG1")]
     strings = [i for i, (op, _, _) in enumerate(operations) if op.name in ("BINUNICODE", "SHORT_BINUNICODE")]
     globals_ = [i for i, (op, _, _) in enumerate(operations) if op.name in ("GLOBAL", "STACK_GLOBAL")]
-    kind = rng.choice(["int", "int", "int", "string", "global", "delete", "duplicate", "opcode", "payload"])
+    kind = rng.choice(["int", "int", "int", "string", "global", "delete", "duplicate", "opcode", "payload", "bomb"])
     index = rng.randrange(len(operations) - 1)  # never STOP itself
     if kind == "int" and ints:
         index = rng.choice(ints)
@@ -183,6 +148,9 @@ def _edit_opcode(rng: random.Random, pickled: bytes, marker: Path) -> bytes:
         text = rng.choice([b"", b"x", b"storage", b"0" * 300, bytes(rng.randrange(256) for _ in range(6))])
         length = rng.choice([len(text), len(text), 2**31 - 1, len(text) + 5])
         replacement = b"X" + struct.pack("<I", length) + text
+    elif kind == "bomb" and strings:  # a name becomes a tuple nested (t, t) 40+ deep: a few bytes, 2**40 to hash
+        index = rng.choice(strings)
+        replacement = b")" + b"2\x86" * rng.randrange(40, 64)  # EMPTY_TUPLE, then DUP + TUPLE2 again and again
     elif kind == "global" and globals_:
         index = rng.choice(globals_)
         replacement = _encode_global(*rng.choice(HOSTILE_GLOBALS))
@@ -231,9 +199,21 @@ def edit_code(rng: random.Random, data: bytes, marker: Path) -> bytes:
     return _zip(members)
 
 
+def pad_code(rng: random.Random, data: bytes, marker: Path) -> bytes:
+    """Blank lines before a ``__parameters__`` line (a regex whose ``\\s+`` spans lines took 29 s for 80 000)."""
+    members = [(info.filename, content) for info, content in _members(data)]
+    code = [i for i, (name, content) in enumerate(members) if b"__parameters__" in content]
+    index = rng.choice(code)
+    name, content = members[index]
+    members[index] = (name, content.replace(b"    __parameters__", b"\n" * 40_000 + b"    __parameters__", 1))
+    return _zip(members)
+
+
 Mutation = Callable[[random.Random, bytes, Path], bytes]
 MUTATIONS: dict[str, list[tuple[Mutation, int]]] = {  # (mutation, weight)
-    "archive": [(flip_bytes, 3), (truncate, 1), (drop_member, 1), (duplicate_member, 1), (edit_pickle, 5), (edit_code, 2)],
+    "archive": [
+        (flip_bytes, 3), (truncate, 1), (drop_member, 1), (duplicate_member, 1), (edit_pickle, 5), (edit_code, 2), (pad_code, 1)
+    ],
     "state_dict": [(flip_bytes, 3), (truncate, 1), (drop_member, 1), (duplicate_member, 1), (edit_pickle, 5)],
 }
 

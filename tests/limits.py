@@ -1,0 +1,45 @@
+"""Time and memory bounds for fuzz cases: a case that runs too long raises ``Hang``; one that allocates more than
+``MEMORY_HEADROOM`` beyond what the process holds fails its allocation."""
+
+from __future__ import annotations
+
+import re
+import resource
+import signal
+from contextlib import contextmanager
+from pathlib import Path
+
+MEMORY_HEADROOM = 1 << 30  # a case may map or allocate this much beyond what the process already holds
+ALLOCATION_FAILURE = re.compile(r"can't allocate|out of memory|MemoryError|Cannot allocate", re.IGNORECASE)
+
+
+class Hang(Exception):
+    """A case ran past its time budget."""
+
+
+@contextmanager
+def budget(seconds: float):
+    """Raise ``Hang`` in the test's own thread when the case runs too long; cap the address space meanwhile."""
+
+    def alarm(signum, frame):
+        raise Hang(f"still running after {seconds} s")
+
+    previous_handler = signal.signal(signal.SIGALRM, alarm)
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    cap = _address_space() + MEMORY_HEADROOM
+    resource.setrlimit(resource.RLIMIT_AS, (min(cap, hard) if hard != resource.RLIM_INFINITY else cap, hard))
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous_handler)
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def _address_space() -> int:
+    """Bytes of virtual memory the process holds now (``VmSize``)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmSize:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmSize in /proc/self/status")
