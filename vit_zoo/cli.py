@@ -6,7 +6,9 @@ Errors end the command with one line on stderr and a non-zero exit code; ``--deb
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from .zoo import list_entries, openai_names
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, what a shell reports for a process SIGTERM ended
 
 
 def _add_list_arguments(parser: argparse.ArgumentParser) -> None:
@@ -202,16 +205,30 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``vit-zoo`` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         return args.run(args)
     except KeyboardInterrupt:
         print("vit-zoo: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except SystemExit as error:
+        if error.code == EXIT_TERMINATED:
+            print("vit-zoo: terminated", file=sys.stderr)
+        raise
     except Exception as error:  # noqa: BLE001 - every failure becomes one line unless --debug
         if args.debug:
             raise
         print(f"vit-zoo {args.command}: error: {first_line(error)}", file=sys.stderr)
         return EXIT_ERROR
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate(signum: int, frame) -> None:
+    """SIGTERM unwinds like Ctrl-C: every staging file and folder is removed on the way out."""
+    raise SystemExit(EXIT_TERMINATED)
 
 
 if __name__ == "__main__":

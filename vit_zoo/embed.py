@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -169,7 +170,8 @@ def open_image(
     The size is read from the header first: an image of more than ``MAX_IMAGE_PIXELS``, or whose resize would
     make more than ``MAX_RESIZED_PIXELS`` (a 400000x1 PNG of 1 KB), is refused before it is decoded.
     """
-    with Image.open(path) as image:  # reads the header only
+    with warnings.catch_warnings(), Image.open(path) as image:  # reads the header only
+        warnings.simplefilter("ignore")  # PIL's notes on odd metadata: what counts is whether the pixels decode
         width, height = image.size
         if width * height > MAX_IMAGE_PIXELS:
             raise ValueError(f"{width}x{height} pixels is more than {MAX_IMAGE_PIXELS} (a decompression bomb?)")

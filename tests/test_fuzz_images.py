@@ -1,0 +1,130 @@
+"""Fuzzing the image reader of ``vit-zoo embed``: seeded mutations of small PNG, GIF, BMP, TIFF, JPEG and WebP files
+(byte flips, truncation, header sizes edited to extreme widths and heights, chunks of garbage).
+
+``open_image`` must return the cropped RGB square the model sees, or raise one exception whose message is one line
+(``embed`` records it and skips the file); never take more than ``CASE_BUDGET_S`` seconds or allocate more than
+``limits.MEMORY_HEADROOM`` (the address space is capped while a case runs), whatever the header claims.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import struct
+import traceback
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from limits import ALLOCATION_FAILURE, Hang, budget
+from PIL import Image
+
+from vit_zoo.embed import open_image
+
+SEED = 20261130
+CASES = 240
+CASE_BUDGET_S = 5
+SIDE = 224
+FORMATS = ("PNG", "GIF", "BMP", "TIFF", "JPEG", "WEBP")
+SIZES = (0, 1, 2, 7, 65_535, 200_000, 400_000, 2**31 - 1, 2**32 - 1)
+
+
+def sources() -> dict[str, bytes]:
+    rng = np.random.default_rng(0)
+    picture = Image.fromarray(rng.integers(0, 256, (23, 37, 3), dtype=np.uint8))
+    encoded = {}
+    for kind in FORMATS:
+        buffer = io.BytesIO()
+        (picture.convert("P") if kind == "GIF" else picture).save(buffer, kind)
+        encoded[kind] = buffer.getvalue()
+    return encoded
+
+
+def flip_bytes(rng: random.Random, data: bytes) -> bytes:
+    mutated = bytearray(data)
+    end = min(len(data), rng.choice([64, 256, len(data)]))  # headers more often than pixels
+    for _ in range(rng.randint(1, 6)):
+        mutated[rng.randrange(end)] = rng.randrange(256)
+    return bytes(mutated)
+
+
+def truncate(rng: random.Random, data: bytes) -> bytes:
+    return data[: rng.randrange(len(data))]
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def resize_header(rng: random.Random, data: bytes) -> bytes:
+    """Width and height fields set to extreme values, checksums kept valid where the format has them."""
+    width, height = rng.choice(SIZES), rng.choice(SIZES)
+    if data.startswith(b"\x89PNG"):
+        header = struct.pack(">II", width, height) + data[24:29]
+        return data[:8] + _png_chunk(b"IHDR", header) + data[33:]
+    if data.startswith(b"GIF"):
+        return data[:6] + struct.pack("<HH", width % 65536, height % 65536) + data[10:]
+    if data.startswith(b"BM"):
+        return data[:18] + struct.pack("<ii", width % 2**31, height % 2**31 * rng.choice([1, -1])) + data[26:]
+    mutated = bytearray(data)  # TIFF, JPEG, WebP: overwrite a random 4-byte field near the start
+    at = rng.randrange(0, min(len(data), 200) - 4)
+    mutated[at : at + 4] = struct.pack(">I" if rng.random() < 0.5 else "<I", max(width, height))
+    return bytes(mutated)
+
+
+def insert_garbage(rng: random.Random, data: bytes) -> bytes:
+    at = rng.randrange(len(data))
+    return data[:at] + bytes(rng.randrange(256) for _ in range(rng.randint(1, 40))) + data[at:]
+
+
+MUTATIONS = [(flip_bytes, 3), (truncate, 1), (resize_header, 4), (insert_garbage, 1)]
+
+
+def outcome(path: Path) -> str:
+    """``read`` or ``refused``; anything else raises ``AssertionError`` saying what went wrong."""
+    try:
+        with budget(CASE_BUDGET_S):
+            try:
+                seen, _ = open_image(path, SIDE, SIDE, Image.Resampling.BICUBIC)
+            except Hang:
+                raise
+            except Exception as error:  # noqa: BLE001 - embed skips the file with this message
+                message = str(error).strip() or type(error).__name__
+                assert "\n" not in message, f"not one line: {message!r}"
+                assert not ALLOCATION_FAILURE.search(message), f"tried a huge allocation: {message}"
+                return "refused"
+            assert seen.size == (SIDE, SIDE) and seen.mode == "RGB", (seen.size, seen.mode)
+            return "read"
+    except (AssertionError, Hang):
+        raise
+    except BaseException as error:  # noqa: BLE001 - the finding itself (MemoryError under the cap, ...)
+        frame = traceback.extract_tb(error.__traceback__)[-1]
+        raise AssertionError(f"{type(error).__name__} at {Path(frame.filename).name}:{frame.lineno}: {error}") from error
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="the memory cap reads /proc/self/status")
+def test_mutated_images_are_read_or_refused_quickly(tmp_path):
+    rng = random.Random(SEED)
+    valid = sources()
+    mutations, weights = zip(*MUTATIONS)
+    for kind, data in valid.items():
+        assert outcome(_write(tmp_path / f"valid.{kind.lower()}", data)) == "read"
+    findings, tally = [], {}
+    for case in range(CASES):
+        kind = rng.choice(FORMATS)
+        mutation = rng.choices(mutations, weights)[0]
+        path = _write(tmp_path / f"case-{case}.{kind.lower()}", mutation(rng, valid[kind]))
+        try:
+            result = outcome(path)
+            tally[result] = tally.get(result, 0) + 1
+        except (AssertionError, Hang) as error:
+            findings.append(f"case {case} ({kind}, {mutation.__name__}): {error}")
+        path.unlink()
+    assert not findings, f"{len(findings)} of {CASES} cases failed:\n" + "\n".join(findings[:20])
+    assert tally.get("refused", 0) > CASES // 4, tally  # the mutations do reach the checks
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
