@@ -1,0 +1,150 @@
+"""How fast, and with how little memory, vit-zoo refuses hostile inputs: pickle bombs, regex-hostile archives,
+devices and pipes, endless downloads, image bombs and folders whose config claims a huge model.
+
+Each case runs in this process after its fixtures are built; the peak resident memory is reset before it
+(``/proc/self/clear_refs``), so "extra MB" is what the refusal itself took beyond the memory already held.
+Prints one row per case and the worst time and memory; the goal is < 1 s and < 100 MB for every case.
+
+    python benchmarks/bench_hostile.py [--json results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+
+import torch  # noqa: E402
+from checkpoints import openai_clip, write_torchscript_archive  # noqa: E402
+from file_server import FileServer  # noqa: E402
+from PIL import Image  # noqa: E402
+from reference import TINY  # noqa: E402
+
+from vit_zoo.download import fetch_verified  # noqa: E402
+from vit_zoo.embed import open_image  # noqa: E402
+from vit_zoo.readers import load_checkpoint  # noqa: E402
+
+BLANK_LINES = 300_000
+NESTING = 60
+
+
+def _status(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def measure(case: Callable[[], object]) -> tuple[float, float, str]:
+    """Seconds, extra peak MB and the outcome (the refusal's message, or ``accepted``)."""
+    Path("/proc/self/clear_refs").write_text("5")  # peak RSS := current RSS
+    before = _status("VmRSS")
+    start = time.perf_counter()
+    try:
+        case()
+        outcome = "accepted"
+    except Exception as error:  # noqa: BLE001 - the refusal is the result
+        outcome = str(error).splitlines()[0][:110]
+    seconds = time.perf_counter() - start
+    return seconds, (_status("VmHWM") - before) / 2**20, outcome
+
+
+def pickle_bomb(folder: Path) -> Path:
+    """A state dict whose only key is a tuple nested ``(t, t)`` NESTING deep: a few hundred bytes."""
+    body = bytearray(b"\x80\x02}" + b")q\x00")
+    for _ in range(NESTING):
+        body += b"h\x00h\x00\x86q\x00"
+    path = folder / "nested.pt"
+    path.write_bytes(bytes(body) + b"Ns.")
+    return path
+
+
+def blank_line_archive(folder: Path) -> Path:
+    """A real OpenAI-format archive whose code file has BLANK_LINES blank lines before ``__parameters__``."""
+    source = write_torchscript_archive(openai_clip(dict(TINY, layers=1)), folder / "clip.pt")
+    path = folder / "blank-lines.pt"
+    with zipfile.ZipFile(source) as original, zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as padded:
+        for info in original.infolist():
+            data = original.read(info)
+            if b"    __parameters__" in data:
+                data = data.replace(b"    __parameters__", b"\n" * BLANK_LINES + b"    __parameters__", 1)
+            padded.writestr(info.filename, data)
+    return path
+
+
+def image(folder: Path, name: str, mode: str, size: tuple[int, int]) -> Path:
+    Image.new(mode, size).save(folder / name)
+    return folder / name
+
+
+def header_only_png(folder: Path) -> Path:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    path = folder / "header-only.png"
+    ihdr = struct.pack(">IIBBBBB", 20000, 10000, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    work = Path(tempfile.mkdtemp(prefix="bench-hostile-"))
+    server = FileServer().__enter__()
+    server.endless.add("/endless.pt")
+    try:
+        nested, padded = pickle_bomb(work), blank_line_archive(work)
+        wide = image(work, "wide.png", "L", (400_000, 1))
+        thin = image(work, "thin.png", "1", (1, 200_000))
+        header_only = header_only_png(work)
+        os.mkfifo(work / "fifo")
+        cases: dict[str, Callable[[], object]] = {
+            f"pickle: tuple nested (t, t) {NESTING} deep ({nested.stat().st_size} B)": lambda: load_checkpoint(nested),
+            f"archive: {BLANK_LINES} blank lines in its code ({padded.stat().st_size >> 10} KB)": lambda: load_checkpoint(
+                padded
+            ),
+            "convert /dev/zero": lambda: load_checkpoint(Path("/dev/zero")),
+            "convert a FIFO": lambda: load_checkpoint(work / "fifo"),
+            f"image: 400000x1 PNG ({wide.stat().st_size} B)": lambda: open_image(wide, 224, 224, 3),
+            f"image: 1x200000 1-bit PNG ({thin.stat().st_size} B)": lambda: open_image(thin, 224, 224, 3),
+            f"image: header-only 20000x10000 PNG ({header_only.stat().st_size} B)": lambda: open_image(
+                header_only, 224, 224, 3
+            ),
+            "download: endless response, 64 MB cap": lambda: fetch_verified(
+                f"{server.url}/endless.pt", "0" * 64, work / "cache" / "endless.pt", False, max_bytes=64 << 20
+            ),
+        }
+        rows = []
+        for name, case in cases.items():
+            seconds, extra_mb, outcome = measure(case)
+            rows.append(dict(case=name, seconds=round(seconds, 4), extra_mb=round(extra_mb, 1), outcome=outcome))
+            print(f"{name:<58} {seconds * 1000:8.1f} ms {extra_mb:7.1f} MB  {outcome}")
+        worst_time = max(rows, key=lambda row: row["seconds"])
+        worst_memory = max(rows, key=lambda row: row["extra_mb"])
+        print(f"worst time:   {worst_time['seconds'] * 1000:.1f} ms ({worst_time['case']})")
+        print(f"worst memory: {worst_memory['extra_mb']:.1f} MB ({worst_memory['case']})")
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    finally:
+        server.__exit__(None, None, None)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
