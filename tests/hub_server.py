@@ -401,6 +401,7 @@ class _Fault:
     remaining: int
     status: int | None = None
     drop_after: int | None = None
+    body: bytes | None = None
 
     def matches(self, method: str, path: str) -> bool:
         return self.remaining > 0 and self.substring in path and self.method in (None, method)
@@ -506,6 +507,9 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
             self._drop_connection()
             return
         self.body = self._read_body()
+        if fault is not None and fault.body is not None:
+            self._send(_Response(200, fault.body, {"Content-Type": "application/json"}), method)
+            return
         if fault is not None and fault.status is not None:
             self._send(self._error(HubError(fault.status, "Injected failure")), method)
             return
@@ -917,6 +921,11 @@ class HubServer:
         """
         with self._lock:
             self._faults.append(_Fault(path_substring, method, count, drop_after=after_bytes))
+
+    def answer_next(self, path_substring: str, body: bytes, count: int = 1, method: str | None = None) -> None:
+        """Answer the next `count` matching requests with 200 and `body` as JSON content (a Hub that misbehaves)."""
+        with self._lock:
+            self._faults.append(_Fault(path_substring, method, count, body=body))
 
     def _take_fault(self, method: str, path: str) -> _Fault | None:
         with self._lock:

@@ -25,6 +25,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -777,3 +778,270 @@ def test_mistyped_folder_is_named_not_taken_for_a_repo_id(image_folder, tmp_path
         assert_cli_error(
             run_cli(capsys, "embed", model, image_folder), "embed", f"no such folder {model}, and not a zoo name"
         )
+
+
+# --- hostile folders and repos: embed, push and pull load only sound vit_zoo folders ---------------------------------
+
+EVIL_CODE = """import pathlib
+pathlib.Path(__file__).with_name("marker").write_text("repo code ran")
+from transformers import CLIPImageProcessor
+class EvilProcessor(CLIPImageProcessor):
+    pass
+"""
+
+
+def make_evil(folder: Path) -> Path:
+    """The folder with an image processor ``auto_map`` pointing at ``evil.py``, which leaves ``marker`` if run."""
+    (folder / "evil.py").write_text(EVIL_CODE)
+    for name in ("config.json", "preprocessor_config.json"):
+        settings = json.loads((folder / name).read_text())
+        settings["auto_map"] = {**settings.get("auto_map", {}), "AutoImageProcessor": "evil.EvilProcessor"}
+        (folder / name).write_text(json.dumps(settings))
+    return folder
+
+
+def test_embed_never_offers_or_runs_repo_code(copied_folder, image_folder, tmp_path, capsys):
+    make_evil(copied_folder)
+    code, out, err = run_cli(capsys, "embed", copied_folder, image_folder, "--output", tmp_path / "e.safetensors")
+    assert code == 0 and "embedded 1 images" in out, err
+    assert not (copied_folder / "marker").exists() and "custom code" not in err
+
+
+@pytest.mark.hub
+def test_embed_of_a_hub_repo_never_offers_or_runs_repo_code(copied_folder, image_folder, hub_server, tmp_path, capsys):  # noqa: F811
+    from huggingface_hub import HfApi
+
+    HfApi(token=WRITE_TOKEN).upload_folder(repo_id="org/evil", folder_path=make_evil(copied_folder), repo_type="model")
+    code, out, err = run_cli(capsys, "embed", "org/evil", image_folder, "--output", tmp_path / "e.safetensors")
+    assert code == 0 and "embedded 1 images" in out, err
+    assert "custom code" not in err and not list(Path(os.environ["HF_HOME"]).rglob("marker"))
+
+
+@pytest.mark.hub
+def test_push_uploads_exactly_the_folder_format(copied_folder, hub_server, tmp_path, capsys):  # noqa: F811
+    """Dotfiles, stray files and symlinks leaving the folder went up to a repo that is public by default."""
+    (tmp_path / "secret.txt").write_text("password")
+    (copied_folder / ".env").write_text("HF_TOKEN=hf_secret")
+    (copied_folder / "notes.txt").write_text("private notes")
+    (copied_folder / "linked.txt").symlink_to(tmp_path / "secret.txt")
+    expected = sorted(path.name for path in copied_folder.iterdir() if path.name not in (".env", "notes.txt", "linked.txt"))
+    code, out, err = run_cli(capsys, "push", copied_folder, "org/tiny", "--token", WRITE_TOKEN)
+    assert code == 0, err
+    assert sorted(name for name in hub_server.files("org/tiny") if name != ".gitattributes") == expected
+    (copied_folder / "README.md").unlink()
+    (copied_folder / "README.md").symlink_to(tmp_path / "secret.txt")
+    assert_cli_error(
+        run_cli(capsys, "push", copied_folder, "org/tiny", "--token", WRITE_TOKEN),
+        "push",
+        f"README.md is a symlink to {tmp_path / 'secret.txt'}, outside the folder; copy the file into the folder",
+    )
+
+
+@pytest.mark.hub
+def test_push_private_onto_an_existing_public_repo_is_refused(model_folder, hub_server, capsys):  # noqa: F811
+    hub_server.create_repo("org/public")
+    before = hub_server.list_commits("org/public")
+    assert_cli_error(
+        run_cli(capsys, "push", model_folder, "org/public", "--private", "--token", WRITE_TOKEN),
+        "push",
+        "org/public exists and is public; --private only makes a new repo private",
+    )
+    assert hub_server.list_commits("org/public") == before
+
+
+@pytest.mark.hub
+def test_push_of_a_readme_that_is_not_utf8_names_it(copied_folder, hub_server, capsys):  # noqa: F811
+    (copied_folder / "README.md").write_bytes(b"# caf\xe9\n")
+    assert_cli_error(
+        run_cli(capsys, "push", copied_folder, "org/tiny", "--token", WRITE_TOKEN),
+        "push",
+        f"{copied_folder / 'README.md'} is not UTF-8 text",
+    )
+
+
+@pytest.fixture
+def sharded_folder(tmp_path) -> Path:
+    torch.manual_seed(0)
+    model = VitZooModel(VitZooConfig(**TINY)).eval()
+    return save_model_for_hub(model, tmp_path / "sharded", max_shard_size=100_000)
+
+
+@pytest.mark.parametrize("shard", ["../outside.safetensors", "/tmp/outside.safetensors", "sub/model.safetensors"])
+def test_shard_index_naming_paths_out_of_the_folder(sharded_folder, image_folder, tmp_path, shard, capsys):
+    index_path = sharded_folder / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    first = next(iter(index["weight_map"]))
+    index["weight_map"][first] = shard
+    index_path.write_text(json.dumps(index))
+    assert_cli_error(
+        run_cli(capsys, "embed", sharded_folder, image_folder, "--output", tmp_path / "e.npy"),
+        "embed",
+        f"model.safetensors.index.json names shard '{shard}', which is not a .safetensors file in the folder",
+    )
+
+
+def _edit_json(name: str, **changes):
+    def edit(folder: Path) -> None:
+        settings = json.loads((folder / name).read_text())
+        (folder / name).write_text(json.dumps({**settings, **changes}))
+
+    return edit
+
+
+def _edit_weights(change):
+    def edit(folder: Path) -> None:
+        weights = load_file(folder / "model.safetensors")
+        change(weights)
+        save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+
+    return edit
+
+
+HOSTILE_FOLDERS = {  # edit -> what the one line must say
+    "missing-proj": (_edit_weights(lambda w: w.pop("proj")), "do not fit its config.json", "missing: proj"),
+    "missing-ln_post": (_edit_weights(lambda w: w.pop("ln_post.weight")), "missing: ln_post.weight"),
+    "nan-weight": (_edit_weights(lambda w: w["ln_pre.weight"].__setitem__(0, float("nan"))),
+                   "NaN or Inf values in ln_pre.weight"),
+    "layers-20000": (_edit_json("config.json", layers=20000), "layers is 20000 but the weights hold 2 blocks"),
+    "layers-1": (_edit_json("config.json", layers=1), "layers is 1 but the weights hold 2 blocks"),
+    "output_dim": (_edit_json("config.json", output_dim=64), "wrong shape: proj [64, 32] (expected [64, 64])"),
+    "width-big": (_edit_json("config.json", width="big"), "config.json: width must be a positive int, got 'big'"),
+    "dtype-bogus": (_edit_json("config.json", dtype="bogus"),
+                    "config.json: dtype 'bogus' is not one of float32, float16, bfloat16"),
+    "std-zero": (_edit_json("preprocessor_config.json", image_std=[0, 0, 0]),
+                 "preprocessor_config.json: image_std [0, 0, 0] must be positive"),
+    "mean-missing": (_edit_json("preprocessor_config.json", image_mean=None),
+                     "preprocessor_config.json: image_mean must be 3 finite numbers"),
+    "shortest-edge-huge": (_edit_json("preprocessor_config.json", size={"shortest_edge": 10**9}),
+                           "size.shortest_edge 1000000000 must lie between crop_size (32) and 4x it"),
+    "crop-mismatch": (_edit_json("preprocessor_config.json", crop_size={"height": 16, "width": 16}, size={"shortest_edge": 16}),
+                      "crop_size 16 differs from config.json's input_resolution 32"),
+    "processor-5kb": (_edit_json("preprocessor_config.json", image_processor_type="X" * 5000),
+                      "image_processor_type 'XXXXXXX"),
+    "processor-missing": (lambda folder: (folder / "preprocessor_config.json").unlink(),
+                          "preprocessor_config.json is missing"),
+    "config-not-utf8": (lambda folder: (folder / "config.json").write_bytes(b"\xff\xfe{}"),
+                                   "config.json is not UTF-8 text"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_FOLDERS))
+def test_embed_refuses_folders_that_would_give_wrong_numbers(copied_folder, image_folder, tmp_path, case, capsys):
+    """Each of these folders made transformers fill gaps with random values (or NaN) and embed exit 0."""
+    edit, *fragments = HOSTILE_FOLDERS[case]
+    edit(copied_folder)
+    message = assert_cli_error(
+        run_cli(capsys, "embed", copied_folder, image_folder, "--output", tmp_path / "e.npy"), "embed", *fragments
+    )
+    assert len(message) < 400 and not (tmp_path / "e.npy").exists()
+
+
+@pytest.mark.hub
+def test_push_and_pull_refuse_unsound_folders(copied_folder, hub_server, tmp_path, capsys):  # noqa: F811
+    """push and pull checked only model_type: they moved width: "big", missing tensors and NaN weights."""
+    from huggingface_hub import HfApi
+
+    for case in ("width-big", "missing-proj", "nan-weight"):
+        folder = Path(shutil.copytree(copied_folder, tmp_path / case))
+        edit, *fragments = HOSTILE_FOLDERS[case]
+        edit(folder)
+        assert_cli_error(run_cli(capsys, "push", folder, f"org/{case}", "--token", WRITE_TOKEN), "push", *fragments)
+        HfApi(token=WRITE_TOKEN).upload_folder(repo_id=f"org/{case}", folder_path=folder, repo_type="model")
+        assert_cli_error(run_cli(capsys, "pull", f"org/{case}", "--output", tmp_path / f"{case}-out"), "pull", *fragments)
+        assert not (tmp_path / f"{case}-out").exists()
+
+
+@pytest.mark.hub
+@pytest.mark.parametrize(
+    "body, message",
+    [(b"<html>not json</html>", "is not a JSON list of files"), (b'{"path": "x"}', "is not a JSON list of files")],
+    ids=["not-json", "object"],
+)
+def test_pull_of_a_malformed_file_listing(model_folder, hub_server, body, message, tmp_path, capsys):  # noqa: F811
+    push_folder(model_folder, "org/tiny", token=WRITE_TOKEN)
+    hub_server.answer_next("/tree/", body)
+    assert_cli_error(run_cli(capsys, "pull", "org/tiny", "--output", tmp_path / "out"), "pull", message)
+
+
+@pytest.mark.hub
+def test_offline_pull_after_an_interrupted_pull_is_refused(model_folder, hub_server, no_backoff, tmp_path, capsys, monkeypatch):  # noqa: F811
+    """An offline pull exited 0 with no preprocessor_config.json in its output."""
+    import huggingface_hub.constants as constants
+
+    push_folder(model_folder, "org/tiny", token=WRITE_TOKEN)
+    hub_server.fail_next("/preprocessor_config.json", 500, count=10)
+    assert run_cli(capsys, "pull", "org/tiny")[0] == 1
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert_cli_error(
+        run_cli(capsys, "pull", "org/tiny", "--output", tmp_path / "out"), "pull", "preprocessor_config.json is missing"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+# --- crash consistency and concurrency ---------------------------------------------------------------------------
+
+SLOW_CONVERT = """
+import sys, time
+import vit_zoo.folder as folder
+real = folder.save_torch_state_dict
+def slow(*args, **kwargs):
+    real(*args, **kwargs)
+    print("staged", flush=True)
+    time.sleep(300)
+folder.save_torch_state_dict = slow
+from vit_zoo.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_killed_convert_leaves_nothing_once_the_next_run_starts(tiny_archive, tmp_path, signal_number, capsys):
+    """SIGTERM left ``.out.*.partial`` (SIGINT was handled); after SIGKILL the next run sweeps it."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    command = [sys.executable, "-c", SLOW_CONVERT, "convert", tiny_archive, "--output", tmp_path / "out"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert process.stdout.readline() == "staged\n", process.stderr.read()
+        assert any(name.endswith(".partial") for name in listing(tmp_path))
+        process.send_signal(signal_number)
+        process.wait(timeout=120)
+    finally:
+        process.kill()
+        process.communicate()
+    if signal_number == signal.SIGTERM:
+        assert process.returncode == 143 and listing(tmp_path) == []
+    code, _, err = run_cli(capsys, "convert", tiny_archive, "--output", tmp_path / "next")
+    assert code == 0, err
+    assert [name for name in listing(tmp_path) if "/" not in name] == ["next"]
+
+
+def test_concurrent_embeds_of_one_zoo_name_convert_once(tiny_archive, tmp_path, monkeypatch):
+    """The loser of two ``embed NAME`` runs failed with "appeared while converting" though a valid folder existed."""
+    import threading
+    import time
+
+    from vit_zoo import embed
+
+    conversions = []
+
+    def convert_slowly(name, output, cache_dir=None):
+        conversions.append(name)
+        time.sleep(1)  # both runs are in here at once without the lock
+        return convert_checkpoint(tiny_archive, output)
+
+    monkeypatch.setattr(embed, "convert_checkpoint", convert_slowly)
+    results, errors = [], []
+
+    def resolve():
+        try:
+            results.append(embed.resolve_model_folder("ViT-B/32", tmp_path / "cache"))
+        except Exception as error:  # noqa: BLE001 - collected for the assertion
+            errors.append(error)
+
+    threads = [threading.Thread(target=resolve) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and len(conversions) == 1
+    assert results == [tmp_path / "cache" / "converted" / "vit_zoo_base_patch32_clip_224"] * 2
