@@ -811,6 +811,7 @@ def test_embed_never_offers_or_runs_repo_code(copied_folder, image_folder, tmp_p
 def test_embed_of_a_hub_repo_never_offers_or_runs_repo_code(copied_folder, image_folder, hub_server, tmp_path, capsys):  # noqa: F811
     from huggingface_hub import HfApi
 
+    hub_server.create_repo("org/evil")
     HfApi(token=WRITE_TOKEN).upload_folder(repo_id="org/evil", folder_path=make_evil(copied_folder), repo_type="model")
     code, out, err = run_cli(capsys, "embed", "org/evil", image_folder, "--output", tmp_path / "e.safetensors")
     assert code == 0 and "embedded 1 images" in out, err
@@ -863,7 +864,7 @@ def test_push_of_a_readme_that_is_not_utf8_names_it(copied_folder, hub_server, c
 def sharded_folder(tmp_path) -> Path:
     torch.manual_seed(0)
     model = VitZooModel(VitZooConfig(**TINY)).eval()
-    return save_model_for_hub(model, tmp_path / "sharded", max_shard_size=100_000)
+    return save_model_folder(model, tmp_path / "sharded", max_shard_size=100_000)
 
 
 @pytest.mark.parametrize("shard", ["../outside.safetensors", "/tmp/outside.safetensors", "sub/model.safetensors"])
@@ -946,6 +947,7 @@ def test_push_and_pull_refuse_unsound_folders(copied_folder, hub_server, tmp_pat
         edit, *fragments = HOSTILE_FOLDERS[case]
         edit(folder)
         assert_cli_error(run_cli(capsys, "push", folder, f"org/{case}", "--token", WRITE_TOKEN), "push", *fragments)
+        hub_server.create_repo(f"org/{case}")
         HfApi(token=WRITE_TOKEN).upload_folder(repo_id=f"org/{case}", folder_path=folder, repo_type="model")
         assert_cli_error(run_cli(capsys, "pull", f"org/{case}", "--output", tmp_path / f"{case}-out"), "pull", *fragments)
         assert not (tmp_path / f"{case}-out").exists()

@@ -7,6 +7,7 @@ Each message is one line naming the file or field at fault and the fix; the CLI 
 from __future__ import annotations
 
 import shutil
+from typing import Any
 
 
 class CheckpointError(ValueError):
@@ -48,6 +49,11 @@ def first_line(error: BaseException) -> str:
     """The first non-blank line of ``error``'s message, or its type's name when it has none (``OSError()``)."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return lines[0] if lines else type(error).__name__
+
+
+def shown(value: Any, width: int = 60) -> str:
+    """``repr(value)`` on one line, cut to ``width`` characters: what a message may quote of a hostile file."""
+    return " ".join(repr(value).split())[:width]
 
 
 def os_reason(error: OSError) -> str:

@@ -13,32 +13,35 @@ every vit_zoo output appears: complete, or not at all.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
+import re
 import shutil
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from filelock import FileLock, Timeout
 from huggingface_hub import save_torch_state_dict
 from safetensors import SafetensorError, safe_open
 from transformers.dynamic_module_utils import custom_object_save
 
 from ._version import __version__
 from .config import VitZooConfig
-from .errors import FolderError, OutputError, first_line, os_reason
-from .image_processing import image_processor_for
+from .errors import FolderError, OutputError, first_line, os_reason, shown
+from .image_processing import image_processor_for, load_image_processor, read_json_object
 from .model import VisionTransformer
 from .modeling import VitZooModel, VitZooPreTrainedModel, remote_auto_map
+from .state_dicts import SHAPE_FIELDS, expected_shapes, state_dict_differences
 from .vision_transformer import TimmVisionTransformer, timm_config_dict, timm_model_args
 from .zoo import PretrainedSource, ZooEntry, list_entries
 
 __all__ = [
     "Provenance",
     "check_folder",
+    "folder_files",
     "model_card",
     "save_folder",
     "save_model_folder",
@@ -46,6 +49,7 @@ __all__ = [
 ]
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+_STAGING = re.compile(r"^(\..+\.[0-9a-f]{8}\.partial)(\.lock)?$")  # write_atomically's staging path, its lock
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 REPO_ID_PLACEHOLDER = "YOUR-NAME/REPO"
 
@@ -267,49 +271,177 @@ From the command line: `vit-zoo pull {repo}` downloads it, `vit-zoo embed {repo}
 """
 
 
-def check_folder(folder: str | os.PathLike) -> Path:
-    """Raise ``FolderError`` unless ``folder`` holds a vit_zoo ``config.json`` and readable safetensors weights
-    (each file's header is parsed and checked against the file's size; the tensors are not read)."""
+FORMAT_FILES = ("config.json", "preprocessor_config.json", "README.md", "config.py", "model.py", "modeling.py")
+DTYPE_NAMES = ("float32", "float16", "bfloat16")
+_SHARD_NAME = re.compile(r"^[\w.-]+\.safetensors$")
+_BLOCK_KEY = re.compile(r"^transformer\.resblocks\.(\d+)\.")
+
+
+def check_folder(folder: str | os.PathLike, *, finite: bool = True) -> Path:
+    """Raise ``FolderError`` (one line naming the file and the field) unless ``folder`` is a complete, sound vit_zoo
+    folder: ``config.json`` valid, every tensor of its geometry present in the safetensors with its shape (read from
+    the headers before anything is allocated) and, with ``finite``, free of NaN and Inf; ``preprocessor_config.json``
+    (RGB models) valid for the config's resolution; shard paths plain names in the folder; no file a symlink
+    leading out of it (a Hub cache snapshot may link into its own ``blobs``)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FolderError(f"{folder} is not a folder; give the --output folder of `vit-zoo convert`")
-    check_model_type(folder / "config.json")
-    if not any((folder / name).is_file() for name in WEIGHT_FILES):
-        raise FolderError(f"{folder} has no model.safetensors; convert a checkpoint into it first")
-    for path in _weight_files(folder):
-        try:
-            with safe_open(path, "pt"):
-                pass
-        except (SafetensorError, OSError) as error:
-            raise FolderError(
-                f"{path} is not a readable safetensors file ({first_line(error)}); convert or pull the model again"
-            ) from None
+    config = read_config(folder / "config.json")
+    weights = _weight_files(folder)
+    for path in [folder / name for name in FORMAT_FILES] + weights:
+        _check_inside(path, folder)
+    headers = _tensor_headers(weights)
+    _check_tensors(headers, config, folder)
+    if finite:
+        _check_finite(headers)
+    if config.in_channels == 3:
+        _check_preprocessing(folder / "preprocessor_config.json", config)
     return folder
 
 
+def folder_files(folder: str | os.PathLike) -> list[str]:
+    """The files of a checked vit_zoo folder that belong to the format (what a push uploads and a pull copies):
+    dotfiles, notes and anything else in the folder are not among them."""
+    folder = check_folder(folder)
+    names = [name for name in FORMAT_FILES if (folder / name).is_file()]
+    if (folder / WEIGHT_FILES[1]).is_file():
+        names.append(WEIGHT_FILES[1])
+    return names + [path.name for path in _weight_files(folder)]
+
+
+def is_folder_file(name: str) -> bool:
+    """Whether a repo path can belong to a vit_zoo folder (a format file, the weights or a shard)."""
+    return name in FORMAT_FILES or name in WEIGHT_FILES or (bool(_SHARD_NAME.match(name)) and not name.startswith("."))
+
+
+def read_config(path: Path) -> VitZooConfig:
+    """The ``VitZooConfig`` of a folder's ``config.json``; ``FolderError`` naming the file and the field."""
+    settings = check_model_type(path)
+    dtype = settings.get("dtype", DTYPE_NAMES[0])
+    if dtype not in DTYPE_NAMES:
+        raise FolderError(f"{path}: dtype {shown(dtype)} is not one of {', '.join(DTYPE_NAMES)}")
+    try:
+        return VitZooConfig.from_dict(settings)
+    except ValueError as error:
+        raise FolderError(f"{path}: {first_line(error)}") from None
+
+
+def _check_inside(path: Path, folder: Path) -> None:
+    """A file of the folder must not be a symlink leading out of it (``push`` would upload what it points at)."""
+    if not path.is_symlink():
+        return
+    roots = [folder.resolve()]
+    if folder.parent.name == "snapshots":  # the Hub cache links a snapshot's files to the repo's blobs
+        roots.append(folder.parent.parent.resolve() / "blobs")
+    target = path.resolve()
+    if not any(root in target.parents for root in roots):
+        raise FolderError(f"{path} is a symlink to {target}, outside the folder; copy the file into the folder")
+
+
 def _weight_files(folder: Path) -> list[Path]:
-    """``model.safetensors``, or the shards its index names."""
+    """``model.safetensors``, or the shards its index names (plain file names in the folder, nothing else)."""
     index = folder / WEIGHT_FILES[1]
     if not index.is_file():
+        if not (folder / WEIGHT_FILES[0]).is_file():
+            raise FolderError(f"{folder} has no model.safetensors; convert a checkpoint into it first")
         return [folder / WEIGHT_FILES[0]]
     try:
-        shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        raise FolderError(f"{index} is not a readable shard index; convert or pull the model again") from None
-    return [folder / shard for shard in sorted(map(str, shards))]
+        weight_map = read_json_object(index).get("weight_map")
+    except ValueError as error:
+        raise FolderError(first_line(error)) from None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise FolderError(f"{index}: weight_map must map tensor names to shard files; convert or pull the model again")
+    shards = sorted({str(shard) for shard in weight_map.values()})
+    unsafe = next((shard for shard in shards if not is_folder_file(shard)), None)
+    if unsafe is not None:
+        raise FolderError(
+            f"{index} names shard {shown(unsafe)}, which is not a .safetensors file in the folder (a path out of "
+            "it?); convert or pull the model again"
+        )
+    return [folder / shard for shard in shards]
 
 
-def check_model_type(config_path: Path) -> None:
+def _tensor_headers(weights: list[Path]) -> dict[str, tuple[Path, torch.Tensor]]:
+    """Each tensor's file and a meta tensor of its shape and dtype, from the safetensors headers alone."""
+    headers = {}
+    for path in weights:
+        try:
+            with safe_open(path, "pt") as file:
+                for name in file.keys():
+                    piece = file.get_slice(name)
+                    headers[name] = path, torch.empty(piece.get_shape(), dtype=_DTYPES[piece.get_dtype()], device="meta")
+        except (SafetensorError, OSError, KeyError) as error:
+            raise FolderError(
+                f"{path} is not a readable safetensors file ({first_line(error)}); convert or pull the model again"
+            ) from None
+    return headers
+
+
+def _check_tensors(headers: Mapping[str, tuple[Path, torch.Tensor]], config: VitZooConfig, folder: Path) -> None:
+    """The weights hold exactly the tensors of the config's geometry (a timm classifier may add ``head.*``). The
+    block count is compared first: a config claiming 20 000 layers must not make anything build them."""
+    blocks = len({match.group(1) for name in headers if (match := _BLOCK_KEY.match(name))})
+    if blocks != config.layers:
+        raise FolderError(
+            f"{folder / 'config.json'}: layers is {config.layers} but the weights hold {blocks} blocks; convert or "
+            "pull the model again"
+        )
+    tower = {name: tensor for name, (_, tensor) in headers.items() if not name.startswith("head.")}
+    problems = state_dict_differences(tower, expected_shapes(config.geometry))
+    if problems:
+        raise FolderError(
+            f"the weights in {folder} do not fit its config.json ("
+            + ", ".join(f"{k}={getattr(config, k)}" for k in SHAPE_FIELDS)
+            + "): " + "; ".join(problems)
+        )
+
+
+def _check_finite(headers: Mapping[str, tuple[Path, torch.Tensor]]) -> None:
+    """No NaN or Inf in any floating tensor (one NaN weight makes every embedding NaN); read one tensor at a time."""
+    by_file: dict[Path, list[str]] = {}
+    for name, (path, tensor) in headers.items():
+        if tensor.is_floating_point():
+            by_file.setdefault(path, []).append(name)
+    for path, names in by_file.items():
+        with safe_open(path, "pt") as file:
+            bad = [name for name in names if not torch.isfinite(file.get_tensor(name)).all()]
+        if bad:
+            raise FolderError(
+                f"{path}: NaN or Inf values in {', '.join(bad[:4])}; the weights are damaged, convert or pull the "
+                "model again"
+            )
+
+
+def _check_preprocessing(path: Path, config: VitZooConfig) -> None:
     try:
-        model_type = json.loads(config_path.read_text(encoding="utf-8")).get("model_type")
-    except (OSError, ValueError, AttributeError):
-        folder = config_path.parent
-        raise FolderError(f"{folder} has no readable config.json; convert a checkpoint into it first") from None
+        processor = load_image_processor(path)
+    except ValueError as error:
+        raise FolderError(first_line(error)) from None
+    if processor.crop_size["height"] != config.input_resolution:
+        raise FolderError(
+            f"{path}: crop_size {processor.crop_size['height']} differs from config.json's input_resolution "
+            f"{config.input_resolution}; convert or pull the model again"
+        )
+
+
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+           "BOOL": torch.bool}
+
+
+def check_model_type(config_path: Path) -> dict[str, Any]:
+    """The settings of a ``config.json`` that describes a vit_zoo model; ``FolderError`` naming the file otherwise."""
+    try:
+        settings = read_json_object(config_path)
+    except ValueError as error:
+        raise FolderError(first_line(error)) from None
+    model_type = settings.get("model_type")
     if model_type != VitZooConfig.model_type:
         raise FolderError(
-            f"{config_path} describes a {model_type!r} model, not a {VitZooConfig.model_type!r} one; "
+            f"{config_path} describes a {shown(model_type)} model, not a {VitZooConfig.model_type!r} one; "
             "use a repo written by vit-zoo"
         )
+    return settings
 
 
 def write_atomically(target: str | os.PathLike, write: Callable[[Path], Any], *, replace: bool = False) -> Path:
@@ -318,24 +450,27 @@ def write_atomically(target: str | os.PathLike, write: Callable[[Path], Any], *,
     ``write(staging)`` creates the file or folder at ``staging``, a hidden path beside ``target``, which is then
     renamed to ``target`` (replacing an existing file if ``replace``). What is written gets the permissions the
     user's umask gives new files (safetensors writes its files ``0600``). On any failure the staging path and the
-    parent folders made for it are removed; a disk error becomes one ``OutputError`` line.
+    parent folders made for it are removed; a disk error becomes one ``OutputError`` line. A lock file beside
+    the staging path is held while it exists: what a killed run (SIGKILL, a power cut) left behind is unlocked,
+    and the next write into the same folder removes it.
     """
     target = Path(target)
     new_parents = [folder for folder in target.parents if not folder.exists()]
     staging = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.partial")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        write(staging)
-        _apply_umask(staging)
-        if not replace and (target.exists() or target.is_symlink()):
-            raise OutputError(f"output {target} appeared while writing it; nothing was written")
-        os.replace(staging, target)
+        sweep_stale_staging(target.parent)
+        with _staging_lock(staging):
+            try:
+                write(staging)
+                _apply_umask(staging)
+                if not replace and (target.exists() or target.is_symlink()):
+                    raise OutputError(f"output {target} appeared while writing it; nothing was written")
+                os.replace(staging, target)
+            except BaseException:
+                _remove(staging)
+                raise
     except BaseException as error:
-        if staging.is_dir() and not staging.is_symlink():
-            shutil.rmtree(staging, ignore_errors=True)
-        else:
-            with contextlib.suppress(OSError):  # on a read-only disk even removing a missing file fails
-                staging.unlink(missing_ok=True)
         for folder in new_parents:  # innermost first
             with contextlib.suppress(OSError):
                 folder.rmdir()
@@ -346,6 +481,47 @@ def write_atomically(target: str | os.PathLike, write: Callable[[Path], Any], *,
             ) from error
         raise
     return target
+
+
+@contextlib.contextmanager
+def _staging_lock(staging: Path) -> Iterator[None]:
+    """Hold ``<staging>.lock`` while ``staging`` may exist; the lock file goes once it is released."""
+    lock_path = staging.with_name(staging.name + ".lock")
+    try:
+        with FileLock(lock_path):
+            yield
+    finally:
+        with contextlib.suppress(OSError):
+            lock_path.unlink(missing_ok=True)
+
+
+def sweep_stale_staging(folder: Path) -> None:
+    """Remove the staging files and folders (and lock files) that killed runs left in ``folder``: those whose lock
+    no live process holds. A run still writing holds its lock, so its staging path stays."""
+    for path in folder.glob(".*.partial*"):
+        match = _STAGING.match(path.name)
+        if match is None:
+            continue
+        staging = folder / match.group(1)
+        lock = FileLock(staging.with_name(staging.name + ".lock"), timeout=0)
+        try:
+            lock.acquire()
+        except (Timeout, OSError):  # still being written (or not ours to remove)
+            continue
+        try:
+            _remove(staging)
+        finally:
+            lock.release()
+            with contextlib.suppress(OSError):
+                staging.with_name(staging.name + ".lock").unlink(missing_ok=True)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):  # on a read-only disk even removing a missing file fails
+            path.unlink(missing_ok=True)
 
 
 def _apply_umask(path: Path) -> None:

@@ -24,8 +24,16 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from .errors import HubError, first_line
-from .folder import REPO_ID_PLACEHOLDER, check_folder, check_model_type, save_model_folder, write_atomically
+from .errors import FolderError, HubError, first_line
+from .folder import (
+    REPO_ID_PLACEHOLDER,
+    check_folder,
+    check_model_type,
+    folder_files,
+    is_folder_file,
+    save_model_folder,
+    write_atomically,
+)
 from .model import VisionTransformer
 from .modeling import VitZooPreTrainedModel
 from .zoo import ZooEntry
@@ -124,13 +132,20 @@ def push_folder(
 ) -> str:
     """Upload a vit_zoo folder to ``repo_id`` as one commit; returns the commit id.
 
-    Creates the repo (``private`` if asked) and the ``revision`` branch when missing.
+    Only the folder format's files go up (``vit_zoo.folder.folder_files``: no dotfiles, notes or symlinks out of
+    the folder), after ``check_folder`` found the folder sound. Creates the repo (``private`` if asked) and the
+    ``revision`` branch when missing; ``private`` onto an existing public repo is refused before any upload.
     """
-    folder = check_folder(folder)
+    folder = Path(folder)
+    operations = _commit_operations(folder, folder_files(folder), repo_id)
     api = HfApi(endpoint=constants.ENDPOINT, token=token)
-    operations = _commit_operations(folder, repo_id)
     with _hub_errors(repo_id, revision, writing=True):
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        if private and not api.repo_info(repo_id).private:
+            raise HubError(
+                f"{repo_id} exists and is public; --private only makes a new repo private. Make it private on the Hub "
+                "first, or push without --private"
+            )
         if revision is not None:
             api.create_branch(repo_id, branch=revision, exist_ok=True)
         commit = api.create_commit(
@@ -142,16 +157,16 @@ def push_folder(
     return commit.oid
 
 
-def _commit_operations(folder: Path, repo_id: str) -> list[CommitOperationAdd]:
-    """Every file of ``folder``; the model card's usage gets the real repo id."""
+def _commit_operations(folder: Path, names: list[str], repo_id: str) -> list[CommitOperationAdd]:
+    """The files ``names`` of ``folder``; the model card's usage gets the real repo id."""
     operations = []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        name = path.relative_to(folder).as_posix()
-        if name.startswith((".git/", ".cache/")):
-            continue
-        content = path
+    for name in names:
+        content: Path | bytes = folder / name
         if name == "README.md":
-            content = path.read_text(encoding="utf-8").replace(REPO_ID_PLACEHOLDER, repo_id).encode()
+            try:
+                content = (folder / name).read_text(encoding="utf-8").replace(REPO_ID_PLACEHOLDER, repo_id).encode()
+            except UnicodeDecodeError:
+                raise FolderError(f"{folder / name} is not UTF-8 text; save the model card as UTF-8") from None
         operations.append(CommitOperationAdd(path_in_repo=name, path_or_fileobj=content))
     return operations
 
@@ -166,9 +181,10 @@ def pull(
     """Download a vit_zoo repo through the HF cache and return its folder.
 
     The repo's ``config.json`` is checked before any weights are fetched: a repo of another model type is
-    refused. The other files then come from the same commit, one by one, so a Hub that fails mid-way
-    raises its own error (``snapshot_download`` would hand back whatever part the cache holds). ``output``
-    copies the snapshot into a new folder (written atomically) instead of returning the cache path.
+    refused. The folder format's files then come from the same commit, one by one (nothing else the repo holds),
+    so a Hub that fails mid-way raises its own error (``snapshot_download`` would hand back whatever part the
+    cache holds), and the result must pass ``check_folder`` - offline too, where the cache may hold part of a
+    repo. ``output`` copies the folder into a new folder (written atomically) instead of returning the cache path.
     """
     download = dict(token=token, endpoint=constants.ENDPOINT)
     with _hub_errors(repo_id, revision):
@@ -178,11 +194,31 @@ def pull(
         if constants.HF_HUB_OFFLINE:
             snapshot = Path(snapshot_download(repo_id, revision=commit, **download))
         else:
-            for name in HfApi(**download).list_repo_files(repo_id, revision=commit):
+            for name in filter(is_folder_file, _repo_files(HfApi(**download), repo_id, commit)):
                 hf_hub_download(repo_id, name, revision=commit, **download)
     folder = check_folder(snapshot)
     if output is None:
         return folder
     if Path(output).exists():
         raise HubError(f"{output} already exists; choose a new --output folder or remove it")
-    return write_atomically(output, lambda staging: shutil.copytree(folder, staging))
+    return write_atomically(output, lambda staging: _copy_files(folder, folder_files(folder), staging))
+
+
+def _repo_files(api: HfApi, repo_id: str, commit: str) -> list[str]:
+    """The repo's file list, or one line saying the Hub answered with something else."""
+    try:
+        names = api.list_repo_files(repo_id, revision=commit)
+    except (ValueError, TypeError, KeyError, AttributeError):  # not JSON, or JSON of another shape
+        names = None
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise HubError(
+            f"the Hub at {constants.ENDPOINT} answered the file listing of {repo_id} with something that is not a JSON "
+            "list of files; check HF_ENDPOINT points at a Hugging Face Hub"
+        )
+    return names
+
+
+def _copy_files(source: Path, names: list[str], target: Path) -> None:
+    target.mkdir()
+    for name in names:
+        shutil.copyfile(source / name, target / name)

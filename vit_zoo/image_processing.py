@@ -19,6 +19,7 @@ from transformers import CLIPImageProcessor, CLIPImageProcessorPil
 from transformers.image_utils import PILImageResampling
 
 from .config import VitZooConfig
+from .errors import shown
 from .zoo import Preprocessing, ZooEntry, get_entry
 
 RESAMPLING = {
@@ -102,13 +103,13 @@ def load_image_processor(path: str | os.PathLike) -> CLIPImageProcessorPil:
     settings = read_json_object(path)
     kind = settings.get("image_processor_type", PROCESSOR_TYPES[0])
     if kind not in PROCESSOR_TYPES:
-        raise ValueError(f"{path}: image_processor_type {_shown(kind)} is not CLIP's; vit_zoo folders use {PROCESSOR_TYPES[0]}")
+        raise ValueError(f"{path}: image_processor_type {shown(kind)} is not CLIP's; vit_zoo folders use {PROCESSOR_TYPES[0]}")
     for step in _STEPS:
         if settings.get(step, True) is not True:
             raise ValueError(f"{path}: {step} must be true in a vit_zoo folder (OpenAI's preprocessing does every step)")
     crop = _side(path, settings, "crop_size", "height")
     if _side(path, settings, "crop_size", "width") != crop:
-        raise ValueError(f"{path}: crop_size must be square (height == width), got {_shown(settings['crop_size'])}")
+        raise ValueError(f"{path}: crop_size must be square (height == width), got {shown(settings['crop_size'])}")
     shortest_edge = _side(path, settings, "size", "shortest_edge")
     if not crop <= shortest_edge <= MAX_RESIZE_FACTOR * crop:
         raise ValueError(
@@ -116,13 +117,13 @@ def load_image_processor(path: str | os.PathLike) -> CLIPImageProcessorPil:
         )
     resample = settings.get("resample", PILImageResampling.BICUBIC)
     if type(resample) is not int or resample not in set(PILImageResampling):
-        raise ValueError(f"{path}: resample {_shown(resample)} is not a PIL resampling filter (0-5; bicubic is 3)")
+        raise ValueError(f"{path}: resample {shown(resample)} is not a PIL resampling filter (0-5; bicubic is 3)")
     mean, std = (_channel_values(path, settings, field) for field in ("image_mean", "image_std"))
     if min(std) <= 0:
         raise ValueError(f"{path}: image_std {std} must be positive (a zero std divides by zero: NaN embeddings)")
     rescale_factor = settings.get("rescale_factor", 1 / 255)
     if not _finite_number(rescale_factor) or rescale_factor <= 0:
-        raise ValueError(f"{path}: rescale_factor {_shown(rescale_factor)} must be a positive number (1/255 for 8-bit images)")
+        raise ValueError(f"{path}: rescale_factor {shown(rescale_factor)} must be a positive number (1/255 for 8-bit images)")
     return CLIPImageProcessorPil(
         size={"shortest_edge": shortest_edge},
         crop_size={"height": crop, "width": crop},
@@ -133,11 +134,6 @@ def load_image_processor(path: str | os.PathLike) -> CLIPImageProcessorPil:
     )
 
 
-def _shown(value: Any) -> str:
-    """``repr(value)`` on one line, at most 60 characters: what a message quotes of a file."""
-    return " ".join(repr(value).split())[:60]
-
-
 def _finite_number(value: Any) -> bool:
     return type(value) in (int, float) and math.isfinite(value)
 
@@ -146,12 +142,12 @@ def _side(path: Path, settings: dict, field: str, key: str) -> int:
     value = settings.get(field)
     side = value.get(key) if isinstance(value, dict) else None
     if type(side) is not int or side < 1:
-        raise ValueError(f"{path}: {field}.{key} must be a positive int, got {_shown(side)}")
+        raise ValueError(f"{path}: {field}.{key} must be a positive int, got {shown(side)}")
     return side
 
 
 def _channel_values(path: Path, settings: dict, field: str) -> list[float]:
     values = settings.get(field)
     if not isinstance(values, list) or len(values) != 3 or not all(map(_finite_number, values)):
-        raise ValueError(f"{path}: {field} must be 3 finite numbers (one per RGB channel), got {_shown(values)}")
+        raise ValueError(f"{path}: {field} must be 3 finite numbers (one per RGB channel), got {shown(values)}")
     return values

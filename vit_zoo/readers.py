@@ -34,7 +34,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from .errors import CheckpointError, first_line, os_reason
+from .errors import CheckpointError, first_line, os_reason, shown
 
 EXPECTED = "expected an OpenAI CLIP .pt archive, a torch.save state dict or a .safetensors file"
 WRAPPER_KEYS = ("state_dict", "model")
@@ -262,14 +262,9 @@ def _same(data: Any, *type_tag: Any) -> Any:
     return data
 
 
-def _brief(value: Any, width: int) -> str:
-    """``repr(value)`` on one line, cut to ``width`` characters: what a message may quote of a hostile file."""
-    return " ".join(repr(value).split())[:width]
-
-
 def _check_sizes(values: Any, what: str) -> tuple[int, ...]:
     if not isinstance(values, tuple) or not all(isinstance(v, int) and v >= 0 for v in values):
-        raise CheckpointError(f"tensor {what} {_brief(values, 60)} is not a tuple of non-negative ints")
+        raise CheckpointError(f"tensor {what} {shown(values, 60)} is not a tuple of non-negative ints")
     return values
 
 
@@ -281,7 +276,7 @@ def _rebuild_tensor(storage, storage_offset, size, stride, requires_grad, backwa
     if len(size) != len(stride):
         raise CheckpointError(f"tensor size {size} and stride {stride} differ in length")
     if metadata:
-        raise CheckpointError(f"tensor metadata {_brief(metadata, 60)} (conjugate/negative bits) is not supported")
+        raise CheckpointError(f"tensor metadata {shown(metadata, 60)} (conjugate/negative bits) is not supported")
     extent = storage_offset + sum((s - 1) * st for s, st in zip(size, stride, strict=True)) + 1 if all(size) else 0
     if extent > storage.numel():
         raise CheckpointError(f"a tensor of size {list(size)} reaches past the end of its storage (truncated file?)")
@@ -330,10 +325,10 @@ class _Storages:
 
     def __call__(self, pid: Any) -> torch.Tensor:
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[1], _StorageType)):
-            raise CheckpointError(f"unexpected storage reference {_brief(pid, 80)} in data.pkl")
+            raise CheckpointError(f"unexpected storage reference {shown(pid, 80)} in data.pkl")
         _, storage_type, key, _location, numel = pid
         if not isinstance(numel, int) or numel < 0:
-            raise CheckpointError(f"storage {_brief(key, 40)} has an invalid size {_brief(numel, 40)}")
+            raise CheckpointError(f"storage {shown(key, 40)} has an invalid size {shown(numel, 40)}")
         if key not in self.loaded:
             self.loaded[key] = self._map(str(key), storage_type.dtype, numel)
         return self.loaded[key]
