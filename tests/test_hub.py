@@ -9,14 +9,16 @@ from reference import TINY
 from safetensors.torch import load_file, save_file
 
 from vit_zoo import HubError, VisionTransformer, VitZooConfig, pull, push_folder
+from vit_zoo.image_processing import image_processor_for
 
 pytestmark = [pytest.mark.hub, pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")]
 
 
 def write_plain_folder(folder, seed=0):
-    """A minimal vit_zoo folder: config.json + model.safetensors of random core weights."""
+    """A minimal vit_zoo folder: config.json, preprocessor_config.json and model.safetensors of random core weights."""
     torch.manual_seed(seed)
     VitZooConfig(**TINY).save_pretrained(folder)
+    image_processor_for(VitZooConfig(**TINY)).save_pretrained(folder)
     save_file(VisionTransformer(**TINY).state_dict(), folder / "model.safetensors")
     return folder
 
