@@ -275,12 +275,16 @@ FORMAT_FILES = ("config.json", "preprocessor_config.json", "README.md", "config.
 DTYPE_NAMES = ("float32", "float16", "bfloat16")
 _SHARD_NAME = re.compile(r"^[\w.-]+\.safetensors$")
 _BLOCK_KEY = re.compile(r"^transformer\.resblocks\.(\d+)\.")
+_DTYPES = {  # safetensors' dtype names
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64,
+    "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+}
 
 
-def check_folder(folder: str | os.PathLike, *, finite: bool = True) -> Path:
+def check_folder(folder: str | os.PathLike) -> Path:
     """Raise ``FolderError`` (one line naming the file and the field) unless ``folder`` is a complete, sound vit_zoo
     folder: ``config.json`` valid, every tensor of its geometry present in the safetensors with its shape (read from
-    the headers before anything is allocated) and, with ``finite``, free of NaN and Inf; ``preprocessor_config.json``
+    the headers before anything is allocated) and free of NaN and Inf (read one at a time); ``preprocessor_config.json``
     (RGB models) valid for the config's resolution; shard paths plain names in the folder; no file a symlink
     leading out of it (a Hub cache snapshot may link into its own ``blobs``)."""
     folder = Path(folder)
@@ -292,17 +296,16 @@ def check_folder(folder: str | os.PathLike, *, finite: bool = True) -> Path:
         _check_inside(path, folder)
     headers = _tensor_headers(weights)
     _check_tensors(headers, config, folder)
-    if finite:
-        _check_finite(headers)
+    _check_finite(headers)
     if config.in_channels == 3:
         _check_preprocessing(folder / "preprocessor_config.json", config)
     return folder
 
 
 def folder_files(folder: str | os.PathLike) -> list[str]:
-    """The files of a checked vit_zoo folder that belong to the format (what a push uploads and a pull copies):
-    dotfiles, notes and anything else in the folder are not among them."""
-    folder = check_folder(folder)
+    """The files of a vit_zoo folder (checked by ``check_folder``) that belong to the format: what a push uploads and
+    a pull copies. Dotfiles, notes and anything else in the folder are not among them."""
+    folder = Path(folder)
     names = [name for name in FORMAT_FILES if (folder / name).is_file()]
     if (folder / WEIGHT_FILES[1]).is_file():
         names.append(WEIGHT_FILES[1])
@@ -422,11 +425,6 @@ def _check_preprocessing(path: Path, config: VitZooConfig) -> None:
             f"{path}: crop_size {processor.crop_size['height']} differs from config.json's input_resolution "
             f"{config.input_resolution}; convert or pull the model again"
         )
-
-
-_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-           "BOOL": torch.bool}
 
 
 def check_model_type(config_path: Path) -> dict[str, Any]:

@@ -136,7 +136,7 @@ def push_folder(
     the folder), after ``check_folder`` found the folder sound. Creates the repo (``private`` if asked) and the
     ``revision`` branch when missing; ``private`` onto an existing public repo is refused before any upload.
     """
-    folder = Path(folder)
+    folder = check_folder(folder)
     operations = _commit_operations(folder, folder_files(folder), repo_id)
     api = HfApi(endpoint=constants.ENDPOINT, token=token)
     with _hub_errors(repo_id, revision, writing=True):
