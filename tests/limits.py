@@ -1,11 +1,13 @@
-"""Time and memory bounds for fuzz cases: a case that runs too long raises ``Hang``; one that allocates more than
-``MEMORY_HEADROOM`` beyond what the process holds fails its allocation."""
+"""Bounds for hostile-input tests: a fuzz case that runs too long raises ``Hang``, one that allocates more than
+``MEMORY_HEADROOM`` beyond what the process holds fails its allocation; ``twice_at_once`` races two calls."""
 
 from __future__ import annotations
 
 import re
 import resource
 import signal
+import threading
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -43,3 +45,21 @@ def _address_space() -> int:
         if line.startswith("VmSize:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError("no VmSize in /proc/self/status")
+
+
+def twice_at_once(call: Callable[[], object]) -> tuple[list, list[Exception]]:
+    """Run ``call`` in two threads at the same time; their results and the exceptions they raised."""
+    results, errors = [], []
+
+    def run() -> None:
+        try:
+            results.append(call())
+        except Exception as error:  # noqa: BLE001 - collected for the caller's assertion
+            errors.append(error)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results, errors

@@ -43,6 +43,7 @@ import torch
 from checkpoints import openai_clip, write_state_dict, write_torchscript_archive
 from file_server import FileServer
 from hub_server import READ_TOKEN, WRITE_TOKEN, hub_server  # noqa: F401 - the fixture
+from limits import twice_at_once
 from PIL import Image
 from reference import TINY
 from safetensors import SafetensorError
@@ -1019,7 +1020,6 @@ def test_killed_convert_leaves_nothing_once_the_next_run_starts(tiny_archive, tm
 
 def test_concurrent_embeds_of_one_zoo_name_convert_once(tiny_archive, tmp_path, monkeypatch):
     """The loser of two ``embed NAME`` runs failed with "appeared while converting" though a valid folder existed."""
-    import threading
     import time
 
     from vit_zoo import embed
@@ -1032,18 +1032,6 @@ def test_concurrent_embeds_of_one_zoo_name_convert_once(tiny_archive, tmp_path, 
         return convert_checkpoint(tiny_archive, output)
 
     monkeypatch.setattr(embed, "convert_checkpoint", convert_slowly)
-    results, errors = [], []
-
-    def resolve():
-        try:
-            results.append(embed.resolve_model_folder("ViT-B/32", tmp_path / "cache"))
-        except Exception as error:  # noqa: BLE001 - collected for the assertion
-            errors.append(error)
-
-    threads = [threading.Thread(target=resolve) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    results, errors = twice_at_once(lambda: embed.resolve_model_folder("ViT-B/32", tmp_path / "cache"))
     assert errors == [] and len(conversions) == 1
     assert results == [tmp_path / "cache" / "converted" / "vit_zoo_base_patch32_clip_224"] * 2

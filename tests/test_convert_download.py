@@ -2,10 +2,10 @@
 
 import hashlib
 import os
-import threading
 
 import pytest
 from file_server import FileServer
+from limits import twice_at_once
 
 from vit_zoo.download import (
     ATTEMPTS,
@@ -175,19 +175,8 @@ def test_credentials_in_the_url_are_sent_as_basic_auth_and_never_shown(server, t
 def test_concurrent_downloads_of_one_name_take_turns(server, tmp_path):
     """Two downloads shared ``clip.pt.part``: both failed. Now the second waits and reuses the first's file."""
     server.drops["/models/clip.pt"] = [100_000]  # slow the first down with a resume
-    results, errors = [], []
-
-    def download():
-        try:
-            results.append(fetch_verified(f"{server.url}/models/clip.pt", SHA256, tmp_path / "clip.pt", progress=False))
-        except Exception as error:  # noqa: BLE001 - collected for the assertion
-            errors.append(error)
-
-    threads = [threading.Thread(target=download) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    url = f"{server.url}/models/clip.pt"
+    results, errors = twice_at_once(lambda: fetch_verified(url, SHA256, tmp_path / "clip.pt", progress=False))
     assert errors == [] and results == [tmp_path / "clip.pt"] * 2
     assert [path for path, _ in server.requests] == ["/models/clip.pt"] * 2  # one download, resumed once
     assert files_under(tmp_path) == ["clip.pt"]
