@@ -1,5 +1,8 @@
 """MkDocs hooks: pages hold markers such as ``<!-- vit-zoo:zoo-table -->`` that are replaced at build time.
 
+A marker counts only on a line of its own outside code fences, so a page can name one in inline code or in
+a code block (the Contributing page does) without the generated content landing there.
+
 Everything a marker stands for is computed from the code and data in the repository (the zoo YAML files,
 the CLI parser, the benchmark results), so the site cannot drift from them. An unknown marker fails the
 build.
@@ -25,7 +28,7 @@ if str(ROOT) not in sys.path:  # build the docs of this checkout, installed or n
 
 BENCHMARKS = ROOT / "benchmarks"
 BENCHMARK_ASSET_SUFFIXES = {".png", ".svg", ".jpg", ".jpeg", ".json", ".csv"}
-MARKER = re.compile(r"<!--\s*vit-zoo:([a-z-]+)\s*-->")
+MARKER = re.compile(r"^[ \t]*<!--\s*vit-zoo:([a-z-]+)\s*-->[ \t]*$")
 HELP_COLUMNS = "88"
 
 
@@ -112,16 +115,21 @@ def cli_reference() -> str:
     return "\n".join(sections)
 
 
-def _demote_headings(markdown: str) -> str:
-    """Shift ATX headings down one level (outside code fences) so an included file sits under the page title."""
+def _lines_outside_fences(markdown: str) -> list[tuple[str, bool]]:
+    """Every line of ``markdown`` with whether it lies outside fenced code blocks."""
     lines, in_fence = [], False
     for line in markdown.splitlines():
-        if line.lstrip().startswith(("```", "~~~")):
-            in_fence = not in_fence
-        if not in_fence and re.match(r"#{1,5} ", line):
-            line = "#" + line
-        lines.append(line)
-    return "\n".join(lines)
+        fence = line.lstrip().startswith(("```", "~~~"))
+        in_fence ^= fence
+        lines.append((line, not (in_fence or fence)))
+    return lines
+
+
+def _demote_headings(markdown: str) -> str:
+    """Shift ATX headings down one level (outside code fences) so an included file sits under the page title."""
+    return "\n".join(
+        "#" + line if outside and re.match(r"#{1,5} ", line) else line for line, outside in _lines_outside_fences(markdown)
+    )
 
 
 def _benchmark_assets(benchmarks: Path = BENCHMARKS) -> list[Path]:
@@ -204,10 +212,13 @@ def on_files(files: Files, config) -> Files:
 def on_page_markdown(markdown: str, page, config, files) -> str:
     """Replace every ``<!-- vit-zoo:NAME -->`` marker with what ``GENERATORS[NAME]`` computes."""
 
-    def generate(match: re.Match) -> str:
+    def generate(line: str, outside: bool) -> str:
+        match = MARKER.match(line) if outside else None
+        if match is None:
+            return line
         name = match.group(1)
         if name not in GENERATORS:
             raise PluginError(f"{page.file.src_uri}: unknown marker vit-zoo:{name}; known: {sorted(GENERATORS)}")
         return GENERATORS[name]()
 
-    return MARKER.sub(generate, markdown)
+    return "\n".join(generate(line, outside) for line, outside in _lines_outside_fences(markdown)) + "\n"

@@ -14,8 +14,11 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DOCS_DIR = REPO_ROOT / "docs"
-RUNNABLE = "runnable"
-AWAITS_PREFIX = "awaits-"  # a block written for a feature still being built: `{.awaits-timm}`
+RUNNABLE = "runnable"  # run with the page's other runnable blocks, in order, in one interpreter
+STANDALONE = "standalone"  # run alone, as a user who copied just this block would, next to the folders it loads
+REMOTE_CODE = "remote-code"  # run alone where vit_zoo cannot be imported: transformers' remote code only
+NETWORK = "network"  # downloads OpenAI's real weights: compiled, not run (the tests are offline)
+TAGS = (RUNNABLE, STANDALONE, REMOTE_CODE, NETWORK)
 FENCE_OPEN = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<lang>[\w+-]*)[ \t]*(?P<attrs>\{[^}]*\})?[ \t]*$")
 
 
@@ -32,6 +35,12 @@ class CodeBlock:
     @property
     def runnable(self) -> bool:
         return RUNNABLE in self.classes
+
+    @property
+    def tag(self) -> str | None:
+        """The one tag of ``TAGS`` the block carries (None when it carries none or several)."""
+        tags = [c for c in self.classes if c in TAGS]
+        return tags[0] if len(tags) == 1 else None
 
     def padded_source(self) -> str:
         """The code preceded by blank lines, so line numbers in tracebacks are the Markdown file's."""
@@ -60,6 +69,11 @@ def code_blocks(page: Path) -> list[CodeBlock]:
 
 def doc_pages() -> list[Path]:
     return sorted(DOCS_DIR.rglob("*.md"))
+
+
+def user_pages() -> list[Path]:
+    """Every page a user copies code from: the README and the docs."""
+    return [REPO_ROOT / "README.md", *doc_pages()]
 
 
 def python_blocks(page: Path) -> list[CodeBlock]:

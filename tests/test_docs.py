@@ -10,22 +10,27 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 from docs_helpers import (
-    AWAITS_PREFIX,
     DOCS_DIR,
+    REMOTE_CODE,
     REPO_ROOT,
-    RUNNABLE,
+    STANDALONE,
+    TAGS,
+    CodeBlock,
     build_site,
     code_blocks,
     doc_pages,
     nav_pages,
     page_url,
     python_blocks,
+    user_pages,
 )
+from hub_server import WRITE_TOKEN, HubServer
 
 from vit_zoo.cli import COMMANDS, build_parser
 from vit_zoo.zoo import get_entry
@@ -41,12 +46,35 @@ for block in json.load(sys.stdin):
         traceback.print_exc()
         sys.exit(f"{block['page']}: runnable block {block['number']} (line {block['line']}) failed")
 """
+# Prepended to a remote-code block: vit_zoo cannot be imported, as on a machine where it is not installed.
+BLOCK_VIT_ZOO = """
+import importlib.abc, sys
+class _BlockVitZoo(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] == "vit_zoo":
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked: this block shows remote code)")
+sys.meta_path.insert(0, _BlockVitZoo())
+"""
+RUN_ONE = """
+import sys
+exec(compile(sys.stdin.read(), sys.argv[1], "exec"), {"__name__": "__main__"})
+"""
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "NO_MKDOCS_2_WARNING": "1"}
-PAGES_WITH_RUNNABLE_BLOCKS = [page for page in doc_pages() if any(b.runnable for b in python_blocks(page))]
+PAGES_WITH_RUNNABLE_BLOCKS = [page for page in user_pages() if any(b.runnable for b in python_blocks(page))]
+# What the standalone blocks load, as a user would have them after `vit-zoo convert` / `vit-zoo push`.
+USER_FOLDERS = ("vit-b-16", "vit-b-32")
+USER_REPO = "your-name/vit-b-16"
 
 
 def _page_id(page: Path) -> str:
-    return page.relative_to(DOCS_DIR).as_posix()
+    return page.relative_to(DOCS_DIR).as_posix() if page.is_relative_to(DOCS_DIR) else page.name
+
+
+def _block_id(block: CodeBlock) -> str:
+    return f"{_page_id(block.page)}:{block.line}"
+
+
+STANDALONE_BLOCKS = [b for page in user_pages() for b in python_blocks(page) if b.tag in (STANDALONE, REMOTE_CODE)]
 
 
 def _text(html_page: str) -> str:
@@ -70,6 +98,61 @@ def site(tmp_path_factory) -> Path:
 
 def test_there_are_runnable_examples():
     assert {_page_id(page) for page in PAGES_WITH_RUNNABLE_BLOCKS} >= {"index.md", "zoo.md", "attention-maps.md"}
+    assert {_page_id(b.page) for b in STANDALONE_BLOCKS} >= {"README.md", "index.md", "convert.md", "hub.md"}
+    assert any(b.tag == REMOTE_CODE for b in STANDALONE_BLOCKS)
+
+
+def _write_openai_checkpoint(path: Path, seed: int) -> None:
+    """A one-block ViT-B-shaped tower with random weights under OpenAI's ``visual.`` names."""
+    import torch
+
+    from vit_zoo import VisionTransformer
+
+    torch.manual_seed(seed)
+    patch_size = int(path.stem.rsplit("-", 1)[1])
+    tower = VisionTransformer(input_resolution=224, patch_size=patch_size, width=768, layers=1, heads=12, output_dim=512)
+    torch.save({f"visual.{name}": value for name, value in tower.state_dict().items()}, path)
+
+
+@pytest.fixture(scope="module")
+def user_files(tmp_path_factory) -> Iterator[tuple[Path, dict[str, str]]]:
+    """A folder holding what the standalone blocks load (converted folders, ``cat.jpg``) and the environment
+    that points huggingface_hub at a local Hub-protocol server holding ``USER_REPO``."""
+    from PIL import Image
+
+    from vit_zoo.convert import convert_checkpoint
+
+    work = tmp_path_factory.mktemp("user")
+    for seed, folder in enumerate(USER_FOLDERS):
+        _write_openai_checkpoint(work / f"{folder}.pt", seed)
+        convert_checkpoint(work / f"{folder}.pt", work / folder)
+    Image.new("RGB", (320, 240), color=(200, 120, 40)).save(work / "cat.jpg")
+    with HubServer(tmp_path_factory.mktemp("hub")) as server:
+        env = {
+            **os.environ, "HF_ENDPOINT": server.endpoint, "HF_TOKEN": WRITE_TOKEN, "HF_HUB_DISABLE_XET": "1",
+            "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_OFFLINE": "0", "HF_HOME": str(work / "hf-home"),
+            "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1", "PYTHONPATH": str(REPO_ROOT),
+        }
+        push = [sys.executable, "-m", "vit_zoo", "push", USER_FOLDERS[0], USER_REPO]
+        subprocess.run(push, cwd=work, env=env, check=True, capture_output=True, timeout=300)
+        yield work, env
+
+
+@pytest.mark.parametrize("block", STANDALONE_BLOCKS, ids=_block_id)
+def test_standalone_examples_run_on_their_own(block: CodeBlock, user_files, tmp_path: Path):
+    """A block users copy on its own runs as written, in a fresh interpreter, next to the folders it names."""
+    work, env = user_files
+    for name in (*USER_FOLDERS, "cat.jpg"):
+        (tmp_path / name).symlink_to(work / name)
+    env = {**env, "HF_HOME": str(tmp_path / "hf-home")}
+    runner = RUN_ONE
+    if block.tag == REMOTE_CODE:
+        env["PYTHONPATH"], runner = "", BLOCK_VIT_ZOO + RUN_ONE  # nor can the repository be found on the path
+    result = subprocess.run(
+        [sys.executable, "-c", runner, str(block.page)], input=block.padded_source(),
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, f"{_block_id(block)} failed:\n{result.stderr}"
 
 
 @pytest.mark.parametrize("page", PAGES_WITH_RUNNABLE_BLOCKS, ids=_page_id)
@@ -86,12 +169,14 @@ def test_runnable_examples_run(page: Path, tmp_path: Path):
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.parametrize("page", doc_pages(), ids=_page_id)
-def test_every_python_block_compiles_and_is_tagged_known(page: Path):
+@pytest.mark.parametrize("page", user_pages(), ids=_page_id)
+def test_every_python_block_compiles_and_says_how_it_is_tested(page: Path):
     for block in python_blocks(page):
         where = f"{_page_id(page)} line {block.line}"
-        unknown = [c for c in block.classes if c != RUNNABLE and not c.startswith(AWAITS_PREFIX)]
-        assert not unknown, f"{where}: unknown tag(s) {unknown}; use {{.{RUNNABLE}}} or {{.{AWAITS_PREFIX}FEATURE}}"
+        assert block.tag is not None and set(block.classes) <= set(TAGS), (
+            f"{where}: tag the block with exactly one of {', '.join('{.' + tag + '}' for tag in TAGS)} "
+            f"(has {list(block.classes)})"
+        )
         compile(block.padded_source(), str(page), "exec")  # a SyntaxError names the Markdown line
 
 
