@@ -7,20 +7,24 @@
    (a fresh interpreter where vit_zoo cannot be imported) and the core ``VisionTransformer``, and checks
    every embedding against the original model's.
 
-Usage: ``python conversion/offline_demo.py [--workdir DIR]``; exits 1 if any loader disagrees.
+Usage: ``python conversion/offline_demo.py [--workdir DIR]``; exits 1 if any loader disagrees. Everything is
+kept in ``DIR`` (default ``./vit-zoo-demo``; a rerun replaces the demo's own files there), and the last line
+is the next command to try on the converted folder.
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
+import shutil
 import subprocess
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
 import timm
 import torch
+from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModel
@@ -30,6 +34,7 @@ from vit_zoo import VisionTransformer, VitZooConfig, convert_checkpoint
 
 GEOMETRY = dict(input_resolution=224, patch_size=32, width=768, layers=2, heads=12, output_dim=512)
 TOLERANCE = 1e-5
+DEFAULT_WORKDIR = Path("vit-zoo-demo")
 
 REMOTE_CODE = """
 import importlib.abc, sys
@@ -84,12 +89,19 @@ def remote_code_embeddings(folder: Path, images: torch.Tensor, work: Path) -> to
     return load_file(work / "remote.safetensors")["embeds"]
 
 
+def write_example_image(path: Path) -> Path:
+    """A 320x240 gradient: something for ``vit-zoo embed`` to look at."""
+    Image.linear_gradient("L").convert("RGB").resize((320, 240)).save(path)
+    return path
+
+
 @torch.no_grad()
 def run(workdir: Path) -> bool:
     archive = workdir / "ViT-B-32-2blocks.pt"
     clip = write_openai_archive(archive)
-    print(f"1. wrote {archive.name}: an fp16 TorchScript archive of a whole CLIP ({archive.stat().st_size / 1e6:.1f} MB)")
+    print(f"1. wrote {archive}: an fp16 TorchScript archive of a whole CLIP ({archive.stat().st_size / 1e6:.1f} MB)")
 
+    shutil.rmtree(workdir / "converted", ignore_errors=True)  # a rerun replaces the previous run's folder
     folder = convert_checkpoint(archive, workdir / "converted", dtype="float32")
     print(f"2. converted it to {folder}: {', '.join(sorted(p.name for p in folder.iterdir()))}")
 
@@ -112,20 +124,27 @@ def run(workdir: Path) -> bool:
         print(f"   {loader:<28} shape {tuple(embedding.shape)}  relative error {error:.1e}")
     identical = all(torch.equal(e, embeddings["vit_zoo.VisionTransformer"]) for e in embeddings.values())
     print(f"   all loaders bit-identical to each other: {identical}")
-    print("OK: timm and transformers load the converted folder and agree" if agree and identical else "MISMATCH")
-    return agree and identical
+    if not (agree and identical):
+        print("MISMATCH")
+        return False
+    image = write_example_image(workdir / "example.png")
+    next_command = ["vit-zoo", "embed", str(folder), str(image), "--output", str(workdir / "embeddings.safetensors"),
+                    "--attention-map", str(workdir / "attention")]
+    print(f"OK: timm and transformers load the converted folder and agree; it is kept in {folder}")
+    print(f"Next, embed images with it and draw its attention maps:\n  {shlex.join(next_command)}")
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
     transformers_logging.disable_progress_bar()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", type=Path, help="keep the archive and converted folder here (default: a temp dir)")
+    parser.add_argument(
+        "--workdir", type=Path, default=DEFAULT_WORKDIR,
+        help=f"where the archive, the converted folder and an example image are kept (default: ./{DEFAULT_WORKDIR})",
+    )
     args = parser.parse_args(argv)
-    if args.workdir is not None:
-        args.workdir.mkdir(parents=True, exist_ok=True)
-        return 0 if run(args.workdir) else 1
-    with tempfile.TemporaryDirectory(prefix="vit-zoo-demo-") as workdir:
-        return 0 if run(Path(workdir)) else 1
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    return 0 if run(args.workdir) else 1
 
 
 if __name__ == "__main__":
