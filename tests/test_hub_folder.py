@@ -95,7 +95,7 @@ def test_folder_layout(converted):
     folder, _, _ = converted
     names = sorted(p.name for p in folder.iterdir())
     assert names == sorted(
-        ["model.safetensors", "config.json", "preprocessor_config.json", "README.md", "config.py", "model.py", "modeling.py"]
+        ["model.safetensors", "config.json", "preprocessor_config.json", "README.md", "config.py", "model.py", "modeling.py", "spec.py"]
     )
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == "vit_zoo" and config["architectures"] == ["VitZooModel"]
@@ -109,7 +109,7 @@ def test_folder_layout(converted):
     assert config["model_args"]["width"] == GEOMETRY["width"] and config["model_args"]["img_size"] == 32
     assert config["pretrained_cfg"]["mean"] == list(vit_zoo.zoo.OPENAI_MEAN)
     assert set(load_file(folder / "model.safetensors")) == set(VisionTransformer(**GEOMETRY).state_dict())
-    for name in ("config.py", "model.py", "modeling.py"):
+    for name in ("config.py", "model.py", "modeling.py", "spec.py"):
         assert (folder / name).read_bytes() == (Path(vit_zoo.__file__).parent / name).read_bytes()
 
 

@@ -17,7 +17,7 @@ import vit_zoo
 from vit_zoo import VitZooConfig, VitZooModel, image_processor_for
 
 PACKAGE = Path(vit_zoo.__file__).parent
-REMOTE_FILES = ("config.py", "model.py", "modeling.py")
+REMOTE_FILES = ("config.py", "model.py", "modeling.py", "spec.py")
 
 # Runs in a fresh interpreter: vit_zoo is blocked from import, the repository is not on sys.path.
 REMOTE_SCRIPT = r"""
@@ -101,7 +101,7 @@ def test_remote_files_import_only_torch_transformers_and_siblings(saved_folder, 
     path = saved_folder / name
     third_party = set(get_imports(path)) - set(sys.stdlib_module_names)
     assert third_party <= {"torch", "transformers"}
-    assert {module.split(".")[0] for module in get_relative_imports(path)} <= {"config", "model"}
+    assert {module.split(".")[0] for module in get_relative_imports(path)} <= {"config", "model", "spec"}
 
 
 def test_loads_with_trust_remote_code_without_vit_zoo(saved_folder, tmp_path):

@@ -1,11 +1,14 @@
 """The ``vit-zoo`` command line. Each subcommand is a ``(add_arguments, run)`` pair in ``COMMANDS``.
 
 Errors end the command with one line on stderr and a non-zero exit code; ``--debug`` shows the traceback.
+A subcommand imports what it needs when it runs (torch, timm, transformers take seconds to import), so
+``--help``, ``list`` and argument errors answer at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -13,12 +16,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ._version import __version__
-from .convert import DTYPES, convert_checkpoint
 from .download import BASE_URL_ENV, CACHE_ENV
-from .embed import check_outputs, collect_images, embed_images, load_model, resolve_model_folder, save_embeddings
 from .errors import CliError, first_line
-from .hub import pull, push_folder
-from .model import ACTIVATIONS
+from .spec import ACTIVATIONS, DTYPE_NAMES
 from .zoo import list_entries, openai_names
 
 EXIT_ERROR = 1
@@ -70,7 +70,7 @@ def _add_convert_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--output", "-o", required=True, metavar="DIR", help="folder to create; must not exist")
     parser.add_argument(
-        "--dtype", choices=list(DTYPES), help="convert the weights to this dtype (default: keep the source's)"
+        "--dtype", choices=DTYPE_NAMES, help="convert the weights to this dtype (default: keep the source's)"
     )
     parser.add_argument(
         "--name", metavar="ZOO_NAME", help="zoo variant the checkpoint must match; its heads and activation are used"
@@ -92,6 +92,9 @@ def _add_convert_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run_convert(args: argparse.Namespace) -> int:
     """Convert CLIP weights (an OpenAI name or a local file) into a vit_zoo folder of safetensors."""
+    from .convert import convert_checkpoint
+    from .hub import push_folder
+
     output = convert_checkpoint(
         args.source, args.output, dtype=args.dtype, name=args.name, activation=args.activation, cache_dir=args.cache_dir
     )
@@ -113,6 +116,8 @@ def _add_push_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run_push(args: argparse.Namespace) -> int:
     """Upload a converted folder to the Hugging Face Hub as one commit."""
+    from .hub import push_folder
+
     commit = push_folder(
         args.folder,
         args.repo_id,
@@ -134,6 +139,8 @@ def _add_pull_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run_pull(args: argparse.Namespace) -> int:
     """Download a vit_zoo repo from the Hub (through the HF cache) and print its local folder."""
+    from .hub import pull
+
     print(pull(args.repo_id, revision=args.revision, output=args.output, token=args.token))
     return 0
 
@@ -146,7 +153,7 @@ def _add_embed_arguments(parser: argparse.ArgumentParser) -> None:
                         "(names in FILE.files.txt); default: embeddings.safetensors")
     parser.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per forward pass (default 32)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
-    parser.add_argument("--dtype", default="float32", choices=list(DTYPES), help="compute dtype (default float32)")
+    parser.add_argument("--dtype", default="float32", choices=DTYPE_NAMES, help="compute dtype (default float32)")
     parser.add_argument("--attention-map", metavar="DIR", help="also write CLS->patch attention overlays (PNG) here")
     parser.add_argument("--layer", type=int, default=-1, help="layer of the overlay, negative from the last (default -1)")
     parser.add_argument("--heads", default="mean", help="head reduction: mean, max or indices like 0,3 (default mean)")
@@ -156,6 +163,8 @@ def _add_embed_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run_embed(args: argparse.Namespace) -> int:
     """Embed images with a vit_zoo model; optionally draw its attention maps over them."""
+    from .embed import check_outputs, collect_images, embed_images, load_model, resolve_model_folder, save_embeddings
+
     files = collect_images(args.images)
     folder = resolve_model_folder(args.model, args.cache_dir)
     check_outputs(args.output, args.attention_map, folder, files)
@@ -164,17 +173,21 @@ def _run_embed(args: argparse.Namespace) -> int:
     attention_dir = Path(args.attention_map) if args.attention_map else None
     result = embed_images(
         model, processor, files, batch_size=args.batch_size, attention_dir=attention_dir, layer=args.layer,
-        heads=args.heads, all_layers=args.all_layers, crop_pct=crop_pct, progress=sys.stderr.isatty(),
+        heads=args.heads, all_layers=args.all_layers, crop_pct=crop_pct, progress=args.progress,
     )
     for path, reason in result.skipped.items():
         print(f"vit-zoo embed: skipped {path}: {reason}", file=sys.stderr)
     if not result.files:
         raise CliError(f"none of the {len(files)} files could be read as an image")
     output = save_embeddings(args.output, result, args.model)
-    print(f"embedded {len(result.files)} images into {output} ({len(result.skipped)} skipped)")
+    print(f"embedded {_count(len(result.files), 'image')} into {output} ({len(result.skipped)} skipped)")
     if attention_dir is not None:
-        print(f"wrote {len(result.overlays)} attention overlays into {attention_dir}")
+        print(f"wrote {_count(len(result.overlays), 'attention overlay')} into {attention_dir}")
     return 0
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
@@ -187,24 +200,48 @@ COMMANDS: list[Command] = [
 ]
 
 
+def _add_common_arguments(parser: argparse.ArgumentParser, default: object) -> None:
+    """Options accepted before and after the subcommand (``default`` SUPPRESS keeps a subparser from resetting them)."""
+    parser.add_argument("--debug", action="store_true", default=default, help="show the full traceback on errors")
+    parser.add_argument(
+        "--quiet", "-q", action="store_true", default=default,
+        help="no progress bars (they are shown only when stderr is a terminal anyway)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vit-zoo", description="OpenAI CLIP vision towers for timm and transformers: convert, push, pull, embed."
     )
     parser.add_argument("--version", action="version", version=f"vit-zoo {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    _add_common_arguments(parser, default=False)
+    common = argparse.ArgumentParser(add_help=False)
+    _add_common_arguments(common, default=argparse.SUPPRESS)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, add_arguments, run in COMMANDS:
         summary = (run.__doc__ or "").strip().splitlines()[0] if run.__doc__ else None
-        sub = subparsers.add_parser(name, help=summary, description=summary)
+        sub = subparsers.add_parser(name, help=summary, description=summary, parents=[common])
         add_arguments(sub)
         sub.set_defaults(run=run)
     return parser
 
 
+def _disable_progress_bars() -> None:
+    """Progress bars off, for the libraries not imported yet (their environment switches) and those already imported."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # huggingface_hub, and transformers' "Loading weights"
+    os.environ["TQDM_DISABLE"] = "1"
+    if "huggingface_hub" in sys.modules:
+        sys.modules["huggingface_hub"].utils.disable_progress_bars()
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``vit-zoo`` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
+    args.progress = sys.stderr.isatty() and not args.quiet
+    if not args.progress:
+        _disable_progress_bars()
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:

@@ -16,8 +16,9 @@ from .config import VitZooConfig
 from .download import download_pretrained, pretrained_source, sha256_of
 from .errors import CheckpointError
 from .folder import DEFAULT_MAX_SHARD_SIZE, Provenance, save_folder, write_atomically
-from .model import ACTIVATIONS, VisionTransformer
+from .model import VisionTransformer
 from .readers import load_checkpoint
+from .spec import ACTIVATIONS, DTYPE_NAMES
 from .state_dicts import (
     check_entry_geometry,
     check_state_dict,
@@ -29,7 +30,7 @@ from .zoo import PretrainedSource, ZooEntry, get_entry, list_entries, openai_nam
 
 __all__ = ["DTYPES", "convert_checkpoint"]
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 
 def convert_checkpoint(

@@ -188,6 +188,9 @@ def pull(
     """
     download = dict(token=token, endpoint=constants.ENDPOINT)
     with _hub_errors(repo_id, revision):
+        if not constants.HF_HUB_OFFLINE:
+            # One request without huggingface_hub's retries: an unreachable Hub is reported at once, not after ~25 s
+            HfApi(**download).model_info(repo_id, revision=revision)
         config_path = Path(hf_hub_download(repo_id, "config.json", revision=revision, **download))
         check_model_type(config_path)
         snapshot, commit = config_path.parent, config_path.parent.name  # the cache's snapshots/<commit>/

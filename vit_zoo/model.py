@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-ACTIVATIONS = ("quick_gelu", "gelu")
+from .spec import ACTIVATIONS
+
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
 
 
