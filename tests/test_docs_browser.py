@@ -90,6 +90,9 @@ def test_home_page_renders(browser, site_url):
     article = browser.find_element(By.CSS_SELECTOR, "article").text
     assert "Quickstart" in article
     assert "python3 -m venv .venv" in article and "python -m pytest" in article
+    assert 'pip install "vit-zoo @ git+https://github.com/vit-zoo/vit-zoo"' in article
+    repository = browser.find_element(By.CSS_SELECTOR, "a.md-source")
+    assert repository.get_attribute("href") == "https://github.com/vit-zoo/vit-zoo"
     path = _screenshot(browser, "docs-home.png")
     assert path.stat().st_size > 10_000
 
@@ -122,3 +125,75 @@ def test_search_finds_trust_remote_code(browser, site_url):
     assert "trust_remote_code" in texts
     assert any("/transformers/" in target for target in targets), targets
     _screenshot(browser, "docs-search.png")
+
+
+# Pages whose tables hold long calls, messages or generated API tables: each is read at both widths.
+TABLE_PAGES = ("timm.md", "hub.md", "transformers.md", "comparison.md", "contributing.md", "zoo.md",
+               "reference/modeling.md", "reference/timm.md", "reference/config.md")
+WIDTHS = {"desktop": 1400, "phone": 390}
+CLIPPED_CELLS = """
+return Array.from(document.querySelectorAll("article td, article th"))
+  .filter(cell => cell.scrollWidth > cell.clientWidth + 1)
+  .map(cell => cell.textContent.trim().slice(0, 80));
+"""
+
+
+@pytest.fixture(params=sorted(WIDTHS))
+def width(request, browser) -> Iterator[str]:
+    browser.set_window_size(WIDTHS[request.param], 900)
+    yield request.param
+    browser.set_window_size(1280, 900)
+
+
+@pytest.mark.parametrize("page", TABLE_PAGES)
+def test_no_table_cell_is_clipped(browser, site_url, page, width):
+    from selenium.webdriver.common.by import By
+
+    browser.get(urljoin(site_url, page_url(page)))
+    _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "article h1"), f"{page}: no heading")
+    assert browser.find_elements(By.CSS_SELECTOR, "article table"), f"{page} has no table to check"
+    clipped = browser.execute_script(CLIPPED_CELLS)
+    assert not clipped, f"{page} at {WIDTHS[width]} px cuts off the cells {clipped}"
+    _screenshot_full_page(browser, f"docs-{page.replace('/', '-').removesuffix('.md')}-{WIDTHS[width]}.png")
+
+
+def test_contributing_page_names_the_markers_without_expanding_them(browser, site_url):
+    from selenium.webdriver.common.by import By
+
+    browser.get(urljoin(site_url, page_url("contributing.md")))
+    article = _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "article"), "no article")[0]
+    for marker in ("zoo-table", "cli-reference", "benchmark-results"):
+        assert f"<!-- vit-zoo:{marker} -->" in article.text
+    headers = [th.text for th in article.find_elements(By.CSS_SELECTOR, "th")]
+    assert "Resolution" not in headers and "usage: vit-zoo" not in article.text, "a generated table landed here"
+    assert "Weight sources" not in article.text
+    bullets = article.find_elements(By.XPATH, ".//li[starts-with(normalize-space(.), 'Generated content.')]")
+    assert bullets and len(bullets[0].text) < 600, "the generated-content bullet swallowed the rest of the page"
+
+
+def test_config_reference_shows_types_and_defaults(browser, site_url):
+    from selenium.webdriver.common.by import By
+
+    browser.get(urljoin(site_url, page_url("reference/config.md")))
+    article = _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "article"), "no article")[0]
+    rows = {}
+    for row in article.find_elements(By.CSS_SELECTOR, "table tr"):
+        cells = [cell.text for cell in row.find_elements(By.CSS_SELECTOR, "td")]
+        if cells:
+            rows[cells[0]] = cells
+    for name, default in (("input_resolution", "224"), ("patch_size", "32"), ("activation", "'quick_gelu'")):
+        assert name in rows, f"{name} is not in the parameter table: {sorted(rows)}"
+        assert "required" not in rows[name][-1] and default in rows[name][-1], rows[name]
+        assert rows[name][1].strip(), f"{name} has no type"
+    assert "VitZooConfig(" in article.find_element(By.CSS_SELECTOR, ".doc-signature").text
+
+
+def _screenshot_full_page(driver, name: str) -> Path:
+    """The whole page at the window's width: the window grows to the document's height for the shot."""
+    width = driver.get_window_size()["width"]
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(width, min(height, 8000))
+    try:
+        return _screenshot(driver, name)
+    finally:
+        driver.set_window_size(width, 900)
