@@ -1,0 +1,152 @@
+"""The ``vit-zoo`` command as a user meets it: quick answers, quiet pipes, ``--debug`` anywhere, plain errors.
+
+Every case runs the real command in a fresh interpreter (``python -m vit_zoo``), since start-up imports,
+TTY detection and exit codes are what is tested.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import pty
+import socket
+import struct
+import subprocess
+import sys
+import termios
+from pathlib import Path
+
+import pytest
+import torch
+from reference import TINY
+
+from vit_zoo import VitZooConfig, VitZooModel
+from vit_zoo.hub import save_model_for_hub
+
+HEAVY = ("torch", "timm", "transformers", "torchvision", "huggingface_hub")
+# Runs main() in a fresh interpreter and reports which heavy libraries the command imported.
+IMPORTS_OF = """
+import json, sys
+from vit_zoo.cli import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as exit:
+    code = exit.code
+print(json.dumps({"heavy": sorted(set(HEAVY) & set(sys.modules)), "code": code}), file=sys.stderr)
+"""
+
+
+def vit_zoo(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "vit_zoo", *args], capture_output=True, text=True, cwd=cwd,
+        env={**os.environ, **(env or {})}, timeout=600,
+    )
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    return save_model_for_hub(VitZooModel(VitZooConfig(**TINY)), tmp_path_factory.mktemp("model") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory) -> Path:
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("images") / "cat.png"
+    Image.linear_gradient("L").convert("RGB").save(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "args, code, output",
+    [
+        (["--help"], 0, "usage: vit-zoo"),
+        (["list"], 0, "vit_zoo_base_patch16_clip_224"),
+        (["list", "--names-only"], 0, "vit_zoo_large_patch14_clip_336"),
+        (["--version"], 0, "vit-zoo "),
+        (["convert", "--help"], 0, "--dtype {float32,float16,bfloat16}"),
+        (["convert"], 2, "the following arguments are required: SRC, --output"),
+        (["embed", "model"], 2, "the following arguments are required: IMAGE_OR_DIR"),
+        (["convert", "x.pt", "--output", "out", "--dtype", "float64"], 2, "invalid choice: 'float64'"),
+        (["nope"], 2, "invalid choice: 'nope'"),
+    ],
+)
+def test_help_list_and_argument_errors_import_no_heavy_library(args, code, output):
+    script = f"HEAVY = {HEAVY!r}\n" + IMPORTS_OF
+    result = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=300)
+    report = json.loads(result.stderr.strip().splitlines()[-1])
+    assert report == {"heavy": [], "code": code}, result.stderr
+    assert output in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_debug_shows_the_traceback_before_or_after_the_subcommand(tmp_path, where):
+    command = ["convert", str(tmp_path / "missing.pt"), "--output", str(tmp_path / "out")]
+    plain = vit_zoo(*command)
+    assert plain.returncode == 1 and "Traceback" not in plain.stderr
+    assert len(plain.stderr.strip().splitlines()) == 1 and plain.stderr.startswith("vit-zoo convert: error:")
+    debug = vit_zoo(*(["--debug", *command] if where == "before" else [*command, "--debug"]))
+    assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_embed_through_a_pipe_prints_no_progress_bar(tmp_path, folder, image):
+    result = vit_zoo("embed", str(folder), str(image), "--output", str(tmp_path / "emb.safetensors"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"embedded 1 image into {tmp_path / 'emb.safetensors'} (0 skipped)\n"
+    assert result.stderr == ""
+
+
+def _on_a_terminal(args: list[str]) -> tuple[int, str]:
+    """Run ``vit-zoo ARGS`` with stderr on a pseudo-terminal; return the exit code and what reached it."""
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 0x0 terminal gets empty bars
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vit_zoo", *args], stdout=subprocess.DEVNULL, stderr=terminal, stdin=subprocess.DEVNULL
+    )
+    os.close(terminal)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # the terminal closes when the process exits
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(controller)
+    return process.wait(timeout=600), b"".join(chunks).decode(errors="replace")
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_progress_bars_on_a_terminal_unless_quiet(tmp_path, folder, image, quiet):
+    args = ["embed", str(folder), str(image), "--output", str(tmp_path / "emb.safetensors")]
+    code, terminal = _on_a_terminal([*args, "--quiet"] if quiet else args)
+    assert code == 0, terminal
+    assert ("embedding" in terminal) is not quiet, terminal  # the tqdm bar's label
+    assert ("%|" in terminal) is not quiet, terminal
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]  # nothing listens there once the socket is closed
+
+
+def test_pull_says_at_once_that_the_hub_cannot_be_reached(tmp_path):
+    env = {"HF_ENDPOINT": f"http://127.0.0.1:{_closed_port()}", "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path)}
+    result = vit_zoo("pull", "your-name/vit-b-16", env=env)
+    assert result.returncode == 1
+    assert result.stderr.startswith("vit-zoo pull: error: cannot reach the Hub at http://127.0.0.1:"), result.stderr
+    assert "Retrying" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_pull_honours_hf_hub_offline(tmp_path):
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)}
+    result = vit_zoo("pull", "your-name/vit-b-16", env=env)
+    assert result.returncode == 1
+    assert result.stderr == (
+        "vit-zoo pull: error: your-name/vit-b-16 is not in the local cache and HF_HUB_OFFLINE is set; pull it once online\n"
+    )
