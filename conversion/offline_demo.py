@@ -85,7 +85,7 @@ def write_openai_archive(path: Path, seed: int = 0) -> OpenAIStyleClip:
 
 def remote_code_embeddings(folder: Path, images: torch.Tensor, work: Path) -> torch.Tensor:
     save_file({"images": images}, work / "images.safetensors")
-    subprocess.run([sys.executable, "-c", REMOTE_CODE, str(folder), str(work)], check=True, cwd=work)
+    subprocess.run([sys.executable, "-c", REMOTE_CODE, str(folder.resolve()), str(work.resolve())], check=True, cwd=work)
     return load_file(work / "remote.safetensors")["embeds"]
 
 
