@@ -95,7 +95,8 @@ def test_folder_layout(converted):
     folder, _, _ = converted
     names = sorted(p.name for p in folder.iterdir())
     assert names == sorted(
-        ["model.safetensors", "config.json", "preprocessor_config.json", "README.md", "config.py", "model.py", "modeling.py", "spec.py"]
+        ["model.safetensors", "config.json", "preprocessor_config.json", "README.md"]
+        + ["config.py", "model.py", "modeling.py", "spec.py"]
     )
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == "vit_zoo" and config["architectures"] == ["VitZooModel"]

@@ -14,10 +14,10 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "vit_zoo"
 
 LAYERS = [
-    ("core", {"_version", "errors", "model"}),
+    ("core", {"_version", "errors", "spec", "model"}),
     ("data", {"config", "zoo", "download", "readers"}),
     ("state dicts", {"state_dicts"}),
-    ("adapters", {"modeling", "image_processing", "vision_transformer"}),
+    ("adapters", {"modeling", "image_processing", "vision_transformer", "registration"}),
     ("folder format", {"folder"}),
     ("pipelines", {"convert", "hub"}),
     ("faces", {"visualize", "embed", "cli", "__main__", "__init__"}),

@@ -27,7 +27,7 @@ from transformers import AutoModel
 from vit_zoo import VisionTransformer, VitZooConfig, pull, push_folder
 from vit_zoo.convert import convert_checkpoint
 from vit_zoo.folder import REPO_ID_PLACEHOLDER
-from vit_zoo.model import ACTIVATIONS
+from vit_zoo.spec import ACTIVATIONS
 from vit_zoo.zoo import parse_entry
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")

@@ -24,7 +24,7 @@ _EXPORTS = {
     "OutputError": "errors",
     "UnknownVariantError": "errors",
     "ZooConfigError": "errors",
-    "Geometry": "model",
+    "Geometry": "spec",
     "VisionTransformer": "model",
     "VitZooConfig": "config",
     "VitZooForImageClassification": "modeling",
@@ -66,9 +66,10 @@ if TYPE_CHECKING:  # what type checkers and the API reference see
     from .folder import check_folder, save_folder, save_model_folder
     from .hub import pull, push_folder, push_to_hub
     from .image_processing import image_processor_for
-    from .model import Geometry, VisionTransformer
+    from .model import VisionTransformer
     from .modeling import VitZooForImageClassification, VitZooModel, VitZooModelOutput
     from .readers import load_checkpoint
+    from .spec import Geometry
     from .state_dicts import infer_geometry, to_hf_clip_state_dict, to_vit_zoo_state_dict
     from .vision_transformer import TimmVisionTransformer
     from .zoo import ZooEntry, get_entry, list_entries, register_config

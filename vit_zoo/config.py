@@ -10,11 +10,11 @@ from typing import Any
 
 from transformers import PreTrainedConfig
 
-from .model import GEOMETRY_FIELDS, Geometry
+from .spec import GEOMETRY_FIELDS, Geometry
 
 
 class VitZooConfig(PreTrainedConfig):
-    r"""Geometry of OpenAI CLIP's vision tower, field names as the seed's ``VisionTransformer``.
+    r"""Geometry of OpenAI CLIP's vision tower, field names as OpenAI's ``VisionTransformer`` arguments.
 
     Args:
         input_resolution: side of the square input image in pixels.

@@ -2,7 +2,7 @@
 
 The parameter names are those of OpenAI CLIP's ``visual`` module, so an OpenAI ``visual.*`` state dict
 loads once the prefix is removed. Tokens are kept batch-first internally (OpenAI's code runs
-sequence-first through ``nn.MultiheadAttention``); the outputs are the seed's.
+sequence-first through ``nn.MultiheadAttention``); the outputs are those of OpenAI's ``VisionTransformer``.
 
 This module knows nothing of timm, transformers or the Hub: adapters build on it. It also travels, as a
 flat file, inside saved model folders for ``trust_remote_code`` users, so it imports torch only.
@@ -11,121 +11,18 @@ flat file, inside saved model folders for ``trust_remote_code`` users, so it imp
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, fields
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .spec import ACTIVATIONS
+from .spec import Geometry
 
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
-
-
-@dataclass(frozen=True)
-class Geometry(Mapping):
-    """The shape of a tower: everything ``VisionTransformer`` is built from, validated on construction.
-
-    Field names are the seed's ``VisionTransformer`` arguments. A ``Mapping`` of those names as well, so
-    ``VisionTransformer(**geometry)`` and ``dict(geometry)`` work. Invalid values raise ``ValueError`` naming
-    the field and the fix.
-    """
-
-    input_resolution: int
-    patch_size: int
-    width: int
-    layers: int
-    heads: int
-    output_dim: int
-    in_channels: int = 3
-    mlp_ratio: float = 4.0
-    activation: str = "quick_gelu"
-    layer_norm_eps: float = 1e-5
-
-    def __post_init__(self) -> None:
-        for name in ("input_resolution", "patch_size", "width", "layers", "heads", "output_dim", "in_channels"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"{name} must be a positive int, got {value!r} ({type(value).__name__})")
-            if value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value}")
-        resolution, patch = self.input_resolution, self.patch_size
-        if resolution % patch:
-            raise ValueError(
-                f"input_resolution ({resolution}) must be divisible by patch_size ({patch}); "
-                f"use e.g. input_resolution={resolution // patch * patch or patch}"
-            )
-        if self.width % self.heads:
-            raise ValueError(
-                f"width ({self.width}) must be divisible by heads ({self.heads}); "
-                "choose heads among the divisors of width"
-            )
-        if not _is_positive_number(self.mlp_ratio):
-            raise ValueError(f"mlp_ratio must be a positive number (finite), got {self.mlp_ratio!r}")
-        if self.hidden <= 0:
-            raise ValueError(
-                f"width * mlp_ratio must give at least one hidden unit, got {self.width} * {self.mlp_ratio}"
-            )
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
-        if not _is_positive_number(self.layer_norm_eps):
-            raise ValueError(f"layer_norm_eps must be a positive number (finite), got {self.layer_norm_eps!r}")
-
-    def __getitem__(self, name: str) -> Any:
-        if name not in GEOMETRY_FIELDS:
-            raise KeyError(name)
-        return getattr(self, name)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(GEOMETRY_FIELDS)
-
-    def __len__(self) -> int:
-        return len(GEOMETRY_FIELDS)
-
-    @property
-    def grid_size(self) -> int:
-        return self.input_resolution // self.patch_size
-
-    @property
-    def hidden(self) -> int:
-        """The MLP's hidden width."""
-        return int(self.width * self.mlp_ratio)
-
-    @property
-    def num_params(self) -> int:
-        """Parameter count."""
-        width, hidden = self.width, self.hidden
-        tokens = self.grid_size**2 + 1
-        block = 4 * width * width + 4 * width + 2 * width * hidden + hidden + width + 4 * width
-        return (
-            self.in_channels * self.patch_size**2 * width  # conv1
-            + width + tokens * width + 4 * width  # class/positional embedding, ln_pre, ln_post
-            + self.layers * block
-            + width * self.output_dim  # proj
-        )  # fmt: skip
-
-    @property
-    def gmacs(self) -> float:
-        """Multiply-accumulates of one forward pass at ``input_resolution``, in billions (GFLOPs are twice this)."""
-        width, hidden = self.width, self.hidden
-        patches = self.grid_size**2
-        tokens = patches + 1
-        block = tokens * (4 * width * width + 2 * width * hidden) + 2 * tokens * tokens * width
-        macs = patches * self.in_channels * self.patch_size**2 * width + self.layers * block + width * self.output_dim
-        return macs / 1e9
-
-
-GEOMETRY_FIELDS = tuple(field.name for field in fields(Geometry))
-SHAPE_FIELDS = tuple(name for name in GEOMETRY_FIELDS if name not in ("heads", "activation", "layer_norm_eps"))
-"""The fields that decide tensor shapes, so the ones a state dict shows."""
-
-def _is_positive_number(value) -> bool:
-    """An int or float, not a bool, above 0 and finite (``inf`` would overflow ``int(width * mlp_ratio)``)."""
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and 0 < value < math.inf
 
 
 class LayerNorm(nn.LayerNorm):
@@ -538,7 +435,7 @@ class VisionTransformer(nn.Module):
     ) -> tuple[torch.Tensor, ...]:
         """Encode images ``x [b, in_channels, input_resolution, input_resolution]``.
 
-        Returns the seed's tuple: ``(cls_feature [b, output_dim],)``, followed by
+        Returns OpenAI's tuple: ``(cls_feature [b, output_dim],)``, followed by
         ``patch_tokens [b, grid*grid, width]`` (last block's output, CLS excluded) if
         ``output_all_features``, followed by ``attention_map [layers, b, heads, grid, grid]`` (each
         layer's CLS-query attention over the patches) if ``output_attention_map``.
@@ -554,5 +451,5 @@ class VisionTransformer(nn.Module):
 
 
 def stack_attention_map(cls_attentions: tuple[torch.Tensor, ...], grid: tuple[int, int]) -> torch.Tensor:
-    """``layers`` tensors ``[b, heads, gh*gw]`` -> the seed's ``[layers, b, heads, gh, gw]``."""
+    """``layers`` tensors ``[b, heads, gh*gw]`` -> ``[layers, b, heads, gh, gw]``, as ``forward`` returns it."""
     return torch.stack(cls_attentions).unflatten(-1, grid)

@@ -33,11 +33,11 @@ class VitZooModelOutput(ModelOutput):
 
     Args:
         image_embeds (`torch.FloatTensor` of shape `(batch_size, output_dim)`):
-            The projected CLS embedding (``ln_post`` then ``proj``), the seed's ``cls_feature``.
+            The projected CLS embedding (``ln_post`` then ``proj``), ``VisionTransformer``'s ``cls_feature``.
         last_hidden_state (`torch.FloatTensor` of shape `(batch_size, N + 1, width)`):
             The last block's tokens, before ``ln_post``.
         attention_map (`torch.FloatTensor` of shape `(layers, batch_size, heads, grid_h, grid_w)`, *optional*):
-            Each layer's CLS-query attention over the patches (the seed's format); returned with
+            Each layer's CLS-query attention over the patches (``VisionTransformer``'s format); returned with
             ``output_attention_map=True``.
         hidden_states (`tuple(torch.FloatTensor)`, *optional*):
             ``layers + 1`` tensors of shape `(batch_size, N + 1, width)`: the tokens after ``ln_pre``, then
@@ -205,7 +205,7 @@ class VitZooModel(VitZooPreTrainedModel):
         r"""Encode ``pixel_values`` `(batch_size, in_channels, input_resolution, input_resolution)`.
 
         Args:
-            output_attention_map: also return ``attention_map`` (the seed's CLS->patch maps).
+            output_attention_map: also return ``attention_map`` (``VisionTransformer``'s CLS->patch maps).
             output_attentions: also return every layer's full attention probabilities (either
                 ``attn_implementation``); defaults to ``config.output_attentions``.
             output_hidden_states: also return every layer's tokens; defaults to ``config.output_hidden_states``.

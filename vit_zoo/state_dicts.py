@@ -22,7 +22,8 @@ from transformers import CLIPVisionConfig
 
 from .config import VitZooConfig
 from .errors import CheckpointError
-from .model import SHAPE_FIELDS, Geometry, VisionTransformer
+from .model import VisionTransformer
+from .spec import SHAPE_FIELDS, Geometry
 from .zoo import ZooEntry
 
 __all__ = [

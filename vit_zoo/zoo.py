@@ -12,13 +12,15 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from .config import VitZooConfig
 from .errors import UnknownVariantError, ZooConfigError, first_line, os_reason
-from .model import GEOMETRY_FIELDS, Geometry
+from .spec import GEOMETRY_FIELDS, Geometry
+
+if TYPE_CHECKING:
+    from .config import VitZooConfig
 
 CONFIGS_ENV = "VIT_ZOO_CONFIGS"
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -65,6 +67,8 @@ class ZooEntry:
 
     def config(self, **overrides: Any) -> VitZooConfig:
         """A ``VitZooConfig`` of this geometry; ``overrides`` replace geometry fields."""
+        from .config import VitZooConfig  # transformers: not for `vit-zoo list`, which reads the zoo at once
+
         return VitZooConfig(**{**self.model, **overrides})
 
     @property
@@ -111,7 +115,7 @@ def _parse_model(origin: str, data: Any) -> dict[str, Any]:
     if missing:
         raise _fail(origin, f"model is missing {missing}; every variant needs {list(REQUIRED_MODEL_KEYS)}")
     try:
-        VitZooConfig(**model)
+        Geometry(**model)
     except ValueError as error:
         raise _fail(origin, f"model: {error}") from None
     return model
