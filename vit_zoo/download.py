@@ -19,13 +19,22 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
+<<<<<<< HEAD
 from urllib.parse import unquote, urlparse
 
 from filelock import FileLock
 from tqdm.auto import tqdm
 
+=======
+from typing import TYPE_CHECKING
+from urllib.parse import urlparse
+
+>>>>>>> 71fa401 (download: tqdm imported when a download runs; registration test covers every public name)
 from .errors import DownloadError
 from .zoo import PretrainedSource, get_entry
+
+if TYPE_CHECKING:
+    import tqdm
 
 CACHE_ENV = "VIT_ZOO_CACHE"
 BASE_URL_ENV = "VIT_ZOO_OPENAI_BASE_URL"
@@ -150,6 +159,8 @@ def _request(url: str, headers: dict[str, str]) -> urllib.request.Request:
 
 def _fetch(url: str, partial: Path, progress: bool | None, max_bytes: int) -> None:
     """Append the rest of ``url`` to ``partial`` (HTTP Range from its current size)."""
+    from tqdm.auto import tqdm  # here, not at the top: `vit-zoo --help` reads this module's names
+
     start = partial.stat().st_size if partial.is_file() else 0
     shown = shown_url(url)
     try:
@@ -196,9 +207,13 @@ def _fetch(url: str, partial: Path, progress: bool | None, max_bytes: int) -> No
         raise _Interrupted(f"connection closed after {received} of {total} bytes")
 
 
+<<<<<<< HEAD
 def _copy(response: http.client.HTTPResponse, file, bar: tqdm, limit: int) -> None:
     """Append the response to ``file``, stopping once more than ``limit`` bytes came."""
     written = 0
+=======
+def _copy(response: http.client.HTTPResponse, file, bar: tqdm.tqdm) -> None:
+>>>>>>> 71fa401 (download: tqdm imported when a download runs; registration test covers every public name)
     try:
         while written <= limit and (chunk := response.read(_CHUNK)):
             file.write(chunk)

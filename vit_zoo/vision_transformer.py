@@ -47,8 +47,8 @@ from torch import nn
 from .download import sha256_of
 from .errors import CheckpointError, ZooConfigError
 from .model import VisionTransformer
-from .spec import GEOMETRY_FIELDS, SHAPE_FIELDS, Geometry
 from .readers import load_checkpoint
+from .spec import GEOMETRY_FIELDS, SHAPE_FIELDS, Geometry
 from .state_dicts import infer_geometry, state_dict_differences, to_vit_zoo_state_dict
 from .zoo import ZooEntry, get_entry, list_entries, on_register
 
