@@ -22,7 +22,7 @@ import torch
 from reference import TINY
 
 from vit_zoo import VitZooConfig, VitZooModel
-from vit_zoo.hub import save_model_for_hub
+from vit_zoo import save_model_folder
 
 HEAVY = ("torch", "timm", "transformers", "torchvision", "huggingface_hub")
 # Runs main() in a fresh interpreter and reports which heavy libraries the command imported.
@@ -47,7 +47,7 @@ def vit_zoo(*args: str, cwd: Path | None = None, env: dict | None = None) -> sub
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> Path:
     torch.manual_seed(0)
-    return save_model_for_hub(VitZooModel(VitZooConfig(**TINY)), tmp_path_factory.mktemp("model") / "tiny")
+    return save_model_folder(VitZooModel(VitZooConfig(**TINY)), tmp_path_factory.mktemp("model") / "tiny")
 
 
 @pytest.fixture(scope="module")
