@@ -11,6 +11,7 @@ import json
 import os
 import pty
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -21,8 +22,7 @@ import pytest
 import torch
 from reference import TINY
 
-from vit_zoo import VitZooConfig, VitZooModel
-from vit_zoo import save_model_folder
+from vit_zoo import VisionTransformer, VitZooConfig, VitZooModel, save_model_folder
 
 HEAVY = ("torch", "timm", "transformers", "torchvision", "huggingface_hub")
 # Runs main() in a fresh interpreter and reports which heavy libraries the command imported.
@@ -150,3 +150,24 @@ def test_pull_honours_hf_hub_offline(tmp_path):
     assert result.stderr == (
         "vit-zoo pull: error: your-name/vit-b-16 is not in the local cache and HF_HUB_OFFLINE is set; pull it once online\n"
     )
+
+
+def test_written_files_honour_the_umask(tmp_path, folder, image):
+    """A converted folder and an embeddings file are meant to be shared or served: 0644 under umask 022."""
+    checkpoint = tmp_path / "clip.pt"
+    state_dict = {f"visual.{name}": value for name, value in VisionTransformer(**TINY).state_dict().items()}
+    torch.save(state_dict, checkpoint)
+    commands = [
+        ["convert", str(checkpoint), "--output", str(tmp_path / "converted")],
+        ["embed", str(folder), str(image), "--output", str(tmp_path / "emb.npy")],
+    ]
+    for command in commands:
+        result = subprocess.run(
+            [sys.executable, "-m", "vit_zoo", *command], capture_output=True, text=True, timeout=600,
+            preexec_fn=lambda: os.umask(0o022),
+        )
+        assert result.returncode == 0, result.stderr
+    written = [*(tmp_path / "converted").iterdir(), tmp_path / "emb.npy", tmp_path / "emb.npy.files.txt"]
+    modes = {path.name: oct(stat.S_IMODE(path.stat().st_mode)) for path in written}
+    assert set(modes.values()) == {"0o644"}, modes
+    assert oct(stat.S_IMODE((tmp_path / "converted").stat().st_mode)) == "0o755"
