@@ -19,17 +19,11 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
-<<<<<<< HEAD
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 
 from filelock import FileLock
-from tqdm.auto import tqdm
 
-=======
-from typing import TYPE_CHECKING
-from urllib.parse import urlparse
-
->>>>>>> 71fa401 (download: tqdm imported when a download runs; registration test covers every public name)
 from .errors import DownloadError
 from .zoo import PretrainedSource, get_entry
 
@@ -207,13 +201,9 @@ def _fetch(url: str, partial: Path, progress: bool | None, max_bytes: int) -> No
         raise _Interrupted(f"connection closed after {received} of {total} bytes")
 
 
-<<<<<<< HEAD
-def _copy(response: http.client.HTTPResponse, file, bar: tqdm, limit: int) -> None:
+def _copy(response: http.client.HTTPResponse, file, bar: tqdm.tqdm, limit: int) -> None:
     """Append the response to ``file``, stopping once more than ``limit`` bytes came."""
     written = 0
-=======
-def _copy(response: http.client.HTTPResponse, file, bar: tqdm.tqdm) -> None:
->>>>>>> 71fa401 (download: tqdm imported when a download runs; registration test covers every public name)
     try:
         while written <= limit and (chunk := response.read(_CHUNK)):
             file.write(chunk)
