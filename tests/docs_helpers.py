@@ -18,7 +18,8 @@ RUNNABLE = "runnable"  # run with the page's other runnable blocks, in order, in
 STANDALONE = "standalone"  # run alone, as a user who copied just this block would, next to the folders it loads
 REMOTE_CODE = "remote-code"  # run alone where vit_zoo cannot be imported: transformers' remote code only
 NETWORK = "network"  # downloads OpenAI's real weights: compiled, not run (the tests are offline)
-TAGS = (RUNNABLE, STANDALONE, REMOTE_CODE, NETWORK)
+GPU = "gpu"  # needs a CUDA device: compiled, not run by the CPU suite
+TAGS = (RUNNABLE, STANDALONE, REMOTE_CODE, NETWORK, GPU)
 FENCE_OPEN = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<lang>[\w+-]*)[ \t]*(?P<attrs>\{[^}]*\})?[ \t]*$")
 
 
