@@ -6,6 +6,8 @@ import pytest
 
 from vit_zoo import zoo
 
+pytest_plugins = ["hub_server"]  # its hub_server fixture, for every test file
+
 
 @pytest.fixture
 def scratch_zoo(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from helpers import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 DOCS_DIR = REPO_ROOT / "docs"
 RUNNABLE = "runnable"  # run with the page's other runnable blocks, in order, in one interpreter
 STANDALONE = "standalone"  # run alone, as a user who copied just this block would, next to the folders it loads

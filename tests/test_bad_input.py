@@ -42,7 +42,8 @@ import timm
 import torch
 from checkpoints import openai_clip, write_state_dict, write_torchscript_archive
 from file_server import FileServer
-from hub_server import READ_TOKEN, WRITE_TOKEN, hub_server  # noqa: F401 - the fixture
+from helpers import REPO_ROOT, TINY_NAME
+from hub_server import READ_TOKEN, WRITE_TOKEN
 from limits import twice_at_once
 from PIL import Image
 from reference import TINY
@@ -65,9 +66,6 @@ from vit_zoo import folder as folder_module
 from vit_zoo.download import ATTEMPTS
 from vit_zoo.embed import open_image
 from vit_zoo.image_processing import load_image_processor
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-TINY_NAME = "vit_zoo_tiny_patch8_test_32"
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
 
@@ -281,7 +279,7 @@ def test_corrupt_safetensors_in_a_folder(corrupt_safetensors, copied_folder, dam
 
 
 def test_cli_embed_and_push_refuse_a_folder_with_corrupt_weights(
-    corrupt_safetensors, copied_folder, hub_server, tmp_path, capsys  # noqa: F811
+    corrupt_safetensors, copied_folder, hub_server, tmp_path, capsys
 ):
     shutil.copyfile(corrupt_safetensors["truncated"], copied_folder / "model.safetensors")
     image = tmp_path / "image.png"
@@ -466,7 +464,7 @@ def test_convert_onto_a_full_disk(tiny_archive, full_disk, capsys):
 
 
 @pytest.mark.hub
-def test_pull_into_a_read_only_or_full_output(model_folder, hub_server, read_only_folder, tmp_path, capsys):  # noqa: F811
+def test_pull_into_a_read_only_or_full_output(model_folder, hub_server, read_only_folder, tmp_path, capsys):
     push_folder(model_folder, "org/tiny", token=WRITE_TOKEN)
     message = assert_cli_error(run_cli(capsys, "pull", "org/tiny", "--output", read_only_folder / "out"), "pull")
     assert message.startswith(f"vit-zoo pull: error: cannot write {read_only_folder / 'out'} (")
@@ -508,7 +506,7 @@ def no_backoff(monkeypatch):
     ],
     ids=["403-read-token", "404", "500-commit", "403-lfs-upload"],
 )
-def test_cli_push_refused_by_the_hub(model_folder, hub_server, fault, token, message, capsys):  # noqa: F811
+def test_cli_push_refused_by_the_hub(model_folder, hub_server, fault, token, message, capsys):
     hub_server.create_repo("org/tiny")
     before = hub_server.list_commits("org/tiny")
     if fault is not None:
@@ -528,7 +526,7 @@ def test_cli_push_refused_by_the_hub(model_folder, hub_server, fault, token, mes
     ],
     ids=["401-wrong-token", "403-gated", "500-weights", "500-file-list"],
 )
-def test_cli_pull_refused_by_the_hub(model_folder, hub_server, no_backoff, fault, token, message, tmp_path, capsys):  # noqa: F811
+def test_cli_pull_refused_by_the_hub(model_folder, hub_server, no_backoff, fault, token, message, tmp_path, capsys):
     push_folder(model_folder, "org/tiny", token=WRITE_TOKEN)
     if fault is not None:  # on every try: a single 5xx is retried away by huggingface_hub
         hub_server.fail_next(*fault, count=10)
@@ -540,7 +538,7 @@ def test_cli_pull_refused_by_the_hub(model_folder, hub_server, no_backoff, fault
 
 
 @pytest.mark.hub
-def test_hub_that_refuses_connections(model_folder, hub_server, no_backoff, capsys):  # noqa: F811
+def test_hub_that_refuses_connections(model_folder, hub_server, no_backoff, capsys):
     endpoint = hub_server.endpoint
     hub_server.stop()
     expected = f"cannot reach the Hub at {endpoint} for org/tiny ("
@@ -554,7 +552,7 @@ def weights_upload(folder: Path) -> str:
 
 
 @pytest.mark.hub
-def test_lfs_upload_dropped_once_is_retried_and_the_commit_is_whole(model_folder, hub_server, no_backoff):  # noqa: F811
+def test_lfs_upload_dropped_once_is_retried_and_the_commit_is_whole(model_folder, hub_server, no_backoff):
     hub_server.drop_connection_on(weights_upload(model_folder), method="PUT")
     push_folder(model_folder, "org/tiny", token=WRITE_TOKEN)
     assert sum(r.path == weights_upload(model_folder) for r in hub_server.requests) == 2
@@ -564,7 +562,7 @@ def test_lfs_upload_dropped_once_is_retried_and_the_commit_is_whole(model_folder
 
 
 @pytest.mark.hub
-def test_lfs_upload_dropped_every_time_leaves_the_repo_as_it_was(model_folder, hub_server, no_backoff, capsys):  # noqa: F811
+def test_lfs_upload_dropped_every_time_leaves_the_repo_as_it_was(model_folder, hub_server, no_backoff, capsys):
     hub_server.create_repo("org/tiny")
     before = hub_server.list_commits("org/tiny"), hub_server.files("org/tiny")
     hub_server.drop_connection_on(weights_upload(model_folder), method="PUT", count=100)

@@ -9,16 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 from checkpoints import openai_clip, reference_image_embedding, write_state_dict, write_torchscript_archive
-from reference import OPENAI_GEOMETRIES, TINY
+from reference import OPENAI_GEOMETRIES, TINY, relative_error
 from safetensors.torch import load_file
 from transformers import CLIPVisionModelWithProjection
 
 from vit_zoo import CheckpointError, OutputError, VisionTransformer, VitZooConfig, convert_checkpoint
 from vit_zoo import convert as convert_module
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return ((actual.double() - expected.double()).norm() / expected.double().norm()).item()
 
 
 class Checkpoints:

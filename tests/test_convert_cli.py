@@ -22,18 +22,14 @@ from checkpoints import (
     write_torchscript_archive,
 )
 from file_server import FileServer
-from reference import TINY
+from helpers import REPO_ROOT, TINY_NAME
+from reference import TINY, relative_error
 from safetensors.torch import load_file
 
 from vit_zoo import VisionTransformer, VitZooConfig
 
-REPO = Path(__file__).resolve().parent.parent
-TINY_NAME = "vit_zoo_tiny_patch8_test_32"
 SERVED_NAME = "vit_zoo_served_tiny_test"
 
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return ((actual.double() - expected.double()).norm() / expected.double().norm()).item()
 
 
 def served_entry_yaml(url: str, sha256: str) -> str:
@@ -71,7 +67,7 @@ def command(*args: str) -> list[str]:
 
 
 def script(*args: str) -> list[str]:
-    return [sys.executable, str(REPO / "conversion" / "convert_openai_clip.py"), *args]
+    return [sys.executable, str(REPO_ROOT / "conversion" / "convert_openai_clip.py"), *args]
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +97,7 @@ def runs(files, tmp_path_factory):
         }
         environment = {
             **os.environ,
-            "PYTHONPATH": str(REPO),
+            "PYTHONPATH": str(REPO_ROOT),
             "VIT_ZOO_CONFIGS": str(zoo),
             "VIT_ZOO_CACHE": "unused-cache",
         }

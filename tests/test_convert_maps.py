@@ -3,7 +3,7 @@
 import pytest
 import torch
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
-from reference import OPENAI_GEOMETRIES, TINY, reference_clip, visual_state_dict
+from reference import OPENAI_GEOMETRIES, TINY, reference_clip, relative_error, visual_state_dict
 from transformers import CLIPConfig, CLIPModel, CLIPVisionModelWithProjection
 
 from vit_zoo import VisionTransformer, VitZooConfig
@@ -18,9 +18,6 @@ from vit_zoo.state_dicts import (
 
 TINY_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
 
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return ((actual.double() - expected.double()).norm() / expected.double().norm()).item()
 
 
 def assert_bit_exact(actual: dict, expected: dict):

@@ -4,9 +4,8 @@ import os
 import shlex
 import subprocess
 import sys
-from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from helpers import REPO_ROOT
 
 
 def test_offline_demo_keeps_its_folder_and_its_next_command_works(tmp_path):

@@ -4,11 +4,11 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import REPO_ROOT
 from PIL import Image
 from reference import TINY
 from safetensors import safe_open
@@ -16,8 +16,6 @@ from transformers import AutoImageProcessor
 
 from vit_zoo import VitZooConfig, VitZooModel, list_entries, save_model_folder
 from vit_zoo.visualize import crop_box, select_attention
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_cli(*args, cwd=None):

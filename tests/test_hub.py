@@ -4,7 +4,8 @@ import json
 
 import pytest
 import torch
-from hub_server import READ_TOKEN, WRITE_TOKEN, hub_server  # noqa: F401 - the fixture
+from helpers import REPO_ROOT
+from hub_server import READ_TOKEN, WRITE_TOKEN
 from reference import TINY
 from safetensors.torch import load_file, save_file
 
@@ -23,7 +24,7 @@ def write_plain_folder(folder, seed=0):
     return folder
 
 
-def test_push_then_pull_each_revision(hub_server, tmp_path):  # noqa: F811
+def test_push_then_pull_each_revision(hub_server, tmp_path):
     first = push_folder(write_plain_folder(tmp_path / "v1", seed=0), "org/tiny", token=WRITE_TOKEN)
     second = push_folder(write_plain_folder(tmp_path / "v2", seed=1), "org/tiny", token=WRITE_TOKEN)
     assert first != second
@@ -34,7 +35,7 @@ def test_push_then_pull_each_revision(hub_server, tmp_path):  # noqa: F811
         assert all(torch.equal(pulled[k], expected[k]) for k in expected)
 
 
-def test_push_to_branch_private_with_message(hub_server, tmp_path):  # noqa: F811
+def test_push_to_branch_private_with_message(hub_server, tmp_path):
     folder = write_plain_folder(tmp_path / "model")
     commit = push_folder(folder, "org/private", token=WRITE_TOKEN, private=True, revision="dev", commit_message="first")
     assert hub_server.list_commits("org/private", branch="dev")[0].id == commit
@@ -45,7 +46,7 @@ def test_push_to_branch_private_with_message(hub_server, tmp_path):  # noqa: F81
     assert (pull("org/private", revision="dev", token=READ_TOKEN) / "model.safetensors").is_file()
 
 
-def test_pull_into_output_folder(hub_server, tmp_path):  # noqa: F811
+def test_pull_into_output_folder(hub_server, tmp_path):
     push_folder(write_plain_folder(tmp_path / "model"), "org/tiny", token=WRITE_TOKEN)
     output = pull("org/tiny", output=tmp_path / "pulled")
     assert output == tmp_path / "pulled" and (output / "model.safetensors").is_file()
@@ -53,7 +54,7 @@ def test_pull_into_output_folder(hub_server, tmp_path):  # noqa: F811
         pull("org/tiny", output=tmp_path / "pulled")
 
 
-def test_bad_tokens_are_refused_without_commits(hub_server, tmp_path):  # noqa: F811
+def test_bad_tokens_are_refused_without_commits(hub_server, tmp_path):
     folder = write_plain_folder(tmp_path / "model")
     with pytest.raises(HubError, match="401"):
         push_folder(folder, "org/tiny", token="hf_wrong")
@@ -64,7 +65,7 @@ def test_bad_tokens_are_refused_without_commits(hub_server, tmp_path):  # noqa: 
     assert hub_server.list_commits("org/tiny") == commits
 
 
-def test_missing_repo_and_revision(hub_server, tmp_path):  # noqa: F811
+def test_missing_repo_and_revision(hub_server, tmp_path):
     with pytest.raises(HubError, match="repository org/missing not found"):
         pull("org/missing")
     push_folder(write_plain_folder(tmp_path / "model"), "org/tiny", token=WRITE_TOKEN)
@@ -72,7 +73,7 @@ def test_missing_repo_and_revision(hub_server, tmp_path):  # noqa: F811
         pull("org/tiny", revision="nope")
 
 
-def test_failed_commit_leaves_repo_unchanged(hub_server, tmp_path):  # noqa: F811
+def test_failed_commit_leaves_repo_unchanged(hub_server, tmp_path):
     push_folder(write_plain_folder(tmp_path / "v1"), "org/tiny", token=WRITE_TOKEN)
     before = hub_server.files("org/tiny")
     hub_server.fail_next("/commit/", status=500)
@@ -81,7 +82,7 @@ def test_failed_commit_leaves_repo_unchanged(hub_server, tmp_path):  # noqa: F81
     assert hub_server.files("org/tiny") == before
 
 
-def test_connection_dropped_mid_upload(hub_server, tmp_path):  # noqa: F811
+def test_connection_dropped_mid_upload(hub_server, tmp_path):
     push_folder(write_plain_folder(tmp_path / "v1"), "org/tiny", token=WRITE_TOKEN)
     before = hub_server.list_commits("org/tiny")
     hub_server.drop_connection_on("/commit/")
@@ -90,14 +91,14 @@ def test_connection_dropped_mid_upload(hub_server, tmp_path):  # noqa: F811
     assert hub_server.list_commits("org/tiny") == before
 
 
-def test_server_down(hub_server, tmp_path):  # noqa: F811
+def test_server_down(hub_server, tmp_path):
     folder = write_plain_folder(tmp_path / "model")
     hub_server.stop()
     with pytest.raises(HubError, match="cannot reach the Hub"):
         push_folder(folder, "org/tiny", token=WRITE_TOKEN)
 
 
-def test_repo_of_another_model_type_is_refused(hub_server, tmp_path):  # noqa: F811
+def test_repo_of_another_model_type_is_refused(hub_server, tmp_path):
     folder = write_plain_folder(tmp_path / "model")
     push_folder(folder, "org/tiny", token=WRITE_TOKEN)
     other = tmp_path / "other"
@@ -114,7 +115,7 @@ def test_repo_of_another_model_type_is_refused(hub_server, tmp_path):  # noqa: F
         push_folder(other, "org/clip2", token=WRITE_TOKEN)
 
 
-def test_offline_mode_uses_cache_only(hub_server, tmp_path, monkeypatch):  # noqa: F811
+def test_offline_mode_uses_cache_only(hub_server, tmp_path, monkeypatch):
     from huggingface_hub import constants
 
     push_folder(write_plain_folder(tmp_path / "model"), "org/tiny", token=WRITE_TOKEN)
@@ -130,14 +131,12 @@ def run_cli(*args, env=None):
     import os
     import subprocess
     import sys
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": str(root), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "vit_zoo", *args], capture_output=True, text=True, env=env, cwd=root)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "vit_zoo", *args], capture_output=True, text=True, env=env, cwd=REPO_ROOT)
 
 
-def test_cli_push_and_pull(hub_server, tmp_path):  # noqa: F811
+def test_cli_push_and_pull(hub_server, tmp_path):
     folder = write_plain_folder(tmp_path / "model")
     pushed = run_cli("push", str(folder), "org/cli", "--token", WRITE_TOKEN, "--commit-message", "from the CLI")
     assert pushed.returncode == 0, pushed.stderr
@@ -157,7 +156,7 @@ def test_cli_push_and_pull(hub_server, tmp_path):  # noqa: F811
         (["pull", "org/x", "--revision", "v9"], "not found"),
     ],
 )
-def test_cli_errors_are_one_line(hub_server, tmp_path, args, message):  # noqa: F811
+def test_cli_errors_are_one_line(hub_server, tmp_path, args, message):
     write_plain_folder(tmp_path / "model")
     result = run_cli(*[a.format(tmp=tmp_path) for a in args])
     assert result.returncode != 0

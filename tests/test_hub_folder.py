@@ -10,8 +10,9 @@ import pytest
 import timm
 import torch
 from checkpoints import openai_clip, reference_image_embedding, write_torchscript_archive
-from hub_server import WRITE_TOKEN, hub_server  # noqa: F401 - the fixture
-from reference import TINY
+from helpers import REPO_ROOT
+from hub_server import WRITE_TOKEN
+from reference import TINY, relative_error
 from safetensors.torch import load_file, save_file
 from transformers import AutoImageProcessor, AutoModel, CLIPImageProcessor
 
@@ -29,7 +30,6 @@ from vit_zoo import (
 from vit_zoo.folder import model_card
 
 GEOMETRY = dict(TINY, input_resolution=32, patch_size=8)
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # A fresh interpreter where vit_zoo cannot be imported: AutoModel with trust_remote_code only.
 REMOTE_EMBED = r"""
@@ -63,9 +63,6 @@ def remote_embeddings(source: str, images: torch.Tensor, work: Path) -> torch.Te
     assert result.returncode == 0, result.stderr[-3000:]
     return load_file(work / "remote.safetensors")["embeds"]
 
-
-def relative_error(actual, expected):
-    return ((actual.double() - expected.double()).norm() / expected.double().norm()).item()
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +167,7 @@ def test_save_refuses_a_non_empty_folder(tmp_path):
 
 @pytest.mark.hub
 @pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
-def test_hub_round_trip_for_every_loader(converted, hub_server, tmp_path):  # noqa: F811
+def test_hub_round_trip_for_every_loader(converted, hub_server, tmp_path):
     folder, images, _ = converted
     first = push_folder(folder, "org/tiny-clip", token=WRITE_TOKEN)
     card = hub_server.files("org/tiny-clip")["README.md"].decode()
@@ -215,7 +212,7 @@ def test_cli_convert_then_load_everywhere(tmp_path):
 
 @pytest.mark.hub
 @pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
-def test_cli_convert_push_to_hub(hub_server, tmp_path):  # noqa: F811
+def test_cli_convert_push_to_hub(hub_server, tmp_path):
     archive = write_torchscript_archive(openai_clip(GEOMETRY, seed=4), tmp_path / "ViT-T.pt")
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     command = [sys.executable, "-m", "vit_zoo", "convert", str(archive), "--output", str(tmp_path / "out"),

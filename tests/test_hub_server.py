@@ -1,6 +1,5 @@
 """Tests of the local Hub-protocol server, driven by the real `huggingface_hub` client (no mocking)."""
 
-# ruff: noqa: F811  (tests take the imported `hub_server` fixture as an argument)
 
 from __future__ import annotations
 
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import httpx2
 import pytest
-from hub_server import DEFAULT_USER, READ_TOKEN, WRITE_TOKEN, HubServer, hub_server  # noqa: F401  (fixture)
+from hub_server import DEFAULT_USER, READ_TOKEN, WRITE_TOKEN, HubServer
 from huggingface_hub import CommitOperationAdd, HfApi, constants, hf_hub_download, snapshot_download
 from huggingface_hub.errors import (
     EntryNotFoundError,

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from reference import OPENAI_GEOMETRIES, TINY, reference_attention_maps, reference_clip, visual_state_dict
+from reference import OPENAI_GEOMETRIES, TINY, reference_attention_maps, reference_clip, relative_error, visual_state_dict
 from safetensors.torch import load_file, save_file
 from torchvision import transforms
 from transformers import (
@@ -44,9 +44,6 @@ def tiny_config(**overrides) -> VitZooConfig:
 def images(batch: int = 2, height: int = 32, width: int = 32, seed: int = 0) -> torch.Tensor:
     return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(seed))
 
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return ((actual.double() - expected.double()).norm() / expected.double().norm()).item()
 
 
 def all_outputs(model: VitZooModel, pixel_values: torch.Tensor) -> VitZooModelOutput:

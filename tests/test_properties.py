@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from hub_server import WRITE_TOKEN, hub_server  # noqa: F401 - the fixture
+from helpers import TINY_NAME
+from hub_server import WRITE_TOKEN
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
@@ -32,7 +33,6 @@ from vit_zoo.zoo import parse_entry
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
 
-TINY_NAME = "vit_zoo_tiny_patch8_test_32"
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 SIZE_FIELDS = ("input_resolution", "patch_size", "width", "layers", "heads", "output_dim", "in_channels")
 VALID = dict(
@@ -88,7 +88,7 @@ def assert_same_tensors(actual: dict, expected: dict) -> None:
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(geometry=valid_geometries(), dtype=st.sampled_from(DTYPES), seed=st.integers(0, 2**16))
-def test_convert_load_push_pull_round_trips_bit_exactly(geometry, dtype, seed, hub_server, tmp_path_factory):  # noqa: F811
+def test_convert_load_push_pull_round_trips_bit_exactly(geometry, dtype, seed, hub_server, tmp_path_factory):
     work = tmp_path_factory.mktemp("round-trip")
     tower = random_tower(geometry, dtype, seed)
     expected = {key: tensor.detach().clone() for key, tensor in tower.state_dict().items()}

@@ -16,7 +16,8 @@ import torch
 import yaml
 from checkpoints import openai_clip, reference_image_embedding, write_torchscript_archive
 from file_server import FileServer
-from reference import OPENAI_GEOMETRIES, TINY, reference_clip, visual_state_dict
+from helpers import REPO_ROOT, TINY_NAME
+from reference import OPENAI_GEOMETRIES, TINY, reference_clip, relative_error, visual_state_dict
 from timm.layers import resample_abs_pos_embed
 from timm.models import save_for_hf
 from timm.models._hub import load_model_config_from_path
@@ -27,13 +28,8 @@ from vit_zoo import CheckpointError, VisionTransformer, to_hf_clip_state_dict
 from vit_zoo.vision_transformer import TimmVisionTransformer, timm_config_dict
 from vit_zoo.zoo import OPENAI_MEAN, OPENAI_STD, ZooConfigError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-TINY_NAME = "vit_zoo_tiny_patch8_test_32"  # configs/ geometry == reference.TINY
 IMAGES = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return ((actual.double() - expected.double()).norm() / expected.double().norm()).item()
 
 
 def tiny_model(**kwargs) -> TimmVisionTransformer:
