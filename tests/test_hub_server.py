@@ -1,6 +1,5 @@
 """Tests of the local Hub-protocol server, driven by the real `huggingface_hub` client (no mocking)."""
 
-
 from __future__ import annotations
 
 import hashlib
