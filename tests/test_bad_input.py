@@ -807,7 +807,7 @@ def test_embed_never_offers_or_runs_repo_code(copied_folder, image_folder, tmp_p
 
 
 @pytest.mark.hub
-def test_embed_of_a_hub_repo_never_offers_or_runs_repo_code(copied_folder, image_folder, hub_server, tmp_path, capsys):  # noqa: F811
+def test_embed_of_a_hub_repo_never_offers_or_runs_repo_code(copied_folder, image_folder, hub_server, tmp_path, capsys):
     from huggingface_hub import HfApi
 
     hub_server.create_repo("org/evil")
@@ -818,7 +818,7 @@ def test_embed_of_a_hub_repo_never_offers_or_runs_repo_code(copied_folder, image
 
 
 @pytest.mark.hub
-def test_push_uploads_exactly_the_folder_format(copied_folder, hub_server, tmp_path, capsys):  # noqa: F811
+def test_push_uploads_exactly_the_folder_format(copied_folder, hub_server, tmp_path, capsys):
     """Dotfiles, stray files and symlinks leaving the folder went up to a repo that is public by default."""
     (tmp_path / "secret.txt").write_text("password")
     (copied_folder / ".env").write_text("HF_TOKEN=hf_secret")
@@ -838,7 +838,7 @@ def test_push_uploads_exactly_the_folder_format(copied_folder, hub_server, tmp_p
 
 
 @pytest.mark.hub
-def test_push_private_onto_an_existing_public_repo_is_refused(model_folder, hub_server, capsys):  # noqa: F811
+def test_push_private_onto_an_existing_public_repo_is_refused(model_folder, hub_server, capsys):
     hub_server.create_repo("org/public")
     before = hub_server.list_commits("org/public")
     assert_cli_error(
@@ -850,7 +850,7 @@ def test_push_private_onto_an_existing_public_repo_is_refused(model_folder, hub_
 
 
 @pytest.mark.hub
-def test_push_of_a_readme_that_is_not_utf8_names_it(copied_folder, hub_server, capsys):  # noqa: F811
+def test_push_of_a_readme_that_is_not_utf8_names_it(copied_folder, hub_server, capsys):
     (copied_folder / "README.md").write_bytes(b"# caf\xe9\n")
     assert_cli_error(
         run_cli(capsys, "push", copied_folder, "org/tiny", "--token", WRITE_TOKEN),
@@ -937,7 +937,7 @@ def test_embed_refuses_folders_that_would_give_wrong_numbers(copied_folder, imag
 
 
 @pytest.mark.hub
-def test_push_and_pull_refuse_unsound_folders(copied_folder, hub_server, tmp_path, capsys):  # noqa: F811
+def test_push_and_pull_refuse_unsound_folders(copied_folder, hub_server, tmp_path, capsys):
     """push and pull checked only model_type: they moved width: "big", missing tensors and NaN weights."""
     from huggingface_hub import HfApi
 
@@ -958,14 +958,14 @@ def test_push_and_pull_refuse_unsound_folders(copied_folder, hub_server, tmp_pat
     [(b"<html>not json</html>", "is not a JSON list of files"), (b'{"path": "x"}', "is not a JSON list of files")],
     ids=["not-json", "object"],
 )
-def test_pull_of_a_malformed_file_listing(model_folder, hub_server, body, message, tmp_path, capsys):  # noqa: F811
+def test_pull_of_a_malformed_file_listing(model_folder, hub_server, body, message, tmp_path, capsys):
     push_folder(model_folder, "org/tiny", token=WRITE_TOKEN)
     hub_server.answer_next("/tree/", body)
     assert_cli_error(run_cli(capsys, "pull", "org/tiny", "--output", tmp_path / "out"), "pull", message)
 
 
 @pytest.mark.hub
-def test_offline_pull_after_an_interrupted_pull_is_refused(model_folder, hub_server, no_backoff, tmp_path, capsys, monkeypatch):  # noqa: F811
+def test_offline_pull_after_an_interrupted_pull_is_refused(model_folder, hub_server, no_backoff, tmp_path, capsys, monkeypatch):
     """An offline pull exited 0 with no preprocessor_config.json in its output."""
     import huggingface_hub.constants as constants
 
