@@ -11,9 +11,7 @@ flat file, inside saved model folders for ``trust_remote_code`` users, so it imp
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -35,20 +33,22 @@ class LayerNorm(nn.LayerNorm):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == self.weight.dtype:
-            return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
-        out = F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps)
-        return out.to(x.dtype)
+        return layer_norm(x, self.weight, self.bias, self.eps)
 
 
-QUICK_GELU_SCALE = 1.702
+@torch.fx.wrap  # one graph node for FX tracers: its dtype test is no control flow they can trace through
+def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+    """``LayerNorm``'s computation over the last dimension (``weight.shape``)."""
+    if x.dtype == weight.dtype:
+        return F.layer_norm(x, weight.shape, weight, bias, eps)
+    return F.layer_norm(x.float(), weight.shape, weight.float(), bias.float(), eps).to(x.dtype)
 
 
 class QuickGELU(nn.Module):
     """OpenAI CLIP's GELU approximation, ``x * sigmoid(1.702 x)``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.sigmoid(QUICK_GELU_SCALE * x)
+        return x * torch.sigmoid(1.702 * x)  # a literal: TorchScript cannot read float globals
 
 
 class Mlp(nn.Module):
@@ -112,13 +112,15 @@ class Attention(nn.Module):
         if cls_only:
             queries = F.linear(x[:, :1], self.in_proj_weight[:width], self.in_proj_bias[:width])
             keys_values = F.linear(x, self.in_proj_weight[width:], self.in_proj_bias[width:])
-            (q,), (k, v) = self._split_heads(queries), self._split_heads(keys_values)
+            q = self._split_heads(queries)[0]  # indexed, not unpacked: TorchScript types it as a list
+            k, v = self._split_heads(keys_values)
             cls_query, keys = queries[:, 0], keys_values[..., :width]
         else:
             projected = F.linear(x, self.in_proj_weight, self.in_proj_bias)
             q, k, v = self._split_heads(projected)
             cls_query, keys = projected[:, 0, :width], projected[..., width : 2 * width]
-        full_attention = cls_attention = None
+        full_attention: torch.Tensor | None = None
+        cls_attention: torch.Tensor | None = None
         if output_full_attention or self.implementation == "eager":
             probs = self._probabilities(q, k)
             out = probs @ v
@@ -132,8 +134,9 @@ class Attention(nn.Module):
         out = self.out_proj(out.transpose(1, 2).flatten(2))
         return out, cls_attention, full_attention
 
-    def _split_heads(self, projected: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """``[b, n, parts * width]`` -> ``parts`` strided views ``[b, heads, n, head_dim]`` (no copy)."""
+    def _split_heads(self, projected: torch.Tensor) -> list[torch.Tensor]:
+        """``[b, n, parts * width]`` -> ``parts`` strided views ``[b, heads, n, head_dim]`` (no copy; a tuple
+        in eager mode, which TorchScript types as a list)."""
         batch, tokens, features = projected.shape
         parts = features // (self.heads * self.head_dim)  # not -1: an empty batch leaves it ambiguous
         return projected.view(batch, tokens, parts, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
@@ -192,8 +195,7 @@ class ResidualAttentionBlock(nn.Module):
 class Transformer(nn.Module):
     """A stack of ``layers`` residual attention blocks (``resblocks.N``), with optional checkpointing.
 
-    With ``grad_checkpointing`` set, each block runs through ``checkpoint_function`` (torch's non-reentrant
-    checkpoint unless an adapter, e.g. transformers' ``activation_checkpointing_enable``, swaps it).
+    With ``grad_checkpointing`` set, each block runs through torch's non-reentrant checkpoint.
 
     ``cls_only`` makes the last block compute the CLS token alone: ``last_hidden_state``
     (and the last of ``hidden_states``) is then ``[b, 1, width]`` and the last of ``attentions``
@@ -213,11 +215,11 @@ class Transformer(nn.Module):
         self.width = width
         self.layers = layers
         self.grad_checkpointing = False
-        self.checkpoint_function: Callable = partial(checkpoint, use_reentrant=False)
         self.resblocks = nn.ModuleList(
             ResidualAttentionBlock(width, heads, mlp_ratio, activation, eps) for _ in range(layers)
         )
 
+    @torch.jit.unused  # TorchScript users run the blocks themselves, as the timm model does
     def forward(
         self,
         x: torch.Tensor,
@@ -255,9 +257,10 @@ class Transformer(nn.Module):
         output_full_attention: bool = False,
         cls_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """One block's ``(tokens, cls_attention, attention)``, under ``checkpoint_function`` when checkpointing."""
+        """One block's ``(tokens, cls_attention, attention)``, under torch's non-reentrant checkpoint when
+        checkpointing."""
         if self.grad_checkpointing and torch.is_grad_enabled():
-            return self.checkpoint_function(block, x, output_cls_attention, output_full_attention, cls_only)
+            return checkpoint(block, x, output_cls_attention, output_full_attention, cls_only, use_reentrant=False)
         return block(x, output_cls_attention, output_full_attention, cls_only)
 
 
@@ -280,16 +283,44 @@ class TransformerOutput:
     attentions: tuple[torch.Tensor, ...] | None = None
 
 
-def resample_positional_embedding(positional_embedding: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """Bicubically resample ``[1 + g*g, width]`` (CLS first) to ``[1 + grid[0]*grid[1], width]``."""
+@torch.fx.wrap  # a leaf for FX tracers: the grid is data there, and the early return is control flow
+def resample_positional_embedding(positional_embedding: torch.Tensor, grid_h: int, grid_w: int) -> torch.Tensor:
+    """Bicubically resample ``[1 + g*g, width]`` (CLS first) to ``[1 + grid_h*grid_w, width]``."""
     cls_pos, patch_pos = positional_embedding[:1], positional_embedding[1:]
-    old = math.isqrt(patch_pos.shape[0])
-    if (old, old) == tuple(grid):
+    old = int(math.sqrt(patch_pos.shape[0]) + 0.5)  # not math.isqrt: TorchScript has no isqrt
+    if old == grid_h and old == grid_w:
         return positional_embedding
     patch_pos = patch_pos.reshape(1, old, old, -1).permute(0, 3, 1, 2)
-    patch_pos = F.interpolate(patch_pos.float(), size=grid, mode="bicubic", align_corners=False)
-    patch_pos = patch_pos.to(positional_embedding.dtype).permute(0, 2, 3, 1).reshape(grid[0] * grid[1], -1)
+    patch_pos = F.interpolate(patch_pos.float(), size=(grid_h, grid_w), mode="bicubic", align_corners=False)
+    patch_pos = patch_pos.to(positional_embedding.dtype).permute(0, 2, 3, 1).reshape(grid_h * grid_w, -1)
     return torch.cat([cls_pos, patch_pos])
+
+
+@torch.fx.wrap  # one graph node for FX tracers, so the check still runs on the real tensors of a traced model
+def check_image_batch(
+    x: torch.Tensor, in_channels: int, input_resolution: int, patch_size: int, interpolate_pos_encoding: bool = False
+) -> None:
+    """Raise ``ValueError`` saying what was expected if ``x`` is not an image batch the tower takes."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"expected a torch.Tensor of images [batch, {in_channels}, H, W], got {type(x).__name__}")
+    if x.ndim != 4:
+        raise ValueError(
+            f"expected a 4D image batch [batch, {in_channels}, {input_resolution}, {input_resolution}], "
+            f"got a {x.ndim}D tensor of shape {tuple(x.shape)}; add a batch dimension with x[None] for one image"
+        )
+    if not x.is_floating_point():
+        raise ValueError(f"expected floating-point pixel values, got dtype {x.dtype}; normalise the images first")
+    if x.shape[1] != in_channels:
+        raise ValueError(f"expected {in_channels} channels, got {x.shape[1]} (input shape {tuple(x.shape)})")
+    height, width = x.shape[-2:]
+    if interpolate_pos_encoding:
+        if height < patch_size or width < patch_size:
+            raise ValueError(f"image size {height}x{width} is smaller than one {patch_size}px patch")
+    elif (height, width) != (input_resolution, input_resolution):
+        raise ValueError(
+            f"expected images of {input_resolution}x{input_resolution}, got {height}x{width}; "
+            f"resize them, or pass interpolate_pos_encoding=True to resample the positional embedding"
+        )
 
 
 class VisionTransformer(nn.Module):
@@ -368,42 +399,16 @@ class VisionTransformer(nn.Module):
         for block in self.transformer.resblocks:
             block.attn.implementation = implementation
 
-    def check_input(self, x: torch.Tensor, interpolate_pos_encoding: bool = False) -> None:
-        """Raise ``ValueError`` saying what was expected if ``x`` is not an image batch this model takes."""
-        if not isinstance(x, torch.Tensor):
-            raise ValueError(
-                f"expected a torch.Tensor of images [batch, {self.in_channels}, H, W], got {type(x).__name__}"
-            )
-        if x.ndim != 4:
-            raise ValueError(
-                f"expected a 4D image batch [batch, {self.in_channels}, {self.input_resolution}, "
-                f"{self.input_resolution}], "
-                f"got a {x.ndim}D tensor of shape {tuple(x.shape)}; add a batch dimension with x[None] for one image"
-            )
-        if not x.is_floating_point():
-            raise ValueError(f"expected floating-point pixel values, got dtype {x.dtype}; normalise the images first")
-        if x.shape[1] != self.in_channels:
-            raise ValueError(f"expected {self.in_channels} channels, got {x.shape[1]} (input shape {tuple(x.shape)})")
-        height, width = x.shape[-2:]
-        if interpolate_pos_encoding:
-            if height < self.patch_size or width < self.patch_size:
-                raise ValueError(f"image size {height}x{width} is smaller than one {self.patch_size}px patch")
-        elif (height, width) != (self.input_resolution, self.input_resolution):
-            raise ValueError(
-                f"expected images of {self.input_resolution}x{self.input_resolution}, got {height}x{width}; "
-                f"resize them, or pass interpolate_pos_encoding=True to resample the positional embedding"
-            )
-
     def embed_patches(self, x: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
         """Images ``[b, c, H, W]`` -> tokens after ``ln_pre`` ``[b, 1 + grid_h*grid_w, width]``."""
-        self.check_input(x, interpolate_pos_encoding)
+        if not torch.jit.is_scripting():  # the messages need Python; a scripted model relies on torch's own checks
+            check_image_batch(x, self.in_channels, self.input_resolution, self.patch_size, interpolate_pos_encoding)
         x = self.conv1(x.to(self.conv1.weight.dtype))
-        grid = tuple(x.shape[-2:])
-        x = x.flatten(2).transpose(1, 2)
-        cls_token = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         positional_embedding = self.positional_embedding
         if interpolate_pos_encoding:
-            positional_embedding = resample_positional_embedding(positional_embedding, grid)
+            positional_embedding = resample_positional_embedding(positional_embedding, x.shape[-2], x.shape[-1])
+        x = x.flatten(2).transpose(1, 2)
+        cls_token = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         x = torch.cat([cls_token, x], dim=1) + positional_embedding.to(x.dtype)
         return self.ln_pre(x)
 
@@ -431,17 +436,39 @@ class VisionTransformer(nn.Module):
         return self.ln_post(last_hidden_state[:, 0, :]) @ self.proj.to(last_hidden_state.dtype)
 
     def forward(
-        self, x: torch.Tensor, output_all_features: bool = False, output_attention_map: bool = False
-    ) -> tuple[torch.Tensor, ...]:
+        self,
+        x: torch.Tensor,
+        output_all_features: bool = False,
+        output_attention_map: bool = False,
+        *,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+        interpolate_pos_encoding: bool = False,
+        return_tokens: bool = False,
+    ) -> tuple[torch.Tensor, ...] | tuple[torch.Tensor, TransformerOutput]:
         """Encode images ``x [b, in_channels, input_resolution, input_resolution]``.
 
         Returns OpenAI's tuple: ``(cls_feature [b, output_dim],)``, followed by
         ``patch_tokens [b, grid*grid, width]`` (last block's output, CLS excluded) if
         ``output_all_features``, followed by ``attention_map [layers, b, heads, grid, grid]`` (each
         layer's CLS-query attention over the patches) if ``output_attention_map``.
+
+        The keyword-only options serve adapters that need every token: with ``return_tokens`` the result is
+        ``(cls_feature, TransformerOutput)`` (``cls_attentions`` when ``output_attention_map``; ``hidden_states`` /
+        ``attentions`` when asked; other image sizes with ``interpolate_pos_encoding``). Running the tower through
+        ``forward`` lets module hooks on it fire (accelerate's offloading loads its own tensors in one).
         """
-        out = self.forward_tokens(x, output_cls_attention=output_attention_map)
-        outputs = (self.project(out.last_hidden_state),)
+        out = self.forward_tokens(
+            x,
+            output_cls_attention=output_attention_map,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+        )
+        cls_feature = self.project(out.last_hidden_state)
+        if return_tokens:
+            return cls_feature, out
+        outputs = (cls_feature,)
         if output_all_features:
             outputs += (out.last_hidden_state[:, 1:, :],)
         if output_attention_map:
