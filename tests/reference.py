@@ -16,7 +16,7 @@ OPENAI_GEOMETRIES = {
     "ViT-B/16": dict(input_resolution=224, patch_size=16, width=768, layers=2, heads=12, output_dim=512),
     "ViT-L/14@336px": dict(input_resolution=336, patch_size=14, width=1024, layers=2, heads=16, output_dim=768),
 }
-TINY = dict(input_resolution=32, patch_size=8, width=64, layers=2, heads=4, output_dim=32)
+TINY = dict(input_resolution=32, patch_size=8, width=64, layers=3, heads=4, output_dim=32)
 
 
 def reference_clip(

@@ -25,7 +25,12 @@ from timm.optim import create_optimizer_v2
 
 import vit_zoo
 from vit_zoo import CheckpointError, VisionTransformer, to_hf_clip_state_dict
-from vit_zoo.vision_transformer import TimmVisionTransformer, timm_config_dict
+from vit_zoo.vision_transformer import (
+    TimmVisionTransformer,
+    openai_state_dict,
+    pretrained_filter_fn,
+    timm_config_dict,
+)
 from vit_zoo.zoo import OPENAI_MEAN, OPENAI_STD, ZooConfigError
 
 IMAGES = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
@@ -99,33 +104,44 @@ def test_pretrained_cfg_of_openai_tag():
 
 # --- interface ----------------------------------------------------------------------------------------------
 
-def test_forward_is_the_core_projected_cls_embedding():
+def test_head_is_openai_projection_and_pre_logits_are_the_normed_cls_token():
     model = tiny_model()
+    core = VisionTransformer(**TINY).eval()
+    core.load_state_dict(openai_state_dict(model))
     with torch.no_grad():
-        expected = VisionTransformer.forward(model, IMAGES)[0]
         features = model.forward_features(IMAGES)
         assert features.shape == (2, 1 + 4 * 4, TINY["width"])
-        embedding = model.forward_head(features, pre_logits=True)
-        torch.testing.assert_close(model(IMAGES), expected, rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(embedding, expected, rtol=1e-6, atol=1e-6)
-    assert model.num_classes == model.head_hidden_size == TINY["output_dim"]
-    assert model.num_features == TINY["width"]
-    assert isinstance(model.get_classifier(), torch.nn.Identity)
-    assert set(model.state_dict()) == set(VisionTransformer(**TINY).state_dict())  # OpenAI's visual names
+        pre_logits = model.forward_head(features, pre_logits=True)
+        torch.testing.assert_close(model(IMAGES), core(IMAGES)[0], rtol=1e-6, atol=1e-6)
+        tokens = core.forward_tokens(IMAGES).last_hidden_state
+        torch.testing.assert_close(pre_logits, core.ln_post(tokens[:, 0]), rtol=1e-6, atol=1e-6)
+    assert model.num_classes == TINY["output_dim"] == model.pretrained_cfg["num_classes"]
+    assert model.num_features == model.head_hidden_size == TINY["width"]
+    head = model.get_classifier()
+    assert isinstance(head, torch.nn.Linear) and head.bias is None and head.weight.shape == (32, 64)
+    assert head is model.head and model.pretrained_cfg["classifier"] == "head"
+    core_keys = set(core.state_dict())
+    assert set(model.state_dict()) == core_keys - {"proj"} | {"head.weight"}  # OpenAI's names, proj as the head
+    assert set(openai_state_dict(model)) == core_keys
+    torch.testing.assert_close(openai_state_dict(model)["proj"], head.weight.t(), rtol=0, atol=0)
 
 
-def test_reset_classifier_adds_a_head_on_the_embedding_and_zero_removes_it():
+def test_reset_classifier_replaces_the_projection_and_zero_gives_pre_logits():
     model = tiny_model()
     with torch.no_grad():
-        embedding = model(IMAGES)
+        pre_logits = model.forward_head(model.forward_features(IMAGES), pre_logits=True)
         model.reset_classifier(10)
         head = model.get_classifier()
-        assert isinstance(head, torch.nn.Linear) and (head.in_features, head.out_features) == (32, 10)
-        torch.testing.assert_close(model(IMAGES), head(embedding))
+        assert isinstance(head, torch.nn.Linear) and (head.in_features, head.out_features) == (64, 10)
+        assert head.bias is not None
+        torch.testing.assert_close(model(IMAGES), head(pre_logits))
         assert {"head.weight", "head.bias"} <= set(model.state_dict())
+        with pytest.raises(ValueError, match="10-way classifier in place of OpenAI's projection.*save_for_hf"):
+            openai_state_dict(model)
         model.reset_classifier(0)
-        assert model.num_classes == 0
-        torch.testing.assert_close(model(IMAGES), embedding)
+        assert model.num_classes == 0 and not any(k.startswith("head.") for k in model.state_dict())
+        torch.testing.assert_close(model(IMAGES), pre_logits)
+    assert timm.create_model(TINY_NAME, num_classes=0)(IMAGES).shape == (2, TINY["width"])
     with pytest.raises(ValueError, match="num_classes"):
         model.reset_classifier(-1)
     with pytest.raises(ValueError, match="CLS token"):
@@ -136,9 +152,13 @@ def test_num_classes_kwarg_builds_the_classifier_over_pretrained_weights(tiny_cl
     model = timm.create_model(
         TINY_NAME, num_classes=7, pretrained=True, pretrained_cfg_overlay=dict(file=str(tiny_checkpoint))
     )
-    assert model(IMAGES).shape == (2, 7)
+    assert model(IMAGES).shape == (2, 7) and model.head.weight.shape == (7, TINY["width"])
     assert model.pretrained_cfg["num_classes"] == TINY["output_dim"]
-    torch.testing.assert_close(model.proj, tiny_clip.visual.proj)
+    torch.testing.assert_close(model.ln_post.weight, tiny_clip.visual.ln_post.weight)
+    projection = timm.create_model(
+        TINY_NAME, num_classes=TINY["output_dim"], pretrained=True, pretrained_cfg_overlay=dict(file=str(tiny_checkpoint))
+    )
+    torch.testing.assert_close(projection.head.weight, tiny_clip.visual.proj.t())
 
 
 def test_device_and_dtype_kwargs():
@@ -189,7 +209,7 @@ def test_prune_intermediate_layers_drops_later_blocks_norm_and_projection():
         expected = model.forward_intermediates(IMAGES, indices=[0], intermediates_only=True)
     assert model.prune_intermediate_layers([0], prune_norm=True) == [0]
     assert len(model.transformer.resblocks) == 1
-    assert not any(k.startswith(("proj", "ln_post", "transformer.resblocks.1")) for k in model.state_dict())
+    assert not any(k.startswith(("head", "ln_post", "transformer.resblocks.1")) for k in model.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(model.forward_intermediates(IMAGES, indices=[0], intermediates_only=True), expected)
         assert model(IMAGES).shape == (2, TINY["width"])  # CLS token of the last kept block, no projection
@@ -267,7 +287,7 @@ def test_layer_decay_optimizer_groups_follow_the_blocks():
     grouped = [p for group in optimizer.param_groups for p in group["params"]]
     assert len(grouped) == len(list(model.parameters()))
     no_decay = {id(p) for g in optimizer.param_groups if g["weight_decay"] == 0 for p in g["params"]}
-    assert id(model.positional_embedding) in no_decay and id(model.proj) not in no_decay
+    assert id(model.positional_embedding) in no_decay and id(model.head.weight) not in no_decay
 
 
 def test_training_step_with_new_classifier_and_grad_checkpointing_reduces_the_loss():
@@ -366,7 +386,7 @@ def test_pretrained_tag_downloads_by_url_and_checks_sha256(tiny_checkpoint, file
     cache = tmp_path / "cache"
     model = timm.create_model("vit_zoo_served_tiny.mirror", pretrained=True, cache_dir=cache).eval()
     reference = tiny_model()
-    reference.load_state_dict(visual_state_dict(reference_clip(**TINY)))
+    reference.load_state_dict(pretrained_filter_fn(visual_state_dict(reference_clip(**TINY)), reference))
     with torch.no_grad():
         torch.testing.assert_close(model(IMAGES), reference(IMAGES))
     assert (cache / "tiny.pt").is_file()
@@ -387,7 +407,7 @@ def test_url_overlay_in_openai_layout_is_checked_against_its_folder_name(tiny_ch
     model = timm.create_model(
         TINY_NAME, pretrained=True, pretrained_cfg_overlay=dict(url=file_server.url + right), cache_dir=tmp_path
     )
-    torch.testing.assert_close(model.proj, reference_clip(**TINY).visual.proj)
+    torch.testing.assert_close(model.head.weight, reference_clip(**TINY).visual.proj.t())
     with pytest.raises(CheckpointError, match="SHA-256"):
         timm.create_model(
             TINY_NAME, pretrained=True, pretrained_cfg_overlay=dict(url=file_server.url + wrong),
@@ -509,7 +529,7 @@ def test_unknown_entry_name_is_named():
 
 
 def test_bad_kwargs_name_the_entry_and_the_field():
-    with pytest.raises(ValueError, match="vit_zoo_base_patch32_clip_224: unknown argument.*'depth'"):
+    with pytest.raises(TypeError, match="vit_zoo_base_patch32_clip_224: unknown argument.*'depth'"):
         timm.create_model("vit_zoo_base_patch32_clip_224", depth=3)
     with pytest.raises(ValueError, match=f"{TINY_NAME}: input_resolution \\(36\\) must be divisible by patch_size"):
         timm.create_model(TINY_NAME, img_size=36)
@@ -522,12 +542,12 @@ def test_bad_kwargs_name_the_entry_and_the_field():
 def test_checkpoint_of_another_geometry_names_file_entry_and_both_geometries(tiny_checkpoint):
     with pytest.raises(CheckpointError) as error:
         timm.create_model(
-            "vit_zoo_base_patch32_clip_224", layers=2, pretrained=True,
+            "vit_zoo_base_patch32_clip_224", layers=3, pretrained=True,
             pretrained_cfg_overlay=dict(file=str(tiny_checkpoint)),
         )
     message = str(error.value)
     assert str(tiny_checkpoint) in message and "vit_zoo_base_patch32_clip_224" in message
-    assert "width=64, layers=2, output_dim=32" in message and "width=768, layers=2, output_dim=512" in message
+    assert "width=64, layers=3, output_dim=32" in message and "width=768, layers=3, output_dim=512" in message
     assert TINY_NAME in message  # the entry that fits
 
 

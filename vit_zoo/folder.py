@@ -35,7 +35,7 @@ from .image_processing import image_processor_for, load_image_processor, read_js
 from .model import VisionTransformer
 from .modeling import VitZooModel, VitZooPreTrainedModel, remote_auto_map
 from .state_dicts import SHAPE_FIELDS, expected_shapes, state_dict_differences
-from .vision_transformer import TimmVisionTransformer, timm_config_dict, timm_model_args
+from .vision_transformer import TimmVisionTransformer, openai_state_dict, timm_config_dict, timm_model_args
 from .zoo import PretrainedSource, ZooEntry, list_entries
 
 __all__ = [
@@ -85,7 +85,7 @@ def save_folder(
     """Write the one folder that timm, transformers (installed or remote code) and vit_zoo all load.
 
     Args:
-        state_dict: the tower's tensors with bare names (``conv1.weight``...; ``head.*`` for a timm classifier),
+        state_dict: the tower's tensors with bare names (``conv1.weight`` ... ``proj``),
             saved in their own dtype.
         config: the geometry; ``config.json`` also gets ``architectures``, ``auto_map``, ``dtype`` and timm's keys.
         folder: an empty or missing folder.
@@ -129,6 +129,9 @@ def save_model_folder(
         config = model.config
         prefix = f"{model.base_model_prefix}."
         state_dict = {k.removeprefix(prefix): v for k, v in model.state_dict().items() if k.startswith(prefix)}
+    elif isinstance(model, TimmVisionTransformer):
+        config = _config_of(model)
+        state_dict = openai_state_dict(model)
     elif isinstance(model, VisionTransformer):
         config = _config_of(model)
         state_dict = model.state_dict()

@@ -5,7 +5,7 @@ Layouts read (``to_vit_zoo_state_dict`` tells them apart by their keys):
 * OpenAI / open_clip full CLIP: ``visual.*`` next to the text tower (open_clip training checkpoints also
   wrap it in ``state_dict`` and prefix ``module.``; ``vit_zoo.readers.load_checkpoint`` removes both).
 * A bare image tower with vit_zoo's (= OpenAI's visual) names: ``conv1.weight``, ``transformer.resblocks.N.*``...
-  timm's ``vit_zoo_*`` models use these names too (plus ``head.*`` for a classifier).
+  timm's ``vit_zoo_*`` models use these names too, with the projection as ``head.weight`` (``proj`` transposed).
 * transformers CLIP (``CLIPVisionModelWithProjection``, ``CLIPModel``): ``vision_model.*`` + ``visual_projection``.
 
 ``to_hf_clip_state_dict`` / ``to_hf_clip_vision_config`` map the other way, for transformers' own CLIP classes.

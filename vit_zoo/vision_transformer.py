@@ -13,13 +13,14 @@ variant, built-in or registered later, gets
   ``timm.create_model`` (plain, ``hf-hub:`` and ``local-dir:`` names) and ``pretrained=True`` work as
   for timm's own models.
 
-The model is ``TimmVisionTransformer``, a subclass of the core ``VisionTransformer``: its state dict keys
-are OpenAI's visual names (``conv1.weight`` ... ``proj``), plus ``head.weight``/``head.bias`` once a
-classifier is added. ``model(x)`` returns the projected CLS embedding (what OpenAI's ``encode_image``
-returns); ``num_classes == output_dim`` means "no extra classifier".
+The model is ``TimmVisionTransformer``, a subclass of the core ``VisionTransformer`` with the head semantics
+of timm's own CLIP entries (``vit_base_patch16_clip_224.openai``): OpenAI's projection IS the ``head``, a
+bias-free ``nn.Linear(width, output_dim)`` whose ``weight`` is ``proj`` transposed, so ``model(x)`` returns
+OpenAI's ``encode_image`` embedding; ``num_classes=0`` gives the ``width``-dim pre-logits (CLS after
+``ln_post``) and any other ``num_classes`` a fresh classifier in place of the projection. Its other state dict
+keys are OpenAI's visual names (``conv1.weight`` ...); ``pretrained_filter_fn`` turns ``proj`` into
+``head.weight`` and ``openai_state_dict`` turns it back, so saved folders keep OpenAI's ``proj``.
 """
-
-from __future__ import annotations
 
 import contextlib
 import math
@@ -43,6 +44,7 @@ from timm.models import (
 )
 from timm.models._features import feature_take_indices
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .download import sha256_of
 from .errors import CheckpointError, ZooConfigError
@@ -52,7 +54,7 @@ from .spec import GEOMETRY_FIELDS, SHAPE_FIELDS, Geometry
 from .state_dicts import infer_geometry, state_dict_differences, to_vit_zoo_state_dict
 from .zoo import ZooEntry, get_entry, list_entries, on_register
 
-__all__ = ["TimmVisionTransformer", "pretrained_cfgs", "pretrained_filter_fn", "timm_config_dict"]
+__all__ = ["TimmVisionTransformer", "openai_state_dict", "pretrained_cfgs", "pretrained_filter_fn", "timm_config_dict"]
 
 # The Geometry fields timm names its own way; the others keep their names as timm keywords.
 _TIMM_NAMES = {"input_resolution": "img_size", "in_channels": "in_chans"}
@@ -94,27 +96,33 @@ def _geometry_of(model_args: Mapping[str, Any]) -> Geometry:
     return Geometry(**geometry)
 
 
-class TimmVisionTransformer(VisionTransformer):
-    """OpenAI CLIP's vision tower with timm's model interface.
+def _check_num_classes(num_classes: int) -> None:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+        raise ValueError(f"num_classes must be an int >= 0 (0: no classifier), got {num_classes!r}")
 
-    Parameter names are the core's (OpenAI's ``visual.*`` names without the prefix); a classifier adds
-    ``head.weight``/``head.bias``.
+
+class TimmVisionTransformer(VisionTransformer):
+    """OpenAI CLIP's vision tower with timm's model interface and the head of timm's CLIP entries.
+
+    Parameter names are the core's (OpenAI's ``visual.*`` names without the prefix), except that the projection
+    is the classifier ``head``: ``head.weight`` is ``proj`` transposed (``pretrained_filter_fn`` and
+    ``openai_state_dict`` convert).
 
     - ``forward_features(x) -> [b, 1 + grid*grid, width]``: tokens after ``ln_post`` (CLS first), as
       timm's ViT returns normed tokens.
-    - ``forward_head(x, pre_logits=True) -> [b, head_hidden_size]``: CLS token @ ``proj`` (OpenAI's
-      image embedding, ``head_hidden_size = output_dim``); without ``pre_logits`` it goes through ``head``.
-    - ``head`` maps the embedding to ``num_classes`` outputs; it is an identity when ``num_classes`` is 0
-      or equals ``head_hidden_size`` (the pretrained configuration, ``num_classes = output_dim``), else
-      ``nn.Linear(head_hidden_size, num_classes)``, on top of the projection. (So a classifier of exactly
-      ``output_dim`` classes cannot be asked for; ``num_classes=0`` also returns the embedding.)
+    - ``forward_head(x, pre_logits=True) -> [b, width]``: the CLS token (``num_features == head_hidden_size ==
+      width``); without ``pre_logits`` it goes through ``head``.
+    - ``head``: with ``num_classes == output_dim`` (the pretrained cfg's) it is OpenAI's projection, a bias-free
+      ``nn.Linear(width, output_dim)``, and ``model(x)`` is OpenAI's ``encode_image``; ``num_classes=0`` makes
+      it an identity (pre-logits out); any other count, and every ``reset_classifier(n)``, a fresh
+      ``nn.Linear(width, n)`` in place of the projection.
 
     Args:
         img_size: side of the square input (an int, or ``(side, side)``).
         patch_size: side of a square patch; the rest of the core's geometry (``width``, ``layers``, ``heads``,
             ``output_dim``, ``mlp_ratio``, ``activation``, ``layer_norm_eps``) as in ``VisionTransformer``.
         in_chans: image channels.
-        num_classes: outputs of ``model(x)``; ``None`` means ``output_dim`` (the embedding itself).
+        num_classes: outputs of ``model(x)``; ``None`` means ``output_dim`` (the projection).
         dynamic_img_size: accept any image size at run time, resampling the positional embedding.
         drop_rate: dropout before ``head``.
         device: where to create the parameters (``dtype``: in which dtype).
@@ -140,16 +148,15 @@ class TimmVisionTransformer(VisionTransformer):
         dtype: torch.dtype | None = None,
     ) -> None:
         num_classes = output_dim if num_classes is None else num_classes
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-            raise ValueError(f"num_classes must be an int >= 0 (0: no classifier), got {num_classes!r}")
+        _check_num_classes(num_classes)
         with torch.device(device) if device is not None else contextlib.nullcontext():
             super().__init__(
                 _square_size(img_size), patch_size, width, layers, heads, output_dim, in_chans,
                 mlp_ratio=mlp_ratio, activation=activation, layer_norm_eps=layer_norm_eps,
             )
+            del self.proj  # the projection is `head` here
             self.model_args = timm_model_args(self.geometry)
-            self.num_features = width
-            self.head_hidden_size = output_dim
+            self.num_features = self.head_hidden_size = width
             self.num_prefix_tokens = 1
             self.has_class_token = True
             self.dynamic_img_size = dynamic_img_size
@@ -158,7 +165,7 @@ class TimmVisionTransformer(VisionTransformer):
             ]
             self.head_drop = nn.Dropout(drop_rate)
             self.num_classes = num_classes
-            self.head = self._new_head(num_classes)
+            self.head = self._new_head(num_classes, bias=num_classes != output_dim)
         if dtype is not None:
             self.to(dtype)
 
@@ -170,20 +177,20 @@ class TimmVisionTransformer(VisionTransformer):
     def grad_checkpointing(self) -> bool:
         return self.transformer.grad_checkpointing
 
-    def _new_head(self, num_classes: int) -> nn.Module:
-        if num_classes in (0, self.head_hidden_size):
+    def _new_head(self, num_classes: int, bias: bool = True) -> nn.Module:
+        if num_classes == 0:
             return nn.Identity()
         weight = self.conv1.weight
-        return nn.Linear(self.head_hidden_size, num_classes, device=weight.device, dtype=weight.dtype)
+        return nn.Linear(self.num_features, num_classes, bias=bias, device=weight.device, dtype=weight.dtype)
 
     def no_weight_decay(self) -> set[str]:
         return {"class_embedding", "positional_embedding"}
 
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
-        """Layer groups for layer-wise learning-rate decay: stem, one group per block, then ln_post/proj."""
+        """Layer groups for layer-wise learning-rate decay: stem, one group per block, then ln_post/head."""
         return dict(
             stem=r"^conv1|^class_embedding|^positional_embedding|^ln_pre",
-            blocks=[(r"^transformer\.resblocks\.(\d+)", None), (r"^ln_post|^proj", (99999,))],
+            blocks=[(r"^transformer\.resblocks\.(\d+)", None), (r"^ln_post", (99999,))],
         )
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -193,31 +200,49 @@ class TimmVisionTransformer(VisionTransformer):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        """A fresh ``head`` for ``num_classes`` outputs on the embedding (0: the embedding itself)."""
+        """A fresh ``nn.Linear(width, num_classes)`` ``head`` in place of the projection (0: pre-logits out)."""
         if global_pool not in (None, "token"):
             raise ValueError(f"vit_zoo models pool the CLS token only (global_pool='token'), got {global_pool!r}")
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
-            raise ValueError(f"num_classes must be an int >= 0 (0: no classifier), got {num_classes!r}")
+        _check_num_classes(num_classes)
         self.num_classes = num_classes
         self.head = self._new_head(num_classes)
         self.head.train(self.training)
 
+    def project(self, last_hidden_state: torch.Tensor) -> torch.Tensor:
+        """CLS token of ``[b, n, width]`` -> ``ln_post`` -> ``head``: the image embedding while ``head`` is the
+        projection, else the classifier's output."""
+        return self.head(self.ln_post(last_hidden_state[:, 0, :]))
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``[b, in_chans, H, W]`` -> tokens after ``ln_post`` ``[b, 1 + grid*grid, width]``."""
-        tokens = self.forward_tokens(x, interpolate_pos_encoding=self.dynamic_img_size).last_hidden_state
-        return self.ln_post(tokens)
+        x = self.embed_patches(x, interpolate_pos_encoding=self.dynamic_img_size)
+        x, _ = self._run_blocks(x, [], len(self.transformer.resblocks) - 1)
+        return self.ln_post(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Tokens ``[b, n, width]`` -> ``[b, head_hidden_size]`` (``pre_logits``) or ``[b, num_classes]``."""
-        x = x[:, 0]
-        if self.proj is not None:
-            x = x @ self.proj.to(x.dtype)
-        x = self.head_drop(x)
+        """Tokens ``[b, n, width]`` -> the CLS token ``[b, width]`` (``pre_logits``) or ``[b, num_classes]``."""
+        x = self.head_drop(x[:, 0])
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Images ``[b, in_chans, H, W]`` -> ``[b, num_classes]`` (the image embedding without a classifier)."""
+        """Images ``[b, in_chans, H, W]`` -> ``[b, num_classes]`` (OpenAI's image embedding with the projection)."""
         return self.forward_head(self.forward_features(x))
+
+    def _run_blocks(
+        self, x: torch.Tensor, take_indices: list[int], last: int
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Tokens through blocks ``0..last`` (checkpointed when set): the last output, and the outputs of the
+        blocks in ``take_indices``."""
+        taken: list[torch.Tensor] = []
+        for index, block in enumerate(self.transformer.resblocks):
+            if index <= last:  # not `break`, and no Transformer.run_block(block): TorchScript unrolls this loop
+                if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+                    x = checkpoint(block, x, use_reentrant=False)[0]
+                else:
+                    x = block(x)[0]
+                if index in take_indices:
+                    taken.append(x)
+        return x, taken
 
     def forward_intermediates(
         self,
@@ -247,14 +272,12 @@ class TimmVisionTransformer(VisionTransformer):
         """
         if output_fmt not in ("NCHW", "NLC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
-        blocks = self.transformer.resblocks
-        take_indices, max_index = feature_take_indices(len(blocks), indices)
+        last = len(self.transformer.resblocks) - 1
+        take_indices, max_index = feature_take_indices(last + 1, indices)
         tokens = self.embed_patches(x, interpolate_pos_encoding=self.dynamic_img_size)
-        intermediates = []
-        for index, block in enumerate(blocks[: max_index + 1] if stop_early else blocks):
-            tokens = self.transformer.run_block(block, tokens)[0]
-            if index in take_indices:
-                intermediates.append(self.ln_post(tokens) if norm else tokens)
+        tokens, intermediates = self._run_blocks(tokens, take_indices, max_index if stop_early else last)
+        if norm:
+            intermediates = [self.ln_post(y) for y in intermediates]
 
         prefix_tokens = [y[:, :1] for y in intermediates]
         intermediates = [y[:, 1:] for y in intermediates]
@@ -278,15 +301,13 @@ class TimmVisionTransformer(VisionTransformer):
     def prune_intermediate_layers(
         self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
     ) -> list[int]:
-        """Drop the blocks after the last index kept (and ``ln_post`` / ``proj`` + ``head`` if asked)."""
+        """Drop the blocks after the last index kept (and ``ln_post`` / ``head`` if asked)."""
         take_indices, max_index = feature_take_indices(len(self.transformer.resblocks), indices)
         self.transformer.resblocks = self.transformer.resblocks[: max_index + 1]
         self.transformer.layers = len(self.transformer.resblocks)
         if prune_norm:
             self.ln_post = nn.Identity()
         if prune_head:
-            self.proj = None
-            self.head_hidden_size = self.num_features
             self.reset_classifier(0)
         return take_indices
 
@@ -424,8 +445,30 @@ def pretrained_filter_fn(
     except CheckpointError as error:
         raise CheckpointError(f"{source}: {error}") from None
     fitted = _resampled(weights, model, source)
+    projection = fitted.pop("proj", None)
     _check_fits(fitted, weights, model, source)
+    if projection is not None:  # timm's load_pretrained drops it unless num_classes == output_dim
+        fitted["head.weight"] = projection.t()
     return {**fitted, **head}
+
+
+def openai_state_dict(model: TimmVisionTransformer) -> dict[str, torch.Tensor]:
+    """``model``'s tensors under OpenAI's names (``head.weight`` back to ``proj``), as saved folders hold them.
+
+    Raises:
+        ValueError: ``head`` is not OpenAI's projection (``num_classes != output_dim`` or ``reset_classifier``), so
+            the tower has no ``proj`` that transformers or remote code could load.
+    """
+    head = model.head
+    if not (isinstance(head, nn.Linear) and head.bias is None and head.out_features == model.output_dim):
+        raise ValueError(
+            f"this timm model's head is a {model.num_classes}-way classifier in place of OpenAI's projection, so it "
+            f"has no `proj` for transformers or remote code; save it with timm.models.save_for_hf (timm loads that "
+            f"folder), or keep num_classes={model.output_dim} (the projection)"
+        )
+    tensors = model.state_dict()
+    tensors["proj"] = tensors.pop("head.weight").t()
+    return tensors
 
 
 def _entry_model_args(entry: ZooEntry) -> dict[str, Any]:
@@ -507,8 +550,8 @@ def timm_config_dict(source: TimmVisionTransformer | ZooEntry, tag: str | None =
 def _create(entry: ZooEntry, pretrained: bool, kwargs: dict[str, Any]) -> TimmVisionTransformer:
     accepted = (*GEOMETRY_KWARGS, *MODEL_KWARGS, *BUILDER_KWARGS)
     unknown = sorted(set(kwargs) - set(accepted))
-    if unknown:
-        raise ValueError(f"{entry.name}: unknown argument(s) {unknown}; accepted: {', '.join(accepted)}")
+    if unknown:  # TypeError, as for any timm model's unexpected keyword
+        raise TypeError(f"{entry.name}: unknown argument(s) {unknown}; accepted: {', '.join(accepted)}")
     overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
     if overlay.get("file") or overlay.get("url"):
         # timm would torch.load these; an OpenAI archive is TorchScript, so read them with load_pretrained
