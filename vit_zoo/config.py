@@ -41,6 +41,16 @@ class VitZooConfig(PreTrainedConfig):
     """
 
     model_type = "vit_zoo"
+    # the names generic tooling (DeepSpeed "auto" sizes, PEFT, pipelines, transformers' CLIP vision config) reads
+    attribute_map = {
+        "hidden_size": "width",
+        "num_attention_heads": "heads",
+        "num_hidden_layers": "layers",
+        "image_size": "input_resolution",
+        "num_channels": "in_channels",
+        "projection_dim": "output_dim",
+        "hidden_act": "activation",
+    }
 
     input_resolution: int = 224
     patch_size: int = 32
@@ -73,6 +83,11 @@ class VitZooConfig(PreTrainedConfig):
                 f"(AutoConfig/AutoModel), or convert its weights with `vit-zoo convert`"
             )
         return super().from_dict(config_dict, **kwargs)
+
+    @property
+    def intermediate_size(self) -> int:
+        """The MLP's hidden size, ``int(width * mlp_ratio)`` (set ``mlp_ratio`` to change it)."""
+        return int(self.width * self.mlp_ratio)
 
     @property
     def geometry(self) -> Geometry:

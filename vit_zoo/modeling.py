@@ -20,11 +20,12 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.utils import ModelOutput
 
 from .config import VitZooConfig
-from .model import Attention, TransformerOutput, VisionTransformer, stack_attention_map
+from .model import Attention, ResidualAttentionBlock, TransformerOutput, VisionTransformer, stack_attention_map
 
 
 @dataclass
@@ -54,6 +55,12 @@ class VitZooModelOutput(ModelOutput):
     attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
+class VitZooBlock(ResidualAttentionBlock, GradientCheckpointingLayer):
+    """The core's block as a transformers ``GradientCheckpointingLayer`` (same parameters, same computation), so
+    ``activation_checkpointing_enable`` checkpoints it the way it does transformers' own layers (every
+    ``every_n_layers``-th one, with the checkpoint function it is given)."""
+
+
 class VitZooPreTrainedModel(PreTrainedModel):
     """Loading, saving, initialisation and attention dispatch shared by the vit_zoo models."""
 
@@ -61,7 +68,9 @@ class VitZooPreTrainedModel(PreTrainedModel):
     base_model_prefix = "visual"
     main_input_name = "pixel_values"
     input_modalities = ("image",)
-    _no_split_modules = ["ResidualAttentionBlock"]
+    # The tower holds tensors of its own (class_embedding, positional_embedding, proj): a device map can only place
+    # them with the whole tower (split, they would become device_map keys that name no module)
+    _no_split_modules = ["VisionTransformer", "VitZooBlock"]
     supports_gradient_checkpointing = True
     _supports_sdpa = True
 
@@ -77,6 +86,8 @@ class VitZooPreTrainedModel(PreTrainedModel):
         # global RNG so that a seed gives the same weights here as in `from_pretrained` (which builds on meta).
         with torch.random.fork_rng(devices=[]):
             self.visual = VisionTransformer(**config.geometry)
+        for block in self.visual.transformer.resblocks:
+            block.__class__ = VitZooBlock  # as FSDP2 re-classes the layers it wraps: the module itself is unchanged
         self._attention_implementation: str | None = None  # what the core's blocks were last set to
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -112,21 +123,6 @@ class VitZooPreTrainedModel(PreTrainedModel):
                 return width**-0.5 * (2 * layers) ** -0.5
         return linear.in_features**-0.5
 
-    def _set_gradient_checkpointing(
-        self, enable: bool = True, gradient_checkpointing_func=None, every_n_layers: int = 1
-    ) -> None:
-        if every_n_layers != 1:
-            raise ValueError(f"vit_zoo checkpoints every block; every_n_layers must be 1, got {every_n_layers}")
-        transformer = self.visual.transformer
-        transformer.grad_checkpointing = enable
-        if gradient_checkpointing_func is not None:
-            transformer.checkpoint_function = gradient_checkpointing_func
-
-    @property
-    def gradient_checkpointing(self) -> bool:
-        """Whether the blocks run under activation checkpointing (the core's ``transformer.grad_checkpointing``)."""
-        return self.visual.transformer.grad_checkpointing
-
     def _sync_attention_implementation(self) -> None:
         """Apply ``config._attn_implementation`` ("sdpa" or "eager") to the core's blocks when it changed."""
         implementation = self.config._attn_implementation
@@ -134,22 +130,28 @@ class VitZooPreTrainedModel(PreTrainedModel):
             self.visual.set_attention_implementation(implementation)
             self._attention_implementation = implementation
 
-    def _tokens(
+    def get_input_embeddings(self) -> nn.Module:
+        """The patch embedding (``visual.conv1``), as transformers' vision models return theirs."""
+        return self.visual.conv1
+
+    def _encode(
         self,
         pixel_values: torch.Tensor,
         output_attention_map: bool,
         output_attentions: bool | None,
         output_hidden_states: bool | None,
         interpolate_pos_encoding: bool,
-    ) -> TransformerOutput:
-        """The core's ``forward_tokens`` with transformers' flags (``None`` takes the config's value)."""
+    ) -> tuple[torch.Tensor, TransformerOutput]:
+        """``(image_embeds, tokens)`` from the tower's ``forward`` with transformers' flags (``None`` takes the
+        config's value); through ``forward``, so module hooks on the tower fire (accelerate's offloading)."""
         self._sync_attention_implementation()
-        return self.visual.forward_tokens(
+        return self.visual(
             pixel_values,
-            output_cls_attention=output_attention_map,
+            output_attention_map=output_attention_map,
             output_attentions=self.config.output_attentions if output_attentions is None else output_attentions,
             output_hidden_states=self.config.output_hidden_states if output_hidden_states is None else output_hidden_states,
             interpolate_pos_encoding=interpolate_pos_encoding,
+            return_tokens=True,
         )
 
     @classmethod
@@ -217,7 +219,7 @@ class VitZooModel(VitZooPreTrainedModel):
             ValueError: ``pixel_values`` is not a float image batch of the expected channels and size.
         """
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        tokens = self._tokens(
+        image_embeds, tokens = self._encode(
             pixel_values, output_attention_map, output_attentions, output_hidden_states, interpolate_pos_encoding
         )
         attention_map = None
@@ -226,7 +228,7 @@ class VitZooModel(VitZooPreTrainedModel):
             grid = pixel_values.shape[-2] // patch_size, pixel_values.shape[-1] // patch_size
             attention_map = stack_attention_map(tokens.cls_attentions, grid)
         output = VitZooModelOutput(
-            image_embeds=self.visual.project(tokens.last_hidden_state),
+            image_embeds=image_embeds,
             last_hidden_state=tokens.last_hidden_state,
             attention_map=attention_map,
             hidden_states=tokens.hidden_states,
@@ -243,6 +245,15 @@ class VitZooForImageClassification(VitZooPreTrainedModel):
         with torch.random.fork_rng(devices=[]):  # see VitZooPreTrainedModel.__init__
             self.classifier = nn.Linear(config.output_dim, config.num_labels)
         self.post_init()
+
+    @property
+    def base_model(self) -> VitZooModel:
+        """The body without the classifier: a ``VitZooModel`` holding this model's own tower (no copy), so
+        ``base_model.save_pretrained`` writes the tower alone, under the keys the classifier loads it from."""
+        with torch.device("meta"):  # its own tower is replaced at once: allocate nothing for it
+            body = VitZooModel(self.config)
+        body.visual = self.visual
+        return body
 
     def forward(
         self,
@@ -264,8 +275,10 @@ class VitZooForImageClassification(VitZooPreTrainedModel):
         ``VitZooModel`` gives them.
         """
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        tokens = self._tokens(pixel_values, False, output_attentions, output_hidden_states, interpolate_pos_encoding)
-        logits = self.classifier(self.visual.project(tokens.last_hidden_state))
+        image_embeds, tokens = self._encode(
+            pixel_values, False, output_attentions, output_hidden_states, interpolate_pos_encoding
+        )
+        logits = self.classifier(image_embeds)
         loss = None if labels is None else self.loss_function(labels, logits, self.config)
         output = ImageClassifierOutput(
             loss=loss, logits=logits, hidden_states=tokens.hidden_states, attentions=tokens.attentions
