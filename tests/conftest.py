@@ -7,6 +7,8 @@ import pytest
 from vit_zoo import zoo
 
 pytest_plugins = ["hub_server"]  # its hub_server fixture, for every test file
+# tests/upstream_transformers/ holds modules copied into transformers' test package (tests/upstream.py), not tests.
+collect_ignore = ["upstream_transformers"]
 
 
 @pytest.fixture
