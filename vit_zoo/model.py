@@ -341,6 +341,9 @@ class VisionTransformer(nn.Module):
         layer_norm_eps: LayerNorm epsilon (OpenAI: 1e-5).
     """
 
+    # read from `geometry`, which is no TorchScript type; scripted code does not need them
+    __jit_unused_properties__ = ["input_resolution", "patch_size", "in_channels", "output_dim", "grid_size"]
+
     def __init__(
         self,
         input_resolution: int,

@@ -128,6 +128,8 @@ class TimmVisionTransformer(VisionTransformer):
         device: where to create the parameters (``dtype``: in which dtype).
     """
 
+    __jit_unused_properties__ = [*VisionTransformer.__jit_unused_properties__, "in_chans"]
+
     def __init__(
         self,
         img_size: int | Sequence[int],
