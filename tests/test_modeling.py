@@ -20,6 +20,7 @@ from transformers import (
     CLIPImageProcessorPil,
     CLIPVisionConfig,
     CLIPVisionModel,
+    pipeline,
     set_seed,
 )
 from transformers.image_utils import PILImageResampling
@@ -32,6 +33,7 @@ from vit_zoo import (
     get_entry,
     image_processor_for,
 )
+from vit_zoo.folder import save_model_folder
 from vit_zoo.zoo import parse_entry
 
 MODEL_CLASSES = (VitZooModel, VitZooForImageClassification)
@@ -590,3 +592,44 @@ def test_wrong_pixel_values_raise_value_error(model_class, pixel_values, message
     model = model_class(tiny_config())
     with pytest.raises(ValueError, match=message):
         model(pixel_values)
+
+
+# ---------------------------------------------------------------- pipelines
+
+
+@pytest.fixture(scope="module")
+def saved_folder(tmp_path_factory):
+    """A vit_zoo folder as `vit-zoo convert` writes it (weights, config, image processor, remote code)."""
+    set_seed(0)
+    model = VitZooModel(tiny_config()).eval()
+    return model, save_model_folder(model, tmp_path_factory.mktemp("pipelines") / "model")
+
+
+def photo() -> Image.Image:
+    return Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8))
+
+
+def test_image_feature_extraction_pipeline_gives_the_image_embedding(saved_folder):
+    model, folder = saved_folder
+    extractor = pipeline("image-feature-extraction", model=str(folder))
+    assert type(extractor.model) is VitZooModel
+    pixel_values = AutoImageProcessor.from_pretrained(folder)(photo(), return_tensors="pt").pixel_values
+    with torch.no_grad():
+        expected = model(pixel_values).image_embeds
+    torch.testing.assert_close(torch.tensor(extractor(photo())), expected)
+    torch.testing.assert_close(extractor(photo(), return_tensors=True), expected)
+
+
+def test_image_classification_pipeline_classifies_with_the_folder_tower(saved_folder):
+    model, folder = saved_folder
+    classifier = pipeline("image-classification", model=str(folder), top_k=2)
+    assert type(classifier.model) is VitZooForImageClassification
+    for key, value in model.visual.state_dict().items():  # the tower comes from the folder, the head is new
+        assert torch.equal(classifier.model.visual.state_dict()[key], value), key
+    pixel_values = AutoImageProcessor.from_pretrained(folder)(photo(), return_tensors="pt").pixel_values
+    with torch.no_grad():
+        probabilities = classifier.model(pixel_values).logits.softmax(-1)[0]
+    predictions = classifier(photo())
+    top = probabilities.topk(2)
+    assert [p["label"] for p in predictions] == [classifier.model.config.id2label[i.item()] for i in top.indices]
+    assert [p["score"] for p in predictions] == pytest.approx(top.values.tolist(), abs=1e-6)
