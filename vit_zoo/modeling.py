@@ -14,6 +14,7 @@ imports only torch, transformers and its two siblings.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -251,7 +252,7 @@ class VitZooForImageClassification(VitZooPreTrainedModel):
         """The body without the classifier: a ``VitZooModel`` holding this model's own tower (no copy), so
         ``base_model.save_pretrained`` writes the tower alone, under the keys the classifier loads it from."""
         with torch.device("meta"):  # its own tower is replaced at once: allocate nothing for it
-            body = VitZooModel(self.config)
+            body = VitZooModel(copy.deepcopy(self.config))  # its post_init must not consume flags of this config
         body.visual = self.visual
         return body
 
