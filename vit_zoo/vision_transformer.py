@@ -183,7 +183,10 @@ class TimmVisionTransformer(VisionTransformer):
         if num_classes == 0:
             return nn.Identity()
         weight = self.conv1.weight
-        return nn.Linear(self.num_features, num_classes, bias=bias, device=weight.device, dtype=weight.dtype)
+        head = nn.Linear(self.num_features, num_classes, bias=bias, device=weight.device, dtype=weight.dtype)
+        if not bias:  # OpenAI's projection: proj's memory layout, so head(x) is the very matmul of x @ proj
+            head.weight = nn.Parameter(head.weight.detach().t().contiguous().t())
+        return head
 
     def no_weight_decay(self) -> set[str]:
         return {"class_embedding", "positional_embedding"}
