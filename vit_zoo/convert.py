@@ -9,6 +9,7 @@ import os
 import shlex
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -77,7 +78,7 @@ def convert_checkpoint(
     named_entry = get_entry(name) if name else None
     path, entry, release = _resolve_source(source, cache_dir)
     tower = to_vit_zoo_state_dict(load_checkpoint(path))  # first: it refuses pipes and devices, which hashing would not
-    sha256 = release.sha256 if release else sha256_of(path)
+    sha256 = release.sha256 if release and release.sha256 else sha256_of(path)
     if release is None:
         entry, release = _release_with_sha256(sha256)
     entry = named_entry or entry
@@ -85,7 +86,7 @@ def convert_checkpoint(
     geometry = infer_geometry(tower)
     if entry is not None:
         check_entry_geometry(geometry, entry)
-    overrides = {} if activation is None else {"activation": activation}
+    overrides: dict[str, Any] = {} if activation is None else {"activation": activation}
     config = entry.config(**overrides) if entry else VitZooConfig(**geometry, **overrides)
     check_state_dict(tower, config.geometry)
     refuse_non_finite(tower, "the checkpoint is damaged (a diverged training run or a corrupt file); convert an intact copy")
@@ -98,7 +99,7 @@ def convert_checkpoint(
         )
     _verify_loads(tower, config)
     provenance = Provenance(
-        source=release.url if release else path.name,
+        source=release.url if release and release.url else path.name,
         sha256=sha256,
         command=_command(source, output, dtype, name, activation),
         folder=output.name,
@@ -117,9 +118,9 @@ def convert_checkpoint(
 
 
 def _parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
-    if dtype is None or dtype in DTYPES.values():
+    if dtype is None or isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
         return dtype
-    if dtype not in DTYPES:
+    if not isinstance(dtype, str) or dtype not in DTYPES:
         raise CheckpointError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
     return DTYPES[dtype]
 

@@ -76,6 +76,7 @@ def download_pretrained(
         DownloadError: HTTP error, network failure after ``ATTEMPTS`` resumed tries, or a SHA-256 mismatch.
     """
     source = pretrained_source(name)
+    assert source.url and source.sha256  # pretrained_source returns downloadable sources only
     url = _mirrored(source.url, base_url or os.environ.get(BASE_URL_ENV))
     folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     return fetch_verified(url, source.sha256, folder / "checkpoints" / PurePosixPath(urlparse(url).path).name, progress)

@@ -222,7 +222,7 @@ def embed_images(
     if batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
     if attention_dir is not None:  # refuse a bad --layer/--heads before any work
-        select_attention(torch.zeros(model.transformer.layers, model.transformer.resblocks[0].attn.heads, 1, 1), layer, heads)
+        select_attention(torch.zeros(model.geometry.layers, model.geometry.heads, 1, 1), layer, heads)
     result = EmbedResult()
     parameter = next(model.parameters())
     shortest_edge, crop, resample = processor.size["shortest_edge"], processor.crop_size["height"], processor.resample

@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from filelock import FileLock, Timeout
@@ -126,7 +126,7 @@ def save_model_folder(
     """``save_folder`` for a model in memory: a timm model (``timm.create_model("vit_zoo_...")``), a
     ``VitZooModel`` or a core ``VisionTransformer``."""
     if isinstance(model, VitZooPreTrainedModel):
-        config = model.config
+        config = cast(VitZooConfig, model.config)  # config_class guarantees it
         prefix = f"{model.base_model_prefix}."
         state_dict = {k.removeprefix(prefix): v for k, v in model.state_dict().items() if k.startswith(prefix)}
     elif isinstance(model, TimmVisionTransformer):
@@ -139,7 +139,8 @@ def save_model_folder(
         raise TypeError(f"expected a vit_zoo model (timm, transformers or core), got {type(model).__name__}")
     timm_keys = timm_config_dict(model) if isinstance(model, TimmVisionTransformer) else None
     if entry is None and isinstance(model, TimmVisionTransformer):
-        entry = next((e for e in list_entries() if e.name == model.pretrained_cfg.get("architecture")), None)
+        architecture = getattr(model, "pretrained_cfg", {}).get("architecture")
+        entry = next((e for e in list_entries() if e.name == architecture), None)
     tensors = {k: v.detach().contiguous() for k, v in state_dict.items()}
     return save_folder(tensors, config, folder, entry=entry, timm_keys=timm_keys, max_shard_size=max_shard_size)
 

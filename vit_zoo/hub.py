@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import CommitOperationAdd, HfApi, constants, hf_hub_download, snapshot_download
+from huggingface_hub import CommitOperationAdd, HfApi, constants
 from huggingface_hub.errors import (
     EntryNotFoundError,
     HfHubHTTPError,
@@ -97,7 +97,7 @@ def _explain(error: Exception, repo_id: str, revision: str | None, writing: bool
     return None  # not the Hub's doing (e.g. a local disk error): its own message says it best
 
 
-def _causes(error: BaseException) -> Iterator[BaseException]:
+def _causes(error: BaseException | None) -> Iterator[BaseException]:
     """``error``, then the error it was raised from (``raise ... from cause``), and so on."""
     seen = set()
     while error is not None and id(error) not in seen:
@@ -186,19 +186,20 @@ def pull(
     cache holds), and the result must pass ``check_folder`` - offline too, where the cache may hold part of a
     repo. ``output`` copies the folder into a new folder (written atomically) instead of returning the cache path.
     """
-    download = dict(token=token, endpoint=constants.ENDPOINT)
+    api = HfApi(token=token, endpoint=constants.ENDPOINT)
     with _hub_errors(repo_id, revision):
         if not constants.HF_HUB_OFFLINE:
             # One request without huggingface_hub's retries: an unreachable Hub is reported at once, not after ~25 s
-            HfApi(**download).model_info(repo_id, revision=revision)
-        config_path = Path(hf_hub_download(repo_id, "config.json", revision=revision, **download))
+            api.model_info(repo_id, revision=revision)
+        config_path = Path(api.hf_hub_download(repo_id, "config.json", revision=revision))
         check_model_type(config_path)
         snapshot, commit = config_path.parent, config_path.parent.name  # the cache's snapshots/<commit>/
         if constants.HF_HUB_OFFLINE:
-            snapshot = Path(snapshot_download(repo_id, revision=commit, **download))
+            snapshot = Path(api.snapshot_download(repo_id, revision=commit))
         else:
-            for name in filter(is_folder_file, _repo_files(HfApi(**download), repo_id, commit)):
-                hf_hub_download(repo_id, name, revision=commit, **download)
+            for name in _repo_files(api, repo_id, commit):
+                if is_folder_file(name):
+                    api.hf_hub_download(repo_id, name, revision=commit)
     folder = check_folder(snapshot)
     if output is None:
         return folder

@@ -27,7 +27,10 @@ RESAMPLING = {
     "bilinear": PILImageResampling.BILINEAR,
     "nearest": PILImageResampling.NEAREST,
 }
-BACKENDS = {"pil": CLIPImageProcessorPil, "torchvision": CLIPImageProcessor}
+BACKENDS: dict[str, type[CLIPImageProcessorPil] | type[CLIPImageProcessor]] = {
+    "pil": CLIPImageProcessorPil,
+    "torchvision": CLIPImageProcessor,
+}
 PROCESSOR_TYPES = ("CLIPImageProcessor", "CLIPImageProcessorPil")
 MAX_RESIZE_FACTOR = 4  # shortest edge / crop side: crop_pct down to 0.25
 _STEPS = ("do_resize", "do_center_crop", "do_rescale", "do_normalize", "do_convert_rgb")
@@ -100,6 +103,7 @@ def load_image_processor(path: str | os.PathLike) -> CLIPImageProcessorPil:
     vit_zoo builds the processor itself instead of asking ``AutoImageProcessor``: a folder's ``auto_map`` is never
     followed, so no repo code can be offered or run. Raises ``ValueError`` naming the file and the field.
     """
+    path = Path(path)
     settings = read_json_object(path)
     kind = settings.get("image_processor_type", PROCESSOR_TYPES[0])
     if kind not in PROCESSOR_TYPES:

@@ -28,7 +28,7 @@ import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, BinaryIO, ClassVar
+from typing import Any, BinaryIO, ClassVar, cast
 
 import torch
 from safetensors import SafetensorError
@@ -437,7 +437,7 @@ def _check_pickle(data: bytes | BinaryIO, size: int, name: str = "data.pkl") -> 
     try:
         for opcode, argument, _ in pickletools.genops(data):
             if opcode.name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
-                slot = len(memo) if opcode.name == "MEMOIZE" else int(argument)
+                slot = len(memo) if opcode.name == "MEMOIZE" else int(cast(int, argument))
                 if not 0 <= slot <= size:
                     raise CheckpointError(f"{name} stores into memo slot {slot} of a {size}-byte pickle")
                 memo[slot] = stack[-1]
@@ -506,7 +506,11 @@ def _module_state_dict(root: _ScriptObject, types: _ModuleTypes) -> dict[str, to
         if id(module) in seen:
             raise CheckpointError(f"module {prefix.rstrip('.')} appears twice in the module tree (a cycle?)")
         seen.add(id(module))
-        parameters, buffers = types.declaration(module.qualified_name)
+        declaration = types.declaration(module.qualified_name)
+        if declaration is None:
+            where = prefix.rstrip(".") or "<root>"
+            raise CheckpointError(f"module {where} is of class {module.qualified_name}, which the archive does not define")
+        parameters, buffers = declaration
         state = module.state
         if not isinstance(state, dict):  # the module restores itself with its own __setstate__ code
             if parameters or buffers:

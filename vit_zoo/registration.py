@@ -69,7 +69,7 @@ class _AfterImportFinder(importlib.abc.MetaPathFinder):
             del loader.exec_module  # this loader instance is this module's alone; back to its class's method
             self.run(fullname)
 
-        loader.exec_module = exec_then_register
+        loader.exec_module = exec_then_register  # type: ignore[method-assign]  # this instance only, undone above
         return spec
 
     def run(self, fullname: str) -> None:

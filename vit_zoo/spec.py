@@ -112,6 +112,6 @@ GEOMETRY_FIELDS = tuple(field.name for field in fields(Geometry))
 SHAPE_FIELDS = tuple(name for name in GEOMETRY_FIELDS if name not in ("heads", "activation", "layer_norm_eps"))
 """The fields that decide tensor shapes, so the ones a state dict shows."""
 
-def _is_positive_number(value) -> bool:
+def _is_positive_number(value: object) -> bool:
     """An int or float, not a bool, above 0 and finite (``inf`` would overflow ``int(width * mlp_ratio)``)."""
     return not isinstance(value, bool) and isinstance(value, (int, float)) and 0 < value < math.inf

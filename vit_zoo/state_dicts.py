@@ -123,7 +123,9 @@ def _from_hf_clip(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Ten
             "transformers CLIP checkpoint without visual_projection.weight (a CLIPVisionModel?): vit_zoo needs "
             "the projection; use the CLIPVisionModelWithProjection or CLIPModel checkpoint"
         )
-    tower, qkv, unknown = {"proj": state_dict[_HF_PROJECTION].t()}, {}, []
+    tower = {"proj": state_dict[_HF_PROJECTION].t()}
+    qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    unknown: list[str] = []
     for key, value in state_dict.items():
         if key == _HF_PROJECTION or key.startswith(_HF_IGNORED):
             continue
@@ -251,7 +253,8 @@ def _count_layers(state_dict: Mapping[str, torch.Tensor]) -> int:
 
 def _ranges(numbers: list[int]) -> str:
     """``[0, 1, 2, 5]`` -> ``"0-2, 5"``."""
-    spans, start = [], numbers[0]
+    spans: list[str] = []
+    start: int | None = numbers[0]
     for previous, current in zip(numbers, numbers[1:] + [None], strict=True):
         if current != previous + 1:
             spans.append(str(start) if start == previous else f"{start}-{previous}")
