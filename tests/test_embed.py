@@ -102,7 +102,7 @@ def test_embed_npy_output_and_single_file(model_folder, images, tmp_path):
     "args, message",
     [
         (["{model}", "{images}/missing.png"], "does not exist"),
-        (["{model}", "{images}", "--layer", "7"], "--layer 7 is out of range: the model has 2 layers"),
+        (["{model}", "{images}", "--layer", "7"], "--layer 7 is out of range: the model has 3 layers"),
         (["{model}", "{images}", "--heads", "9"], "--heads 9 is out of range"),
         (["{model}", "{images}", "--heads", "first"], "--heads must be 'mean', 'max'"),
         (["{model}", "{images}", "--output", "{tmp}/e.txt"], "--output must end in .safetensors or .npy"),
