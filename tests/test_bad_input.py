@@ -386,7 +386,7 @@ def test_empty_batch_gives_empty_outputs():
     with torch.no_grad():
         outputs = model(empty, output_attention_map=True)
         timm_outputs = timm.create_model(TINY_NAME).eval()(empty)
-    assert outputs.image_embeds.shape == (0, 32) and outputs.attention_map.shape == (2, 0, 4, 4, 4)
+    assert outputs.image_embeds.shape == (0, 32) and outputs.attention_map.shape == (TINY["layers"], 0, 4, 4, 4)
     assert timm_outputs.shape == (0, 32)
 
 
@@ -683,7 +683,7 @@ def test_embed_skips_bombs_and_broken_images(model_folder, image_folder, tmp_pat
     for name, content in hostile_images().items():
         (image_folder / name).write_bytes(content)
     code, out, err = run_cli(capsys, "embed", model_folder, image_folder, "--output", tmp_path / "e.safetensors")
-    assert code == 0 and out.startswith("embedded 1 images into") and "(5 skipped)" in out, (out, err)
+    assert code == 0 and out.startswith("embedded 1 image into") and "(5 skipped)" in out, (out, err)
     assert "Traceback" not in err and "DecompressionBomb" not in err
     skipped = [line.removeprefix("vit-zoo embed: skipped ") for line in err.splitlines() if "skipped" in line]
     reasons = dict(line.split(": ", 1) for line in skipped)
@@ -802,7 +802,7 @@ def make_evil(folder: Path) -> Path:
 def test_embed_never_offers_or_runs_repo_code(copied_folder, image_folder, tmp_path, capsys):
     make_evil(copied_folder)
     code, out, err = run_cli(capsys, "embed", copied_folder, image_folder, "--output", tmp_path / "e.safetensors")
-    assert code == 0 and "embedded 1 images" in out, err
+    assert code == 0 and "embedded 1 image into" in out, err
     assert not (copied_folder / "marker").exists() and "custom code" not in err
 
 
@@ -813,7 +813,7 @@ def test_embed_of_a_hub_repo_never_offers_or_runs_repo_code(copied_folder, image
     hub_server.create_repo("org/evil")
     HfApi(token=WRITE_TOKEN).upload_folder(repo_id="org/evil", folder_path=make_evil(copied_folder), repo_type="model")
     code, out, err = run_cli(capsys, "embed", "org/evil", image_folder, "--output", tmp_path / "e.safetensors")
-    assert code == 0 and "embedded 1 images" in out, err
+    assert code == 0 and "embedded 1 image into" in out, err
     assert "custom code" not in err and not list(Path(os.environ["HF_HOME"]).rglob("marker"))
 
 
@@ -902,8 +902,8 @@ HOSTILE_FOLDERS = {  # edit -> what the one line must say
     "missing-ln_post": (_edit_weights(lambda w: w.pop("ln_post.weight")), "missing: ln_post.weight"),
     "nan-weight": (_edit_weights(lambda w: w["ln_pre.weight"].__setitem__(0, float("nan"))),
                    "NaN or Inf values in ln_pre.weight"),
-    "layers-20000": (_edit_json("config.json", layers=20000), "layers is 20000 but the weights hold 2 blocks"),
-    "layers-1": (_edit_json("config.json", layers=1), "layers is 1 but the weights hold 2 blocks"),
+    "layers-20000": (_edit_json("config.json", layers=20000), f"layers is 20000 but the weights hold {TINY['layers']} blocks"),
+    "layers-1": (_edit_json("config.json", layers=1), f"layers is 1 but the weights hold {TINY['layers']} blocks"),
     "output_dim": (_edit_json("config.json", output_dim=64), "wrong shape: proj [64, 32] (expected [64, 64])"),
     "width-big": (_edit_json("config.json", width="big"), "config.json: width must be a positive int, got 'big'"),
     "dtype-bogus": (_edit_json("config.json", dtype="bogus"),

@@ -275,7 +275,9 @@ From the command line: `vit-zoo pull {repo}` downloads it, `vit-zoo embed {repo}
 """
 
 
-FORMAT_FILES = ("config.json", "preprocessor_config.json", "README.md", "config.py", "model.py", "modeling.py")
+# what transformers copies for trust_remote_code: modeling.py and the siblings it imports
+REMOTE_CODE_FILES = ("config.py", "model.py", "modeling.py", "spec.py")
+FORMAT_FILES = ("config.json", "preprocessor_config.json", "README.md", *REMOTE_CODE_FILES)
 DTYPE_NAMES = ("float32", "float16", "bfloat16")
 _SHARD_NAME = re.compile(r"^[\w.-]+\.safetensors$")
 _BLOCK_KEY = re.compile(r"^transformer\.resblocks\.(\d+)\.")

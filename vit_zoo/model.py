@@ -139,7 +139,8 @@ class Attention(nn.Module):
         in eager mode, which TorchScript types as a list)."""
         batch, tokens, features = projected.shape
         parts = features // (self.heads * self.head_dim)  # not -1: an empty batch leaves it ambiguous
-        return projected.view(batch, tokens, parts, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        views = projected.view(batch, tokens, parts, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        return views.unbind(0)  # type: ignore[return-value]  # a tuple in eager mode, a list to TorchScript
 
     def _probabilities(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         scores = (q * (1.0 / math.sqrt(self.head_dim))) @ k.transpose(-2, -1)
@@ -229,18 +230,24 @@ class Transformer(nn.Module):
         cls_only: bool = False,
     ) -> TransformerOutput:
         hidden_states = [x] if output_hidden_states else None
-        cls_attentions = [] if output_cls_attention else None
-        full_attentions = [] if output_full_attention else None
+        cls_attentions: list[torch.Tensor] | None = [] if output_cls_attention else None
+        full_attentions: list[torch.Tensor] | None = [] if output_full_attention else None
         last = len(self.resblocks) - 1
         for index, block in enumerate(self.resblocks):
             x, cls_attention, full_attention = self.run_block(
-                block, x, output_cls_attention, output_full_attention, cls_only and index == last
+                block,  # type: ignore[arg-type]  # ModuleList items are typed Module
+                x,
+                output_cls_attention,
+                output_full_attention,
+                cls_only and index == last,
             )
             if hidden_states is not None:
                 hidden_states.append(x)
             if cls_attentions is not None:
+                assert cls_attention is not None  # the block returns what it was asked for
                 cls_attentions.append(cls_attention)
             if full_attentions is not None:
+                assert full_attention is not None
                 full_attentions.append(full_attention)
         return TransformerOutput(
             last_hidden_state=x,
@@ -407,7 +414,7 @@ class VisionTransformer(nn.Module):
         if not torch.jit.is_scripting():  # the messages need Python; a scripted model relies on torch's own checks
             check_image_batch(x, self.in_channels, self.input_resolution, self.patch_size, interpolate_pos_encoding)
         x = self.conv1(x.to(self.conv1.weight.dtype))
-        positional_embedding = self.positional_embedding
+        positional_embedding: torch.Tensor = self.positional_embedding
         if interpolate_pos_encoding:
             positional_embedding = resample_positional_embedding(positional_embedding, x.shape[-2], x.shape[-1])
         x = x.flatten(2).transpose(1, 2)
@@ -471,10 +478,11 @@ class VisionTransformer(nn.Module):
         cls_feature = self.project(out.last_hidden_state)
         if return_tokens:
             return cls_feature, out
-        outputs = (cls_feature,)
+        outputs: tuple[torch.Tensor, ...] = (cls_feature,)
         if output_all_features:
             outputs += (out.last_hidden_state[:, 1:, :],)
         if output_attention_map:
+            assert out.cls_attentions is not None  # asked for above
             grid = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
             outputs += (stack_attention_map(out.cls_attentions, grid),)
         return outputs

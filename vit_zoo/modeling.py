@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -49,11 +50,11 @@ class VitZooModelOutput(ModelOutput):
             probabilities; returned with ``output_attentions=True``.
     """
 
-    image_embeds: torch.FloatTensor | None = None
-    last_hidden_state: torch.FloatTensor | None = None
-    attention_map: torch.FloatTensor | None = None
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
+    image_embeds: torch.Tensor | None = None
+    last_hidden_state: torch.Tensor | None = None
+    attention_map: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
 
 
 class VitZooBlock(ResidualAttentionBlock, GradientCheckpointingLayer):
@@ -68,7 +69,7 @@ class VitZooPreTrainedModel(PreTrainedModel):
     config_class = VitZooConfig
     base_model_prefix = "visual"
     main_input_name = "pixel_values"
-    input_modalities = ("image",)
+    input_modalities = ["image"]
     # The tower holds tensors of its own (class_embedding, positional_embedding, proj): a device map can only place
     # them with the whole tower (split, they would become device_map keys that name no module)
     _no_split_modules = ["VisionTransformer", "VitZooBlock"]
@@ -227,6 +228,7 @@ class VitZooModel(VitZooPreTrainedModel):
         if output_attention_map:
             patch_size = self.config.patch_size
             grid = pixel_values.shape[-2] // patch_size, pixel_values.shape[-1] // patch_size
+            assert tokens.cls_attentions is not None  # asked for above
             attention_map = stack_attention_map(tokens.cls_attentions, grid)
         output = VitZooModelOutput(
             image_embeds=image_embeds,
@@ -244,7 +246,7 @@ class VitZooForImageClassification(VitZooPreTrainedModel):
     def __init__(self, config: VitZooConfig) -> None:
         super().__init__(config)
         with torch.random.fork_rng(devices=[]):  # see VitZooPreTrainedModel.__init__
-            self.classifier = nn.Linear(config.output_dim, config.num_labels)
+            self.classifier = nn.Linear(config.output_dim, cast(int, config.num_labels))
         self.post_init()
 
     @property
@@ -252,7 +254,8 @@ class VitZooForImageClassification(VitZooPreTrainedModel):
         """The body without the classifier: a ``VitZooModel`` holding this model's own tower (no copy), so
         ``base_model.save_pretrained`` writes the tower alone, under the keys the classifier loads it from."""
         with torch.device("meta"):  # its own tower is replaced at once: allocate nothing for it
-            body = VitZooModel(copy.deepcopy(self.config))  # its post_init must not consume flags of this config
+            # a copy: its post_init must not consume flags of this config
+            body = VitZooModel(cast(VitZooConfig, copy.deepcopy(self.config)))
         body.visual = self.visual
         return body
 
@@ -294,6 +297,6 @@ VitZooForImageClassification.register_for_auto_class("AutoModelForImageClassific
 def remote_auto_map() -> dict[str, str]:
     """``auto_map`` entries for both model classes, ``{"AutoModel": "modeling.VitZooModel", ...}``."""
     return {
-        cls._auto_class: f"{cls.__module__.rpartition('.')[2]}.{cls.__name__}"
+        str(cls._auto_class): f"{cls.__module__.rpartition('.')[2]}.{cls.__name__}"
         for cls in (VitZooModel, VitZooForImageClassification)
     }

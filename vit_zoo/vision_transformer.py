@@ -81,7 +81,7 @@ def _square_size(img_size: int | Sequence[int]) -> int:
                 f"img_size={max(height, width)}) and use dynamic_img_size=True for other shapes at run time"
             )
         return height
-    return img_size  # Geometry says what is wrong with anything else
+    return img_size  # type: ignore[return-value]  # Geometry says what is wrong with anything else
 
 
 def timm_model_args(geometry: Mapping[str, Any]) -> dict[str, Any]:
@@ -229,7 +229,7 @@ class TimmVisionTransformer(VisionTransformer):
         x = self.head_drop(x[:, 0])
         return x if pre_logits else self.head(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]  # timm's interface, not the core's tuple
         """Images ``[b, in_chans, H, W]`` -> ``[b, num_classes]`` (OpenAI's image embedding with the projection)."""
         return self.forward_head(self.forward_features(x))
 
@@ -298,7 +298,7 @@ class TimmVisionTransformer(VisionTransformer):
                 result["image_features"] = self.ln_post(tokens)
             return result
         if return_prefix_tokens:
-            intermediates = list(zip(intermediates, prefix_tokens, strict=True))
+            intermediates = list(zip(intermediates, prefix_tokens, strict=True))  # type: ignore[arg-type]  # timm's pairs
         if intermediates_only:
             return intermediates
         return self.ln_post(tokens), intermediates
@@ -311,7 +311,7 @@ class TimmVisionTransformer(VisionTransformer):
         self.transformer.resblocks = self.transformer.resblocks[: max_index + 1]
         self.transformer.layers = len(self.transformer.resblocks)
         if prune_norm:
-            self.ln_post = nn.Identity()
+            self.ln_post = nn.Identity()  # type: ignore[assignment]  # timm's pruning replaces the norm
         if prune_head:
             self.reset_classifier(0)
         return take_indices
@@ -323,7 +323,7 @@ class TimmVisionTransformer(VisionTransformer):
         timm calls this for ``custom_load`` sources: a downloaded ``url`` (checked against the zoo's
         SHA-256 first) or a local ``file``.
         """
-        cfg = self.pretrained_cfg
+        cfg: dict[str, Any] = getattr(self, "pretrained_cfg", {})
         if not cfg.get("file"):
             _check_download(Path(checkpoint_path), cfg)
         state_dict = load_checkpoint(checkpoint_path)
@@ -480,7 +480,7 @@ def _entry_model_args(entry: ZooEntry) -> dict[str, Any]:
     return timm_model_args(entry.geometry)
 
 
-def pretrained_cfgs(entry: ZooEntry) -> dict[str, dict[str, Any]]:
+def pretrained_cfgs(entry: ZooEntry) -> dict[str, Any]:
     """timm ``default_cfgs``-style pretrained cfgs of a zoo variant, keyed ``name.tag`` (``name`` if it has no
     weights)."""
     args = _entry_model_args(entry)
@@ -532,7 +532,7 @@ def timm_config_dict(source: TimmVisionTransformer | ZooEntry, tag: str | None =
         model_args = dict(_entry_model_args(source), num_classes=cfg["num_classes"])
         num_features = model_args["width"]
     else:
-        cfg = dict(source.pretrained_cfg)
+        cfg = dict(source.pretrained_cfg)  # type: ignore[arg-type]  # a timm model attribute, not a submodule
         model_args = dict(source.model_args, num_classes=source.num_classes)
         if source.dynamic_img_size:
             model_args["dynamic_img_size"] = True
