@@ -116,16 +116,12 @@ def main() -> None:
         os.mkfifo(work / "fifo")
         cases: dict[str, Callable[[], object]] = {
             f"pickle: tuple nested (t, t) {NESTING} deep ({nested.stat().st_size} B)": lambda: load_checkpoint(nested),
-            f"archive: {BLANK_LINES} blank lines in its code ({padded.stat().st_size >> 10} KB)": lambda: load_checkpoint(
-                padded
-            ),
+            f"archive: {BLANK_LINES} blank lines in its code ({padded.stat().st_size >> 10} KB)": lambda: load_checkpoint(padded),
             "convert /dev/zero": lambda: load_checkpoint(Path("/dev/zero")),
             "convert a FIFO": lambda: load_checkpoint(work / "fifo"),
             f"image: 400000x1 PNG ({wide.stat().st_size} B)": lambda: open_image(wide, 224, 224, 3),
             f"image: 1x200000 1-bit PNG ({thin.stat().st_size} B)": lambda: open_image(thin, 224, 224, 3),
-            f"image: header-only 20000x10000 PNG ({header_only.stat().st_size} B)": lambda: open_image(
-                header_only, 224, 224, 3
-            ),
+            f"image: header-only 20000x10000 PNG ({header_only.stat().st_size} B)": lambda: open_image(header_only, 224, 224, 3),
             "download: endless response, 64 MB cap": lambda: fetch_verified(
                 f"{server.url}/endless.pt", "0" * 64, work / "cache" / "endless.pt", False, max_bytes=64 << 20
             ),

@@ -185,9 +185,7 @@ def check_agreement(cases: dict[str, Forward], maps: dict[str, Forward], images:
     tolerance = TOLERANCE[images.dtype]
     reference = cases[REFERENCE](images)
     errors = {name: relative_error(forward(images), reference) for name, forward in cases.items()}
-    errors["attention_map max|vit_zoo - hf_eager|"] = (
-        (maps["vit_zoo"](images) - maps["hf_eager"](images)).abs().max().item()
-    )
+    errors["attention_map max|vit_zoo - hf_eager|"] = (maps["vit_zoo"](images) - maps["hf_eager"](images)).abs().max().item()
     bad = {name: error for name, error in errors.items() if error > tolerance}
     if bad:
         raise RuntimeError(f"outputs disagree with vit_zoo beyond {tolerance:g}: {bad}")
@@ -507,9 +505,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls per case first (default 2)")
     parser.add_argument("--rounds", type=int, default=10, help="timed interleaved rounds (default 10)")
-    parser.add_argument(
-        "--compile", action="store_true", help="also time torch.compile'd models (needs a C compiler on CPU)"
-    )
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile'd models (needs a C compiler on CPU)")
     parser.add_argument(
         "--compile-mode",
         default="default",

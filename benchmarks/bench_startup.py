@@ -43,8 +43,10 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     for _ in range(args.rounds):
         for name, command in CASES.items():
             times[name].append(time_once(command))
-    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-          f"load average {os.getloadavg()[0]:.1f}, {args.rounds} rounds")
+    print(
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"load average {os.getloadavg()[0]:.1f}, {args.rounds} rounds"
+    )
     print(f"{'case':<52} {'median s':>9} {'min s':>7}")
     for name, values in times.items():
         print(f"{name:<52} {statistics.median(values):>9.2f} {min(values):>7.2f}")

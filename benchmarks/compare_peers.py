@@ -44,9 +44,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             {**geometry, "activation": "gelu"}, visual
         ).eval()(images),
         "timm vit_base_patch16_clip_quickgelu_224": timm_model(geometry, visual).eval()(images),
-        "transformers CLIPVisionModelWithProjection (sdpa)": hf_model(geometry, visual, "sdpa").eval()(
-            pixel_values=images
-        ).image_embeds,
+        "transformers CLIPVisionModelWithProjection (sdpa)": hf_model(geometry, visual, "sdpa")
+        .eval()(pixel_values=images)
+        .image_embeds,
     }
     errors = {name: relative_error(embedding, reference) for name, embedding in embeddings.items()}
     print(f"ViT-B/16, random OpenAI-style weights, fp32, batch {args.batch_size}, torch {torch.__version__}")

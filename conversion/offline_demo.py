@@ -128,8 +128,16 @@ def run(workdir: Path) -> bool:
         print("MISMATCH")
         return False
     image = write_example_image(workdir / "example.png")
-    next_command = ["vit-zoo", "embed", str(folder), str(image), "--output", str(workdir / "embeddings.safetensors"),
-                    "--attention-map", str(workdir / "attention")]
+    next_command = [
+        "vit-zoo",
+        "embed",
+        str(folder),
+        str(image),
+        "--output",
+        str(workdir / "embeddings.safetensors"),
+        "--attention-map",
+        str(workdir / "attention"),
+    ]
     print(f"OK: timm and transformers load the converted folder and agree; it is kept in {folder}")
     print(f"Next, embed images with it and draw its attention maps:\n  {shlex.join(next_command)}")
     return True
@@ -139,7 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     transformers_logging.disable_progress_bar()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--workdir", type=Path, default=DEFAULT_WORKDIR,
+        "--workdir",
+        type=Path,
+        default=DEFAULT_WORKDIR,
         help=f"where the archive, the converted folder and an example image are kept (default: ./{DEFAULT_WORKDIR})",
     )
     args = parser.parse_args(argv)

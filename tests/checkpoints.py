@@ -51,9 +51,7 @@ def write_torchscript_archive(model: torch.nn.Module, path: Path) -> Path:
     return path
 
 
-def write_state_dict(
-    state_dict: dict, path: Path, wrap: Callable[[dict], object] = lambda sd: sd, **save_kwargs
-) -> Path:
+def write_state_dict(state_dict: dict, path: Path, wrap: Callable[[dict], object] = lambda sd: sd, **save_kwargs) -> Path:
     """``torch.save(wrap(state_dict), path)``; ``wrap`` builds the checkpoint around it (e.g. open_clip's)."""
     torch.save(wrap(state_dict), path, **save_kwargs)
     return path

@@ -60,7 +60,7 @@ def code_blocks(page: Path) -> list[CodeBlock]:
         closing = re.compile(rf"^[ \t]*{re.escape(fence[0])}{{{len(fence)},}}[ \t]*$")
         start, body = index, []
         while index < len(lines) and not closing.match(lines[index]):
-            body.append(lines[index][len(indent):] if lines[index].startswith(indent) else lines[index].lstrip())
+            body.append(lines[index][len(indent) :] if lines[index].startswith(indent) else lines[index].lstrip())
             index += 1
         index += 1
         classes = tuple(re.findall(r"\.([\w-]+)", opening["attrs"] or ""))

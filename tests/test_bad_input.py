@@ -445,9 +445,7 @@ def full_disk(tmp_path, monkeypatch) -> Iterator[Path]:
 
 
 def test_convert_into_a_read_only_folder(tiny_archive, read_only_folder, capsys):
-    message = assert_cli_error(
-        run_cli(capsys, "convert", tiny_archive, "--output", read_only_folder / "sub" / "out"), "convert"
-    )
+    message = assert_cli_error(run_cli(capsys, "convert", tiny_archive, "--output", read_only_folder / "sub" / "out"), "convert")
     assert message.startswith(f"vit-zoo convert: error: cannot write {read_only_folder / 'sub' / 'out'} (")
     assert "(Read-only file system)" in message or "(Permission denied)" in message
     assert message.endswith("choose an output folder on a writable disk with free space")
@@ -455,9 +453,7 @@ def test_convert_into_a_read_only_folder(tiny_archive, read_only_folder, capsys)
 
 
 def test_convert_onto_a_full_disk(tiny_archive, full_disk, capsys):
-    message = assert_cli_error(
-        run_cli(capsys, "convert", tiny_archive, "--output", full_disk / "nested" / "out"), "convert"
-    )
+    message = assert_cli_error(run_cli(capsys, "convert", tiny_archive, "--output", full_disk / "nested" / "out"), "convert")
     assert message.startswith(f"vit-zoo convert: error: cannot write {full_disk / 'nested' / 'out'} (")
     assert "No space left on device" in message
     assert listing(full_disk) == []  # neither the staging folder nor the parent made for it
@@ -531,9 +527,7 @@ def test_cli_pull_refused_by_the_hub(model_folder, hub_server, no_backoff, fault
     if fault is not None:  # on every try: a single 5xx is retried away by huggingface_hub
         hub_server.fail_next(*fault, count=10)
     token_args = ["--token", token] if token else []
-    assert_cli_error(
-        run_cli(capsys, "pull", "org/tiny", "--output", tmp_path / "out", *token_args), "pull", message
-    )
+    assert_cli_error(run_cli(capsys, "pull", "org/tiny", "--output", tmp_path / "out", *token_args), "pull", message)
     assert not [path for path in tmp_path.iterdir() if "out" in path.name]  # no output, no staging folder
 
 
@@ -598,7 +592,10 @@ def test_interrupted_download_by_name(mirror, tmp_path, capsys):
         f"resume from the {1000 * ATTEMPTS} bytes kept in",
     )
     assert listing(tmp_path) == [
-        "cache", "cache/checkpoints", "cache/checkpoints/ViT-B-32.pt.lock", "cache/checkpoints/ViT-B-32.pt.part"
+        "cache",
+        "cache/checkpoints",
+        "cache/checkpoints/ViT-B-32.pt.lock",
+        "cache/checkpoints/ViT-B-32.pt.part",
     ]
     assert [request[1] for request in server.requests] == [None, "bytes=1000-", "bytes=2000-"]
 
@@ -626,8 +623,10 @@ def test_debug_shows_the_traceback(tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert result.returncode == 1
     assert "Traceback (most recent call last):" in result.stderr
-    assert result.stderr.rstrip().endswith("notes.txt is not a checkpoint (unknown file type); expected an OpenAI CLIP "
-                                           ".pt archive, a torch.save state dict or a .safetensors file")
+    assert result.stderr.rstrip().endswith(
+        "notes.txt is not a checkpoint (unknown file type); expected an OpenAI CLIP "
+        ".pt archive, a torch.save state dict or a .safetensors file"
+    )
     assert "vit_zoo/readers.py" in result.stderr and not (tmp_path / "out").exists()
 
 
@@ -721,12 +720,23 @@ def test_overlays_of_images_sharing_a_stem_are_all_kept(model_folder, tmp_path, 
         (tmp_path / relative).parent.mkdir(exist_ok=True)
         Image.fromarray(np.full((40, 40, 3), len(relative) * 20, np.uint8)).save(tmp_path / relative)
     code, out, _ = run_cli(
-        capsys, "embed", model_folder, tmp_path / "a", tmp_path / "b", "--output", tmp_path / "e.safetensors",
-        "--attention-map", tmp_path / "maps",
+        capsys,
+        "embed",
+        model_folder,
+        tmp_path / "a",
+        tmp_path / "b",
+        "--output",
+        tmp_path / "e.safetensors",
+        "--attention-map",
+        tmp_path / "maps",
     )
     assert code == 0 and "wrote 4 attention overlays" in out
-    assert listing(tmp_path / "maps") == ["a__x.jpg.attention.png", "a__x.png.attention.png", "b__x.png.attention.png",
-                                          "y.attention.png"]
+    assert listing(tmp_path / "maps") == [
+        "a__x.jpg.attention.png",
+        "a__x.png.attention.png",
+        "b__x.png.attention.png",
+        "y.attention.png",
+    ]
 
 
 def test_outputs_never_land_in_the_model_folder_or_on_an_input(copied_folder, image_folder, tmp_path, capsys):
@@ -774,9 +784,7 @@ def test_failed_npy_write_leaves_no_files_list(model_folder, image_folder, tmp_p
 def test_mistyped_folder_is_named_not_taken_for_a_repo_id(image_folder, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for model in ("./vit-b-61", "models/vit-b/61", "~/vit-b-61"):
-        assert_cli_error(
-            run_cli(capsys, "embed", model, image_folder), "embed", f"no such folder {model}, and not a zoo name"
-        )
+        assert_cli_error(run_cli(capsys, "embed", model, image_folder), "embed", f"no such folder {model}, and not a zoo name")
 
 
 # --- hostile folders and repos: embed, push and pull load only sound vit_zoo folders ---------------------------------
@@ -900,28 +908,37 @@ def _edit_weights(change):
 HOSTILE_FOLDERS = {  # edit -> what the one line must say
     "missing-proj": (_edit_weights(lambda w: w.pop("proj")), "do not fit its config.json", "missing: proj"),
     "missing-ln_post": (_edit_weights(lambda w: w.pop("ln_post.weight")), "missing: ln_post.weight"),
-    "nan-weight": (_edit_weights(lambda w: w["ln_pre.weight"].__setitem__(0, float("nan"))),
-                   "NaN or Inf values in ln_pre.weight"),
+    "nan-weight": (
+        _edit_weights(lambda w: w["ln_pre.weight"].__setitem__(0, float("nan"))),
+        "NaN or Inf values in ln_pre.weight",
+    ),
     "layers-20000": (_edit_json("config.json", layers=20000), f"layers is 20000 but the weights hold {TINY['layers']} blocks"),
     "layers-1": (_edit_json("config.json", layers=1), f"layers is 1 but the weights hold {TINY['layers']} blocks"),
     "output_dim": (_edit_json("config.json", output_dim=64), "wrong shape: proj [64, 32] (expected [64, 64])"),
     "width-big": (_edit_json("config.json", width="big"), "config.json: width must be a positive int, got 'big'"),
-    "dtype-bogus": (_edit_json("config.json", dtype="bogus"),
-                    "config.json: dtype 'bogus' is not one of float32, float16, bfloat16"),
-    "std-zero": (_edit_json("preprocessor_config.json", image_std=[0, 0, 0]),
-                 "preprocessor_config.json: image_std [0, 0, 0] must be positive"),
-    "mean-missing": (_edit_json("preprocessor_config.json", image_mean=None),
-                     "preprocessor_config.json: image_mean must be 3 finite numbers"),
-    "shortest-edge-huge": (_edit_json("preprocessor_config.json", size={"shortest_edge": 10**9}),
-                           "size.shortest_edge 1000000000 must lie between crop_size (32) and 4x it"),
-    "crop-mismatch": (_edit_json("preprocessor_config.json", crop_size={"height": 16, "width": 16}, size={"shortest_edge": 16}),
-                      "crop_size 16 differs from config.json's input_resolution 32"),
-    "processor-5kb": (_edit_json("preprocessor_config.json", image_processor_type="X" * 5000),
-                      "image_processor_type 'XXXXXXX"),
-    "processor-missing": (lambda folder: (folder / "preprocessor_config.json").unlink(),
-                          "preprocessor_config.json is missing"),
-    "config-not-utf8": (lambda folder: (folder / "config.json").write_bytes(b"\xff\xfe{}"),
-                                   "config.json is not UTF-8 text"),
+    "dtype-bogus": (
+        _edit_json("config.json", dtype="bogus"),
+        "config.json: dtype 'bogus' is not one of float32, float16, bfloat16",
+    ),
+    "std-zero": (
+        _edit_json("preprocessor_config.json", image_std=[0, 0, 0]),
+        "preprocessor_config.json: image_std [0, 0, 0] must be positive",
+    ),
+    "mean-missing": (
+        _edit_json("preprocessor_config.json", image_mean=None),
+        "preprocessor_config.json: image_mean must be 3 finite numbers",
+    ),
+    "shortest-edge-huge": (
+        _edit_json("preprocessor_config.json", size={"shortest_edge": 10**9}),
+        "size.shortest_edge 1000000000 must lie between crop_size (32) and 4x it",
+    ),
+    "crop-mismatch": (
+        _edit_json("preprocessor_config.json", crop_size={"height": 16, "width": 16}, size={"shortest_edge": 16}),
+        "crop_size 16 differs from config.json's input_resolution 32",
+    ),
+    "processor-5kb": (_edit_json("preprocessor_config.json", image_processor_type="X" * 5000), "image_processor_type 'XXXXXXX"),
+    "processor-missing": (lambda folder: (folder / "preprocessor_config.json").unlink(), "preprocessor_config.json is missing"),
+    "config-not-utf8": (lambda folder: (folder / "config.json").write_bytes(b"\xff\xfe{}"), "config.json is not UTF-8 text"),
 }
 
 

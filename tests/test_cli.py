@@ -39,8 +39,12 @@ print(json.dumps({"heavy": sorted(set(HEAVY) & set(sys.modules)), "code": code})
 
 def vit_zoo(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "vit_zoo", *args], capture_output=True, text=True, cwd=cwd,
-        env={**os.environ, **(env or {})}, timeout=600,
+        [sys.executable, "-m", "vit_zoo", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        timeout=600,
     )
 
 
@@ -163,7 +167,10 @@ def test_written_files_honour_the_umask(tmp_path, folder, image):
     ]
     for command in commands:
         result = subprocess.run(
-            [sys.executable, "-m", "vit_zoo", *command], capture_output=True, text=True, timeout=600,
+            [sys.executable, "-m", "vit_zoo", *command],
+            capture_output=True,
+            text=True,
+            timeout=600,
             preexec_fn=lambda: os.umask(0o022),
         )
         assert result.returncode == 0, result.stderr

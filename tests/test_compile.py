@@ -61,9 +61,7 @@ def test_fullgraph_backward_matches_eager():
 DEVICES = [
     pytest.param(
         "cpu",
-        marks=pytest.mark.skipif(
-            not (shutil.which("cc") or shutil.which("gcc")), reason="inductor on CPU needs a C compiler"
-        ),
+        marks=pytest.mark.skipif(not (shutil.which("cc") or shutil.which("gcc")), reason="inductor on CPU needs a C compiler"),
     ),
     pytest.param(
         "cuda",

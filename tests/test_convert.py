@@ -140,9 +140,7 @@ def test_model_card_records_provenance(checkpoints, tmp_path):
 
 def test_geometry_must_match_the_named_zoo_variant(checkpoints, tmp_path):
     _, archive, _ = checkpoints("ViT-B/32")
-    with pytest.raises(
-        CheckpointError, match="not a vit_zoo_base_patch32_clip_224: layers is 2 in the checkpoint but 12"
-    ):
+    with pytest.raises(CheckpointError, match="not a vit_zoo_base_patch32_clip_224: layers is 2 in the checkpoint but 12"):
         convert_checkpoint(archive, tmp_path / "out", name="ViT-B/32")
     with pytest.raises(CheckpointError, match="patch_size is 32 in the checkpoint but 16 in the zoo"):
         convert_checkpoint(archive, tmp_path / "out", name="vit_zoo_base_patch16_clip_224")
@@ -178,9 +176,7 @@ def test_bad_arguments(checkpoints, tmp_path):
         convert_checkpoint(archive, tmp_path / "out", dtype="float8")
     with pytest.raises(CheckpointError, match="activation must be one of"):
         convert_checkpoint(archive, tmp_path / "out", activation="relu")
-    with pytest.raises(
-        CheckpointError, match="no such file, and not a model name; give a checkpoint file or one of ViT"
-    ):
+    with pytest.raises(CheckpointError, match="no such file, and not a model name; give a checkpoint file or one of ViT"):
         convert_checkpoint(tmp_path / "missing.pt", tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
 
@@ -201,9 +197,7 @@ def test_export_to_transformers_clip_and_back(checkpoints, tmp_path):
     images, expected = checkpoints.reference("tiny")
     with torch.no_grad():
         assert relative_error(hf_model(pixel_values=images).image_embeds, expected) <= 1e-5
-    back = convert_checkpoint(
-        tmp_path / "hf" / "model.safetensors", tmp_path / "back", name="vit_zoo_tiny_patch8_test_32"
-    )
+    back = convert_checkpoint(tmp_path / "hf" / "model.safetensors", tmp_path / "back", name="vit_zoo_tiny_patch8_test_32")
     original, round_trip = load_file(folder / "model.safetensors"), load_file(back / "model.safetensors")
     assert sorted(original) == sorted(round_trip)
     assert all(round_trip[k].dtype == v.dtype and torch.equal(round_trip[k], v) for k, v in original.items())

@@ -31,7 +31,6 @@ from vit_zoo import VisionTransformer, VitZooConfig
 SERVED_NAME = "vit_zoo_served_tiny_test"
 
 
-
 def served_entry_yaml(url: str, sha256: str) -> str:
     """A zoo variant whose pretrained weights are the tiny archive on the local server."""
     geometry = "\n".join(f"  {key}: {value}" for key, value in TINY.items())
@@ -84,9 +83,7 @@ def runs(files, tmp_path_factory):
             "random": command(str(inputs / "random.pt"), "--output", "out"),
             "truncated": command(str(inputs / "truncated.pt"), "--output", "out"),
             "malicious": command(str(inputs / "evil.pt"), "--output", "out"),
-            "wrong_geometry": command(
-                str(files["archive"]), "--output", "out", "--name", "vit_zoo_base_patch32_clip_224"
-            ),
+            "wrong_geometry": command(str(files["archive"]), "--output", "out", "--name", "vit_zoo_base_patch32_clip_224"),
             "missing_blocks": command(str(files["holey"]), "--output", "out", "--name", TINY_NAME),
             "output_exists": command(str(files["archive"]), "--output", str(inputs / "exists")),
             "unknown_name": command("ViT-X/99", "--output", "out"),
@@ -104,9 +101,7 @@ def runs(files, tmp_path_factory):
 
         def run(case: str):
             work = tmp_path_factory.mktemp(case)
-            return subprocess.run(
-                cases[case], cwd=work, env=environment, capture_output=True, text=True, timeout=300
-            ), work
+            return subprocess.run(cases[case], cwd=work, env=environment, capture_output=True, text=True, timeout=300), work
 
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
             results = dict(zip(cases, pool.map(run, cases), strict=True))

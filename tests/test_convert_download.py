@@ -75,9 +75,7 @@ def test_dropped_connection_resumes_with_a_range_request(server, tmp_path):
 def test_repeated_drops_keep_the_part_file_and_the_next_run_resumes(server, tmp_path):
     server.drops["/models/clip.pt"] = [10_000] * ATTEMPTS
     url, target = f"{server.url}/models/clip.pt", tmp_path / "clip.pt"
-    with pytest.raises(
-        DownloadError, match=f"interrupted {ATTEMPTS} times .* run again to resume from the 30000 bytes"
-    ):
+    with pytest.raises(DownloadError, match=f"interrupted {ATTEMPTS} times .* run again to resume from the 30000 bytes"):
         fetch_verified(url, SHA256, target, progress=False)
     assert files_under(tmp_path) == ["clip.pt.part"]  # never under the real name
     assert fetch_verified(url, SHA256, target, progress=False).read_bytes() == PAYLOAD
@@ -88,28 +86,19 @@ def test_repeated_drops_keep_the_part_file_and_the_next_run_resumes(server, tmp_
 def test_server_ignoring_range_restarts_from_zero(server, tmp_path):
     (tmp_path / "clip.pt.part").write_bytes(b"stale bytes from elsewhere")
     server.ranges = False
-    assert (
-        fetch_verified(f"{server.url}/models/clip.pt", SHA256, tmp_path / "clip.pt", progress=False).read_bytes()
-        == PAYLOAD
-    )
+    assert fetch_verified(f"{server.url}/models/clip.pt", SHA256, tmp_path / "clip.pt", progress=False).read_bytes() == PAYLOAD
     assert files_under(tmp_path) == ["clip.pt"]
 
 
 def test_complete_part_file_is_finished_without_new_bytes(server, tmp_path):
     (tmp_path / "clip.pt.part").write_bytes(PAYLOAD)  # the rename was all that was left to do
-    assert (
-        fetch_verified(f"{server.url}/models/clip.pt", SHA256, tmp_path / "clip.pt", progress=False).read_bytes()
-        == PAYLOAD
-    )
+    assert fetch_verified(f"{server.url}/models/clip.pt", SHA256, tmp_path / "clip.pt", progress=False).read_bytes() == PAYLOAD
     assert server.requests == [("/models/clip.pt", f"bytes={len(PAYLOAD)}-")]
 
 
 def test_damaged_cached_file_is_fetched_again(server, tmp_path):
     (tmp_path / "clip.pt").write_bytes(PAYLOAD[:-1] + b"\0")
-    assert (
-        fetch_verified(f"{server.url}/models/clip.pt", SHA256, tmp_path / "clip.pt", progress=False).read_bytes()
-        == PAYLOAD
-    )
+    assert fetch_verified(f"{server.url}/models/clip.pt", SHA256, tmp_path / "clip.pt", progress=False).read_bytes() == PAYLOAD
 
 
 def test_404_creates_nothing(server, tmp_path):

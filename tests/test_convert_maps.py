@@ -19,7 +19,6 @@ from vit_zoo.state_dicts import (
 TINY_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
 
 
-
 def assert_bit_exact(actual: dict, expected: dict):
     assert sorted(actual) == sorted(expected)
     for key, tensor in expected.items():
@@ -77,9 +76,7 @@ def test_transformers_clip_with_reverse_mapped_weights_matches_vit_zoo(geometry)
 
 def test_transformers_clip_model_checkpoint(tiny_tower):
     vision = to_hf_clip_vision_config(VitZooConfig(**TINY))
-    clip = CLIPModel(
-        CLIPConfig(vision_config=vision.to_dict(), text_config=TINY_TEXT, projection_dim=TINY["output_dim"])
-    )
+    clip = CLIPModel(CLIPConfig(vision_config=vision.to_dict(), text_config=TINY_TEXT, projection_dim=TINY["output_dim"]))
     clip.load_state_dict(to_hf_clip_state_dict(tiny_tower), strict=False)
     state_dict = {**clip.state_dict(), "vision_model.embeddings.position_ids": torch.arange(17)[None]}  # older saves
     assert any(key.startswith("text_model.") for key in state_dict)
@@ -132,9 +129,7 @@ def test_text_only_checkpoints_are_refused(tiny):
 
 
 def test_unknown_layouts_are_refused():
-    refused(
-        {"patch_embed.proj.weight": torch.zeros(1), "blocks.0.norm1.weight": torch.zeros(1)}, "not a CLIP checkpoint"
-    )
+    refused({"patch_embed.proj.weight": torch.zeros(1), "blocks.0.norm1.weight": torch.zeros(1)}, "not a CLIP checkpoint")
 
 
 def test_transformers_clip_without_projection_is_refused(tiny_tower):
@@ -165,9 +160,7 @@ def geometry_error(tower, *fragments):
 
 def test_missing_blocks_are_named():
     tower = visual_state_dict(reference_clip(**{**OPENAI_GEOMETRIES["ViT-B/32"], "layers": 5}))
-    without = {
-        k: v for k, v in tower.items() if not k.startswith(("transformer.resblocks.1.", "transformer.resblocks.2."))
-    }
+    without = {k: v for k, v in tower.items() if not k.startswith(("transformer.resblocks.1.", "transformer.resblocks.2."))}
     geometry_error(without, "transformer block(s) 1-2 missing", "has blocks 0, 3-4")
 
 
@@ -183,15 +176,11 @@ def test_incomplete_and_extra_tensors_are_listed(tiny_tower):
 
 def test_inconsistent_shapes_are_listed(tiny_tower):
     tower = {**tiny_tower, "class_embedding": torch.zeros(65), "transformer.resblocks.1.ln_2.weight": torch.zeros(3)}
-    geometry_error(
-        tower, "wrong shape: class_embedding [65] (expected [64])", "transformer.resblocks.1.ln_2.weight [3]"
-    )
+    geometry_error(tower, "wrong shape: class_embedding [65] (expected [64])", "transformer.resblocks.1.ln_2.weight [3]")
 
 
 def test_non_float_and_empty_tensors(tiny_tower):
-    geometry_error(
-        {**tiny_tower, "ln_pre.weight": torch.ones(64, dtype=torch.int64)}, "not floating point: ln_pre.weight"
-    )
+    geometry_error({**tiny_tower, "ln_pre.weight": torch.ones(64, dtype=torch.int64)}, "not floating point: ln_pre.weight")
     for key, empty in (("conv1.weight", torch.zeros(0, 3, 8, 8)), ("positional_embedding", torch.zeros(0, 64))):
         with pytest.raises(CheckpointError, match="empty|rows"):
             infer_geometry({**tiny_tower, key: empty})

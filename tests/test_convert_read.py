@@ -60,9 +60,7 @@ def test_archive_reads_as_torch_jit_load_state_dict(geometry, tmp_path):
 
 
 def test_archive_top_folder_name_does_not_matter(tiny_archive, tmp_path):
-    renamed = rewrite_archive(
-        tiny_archive, tmp_path / "renamed.pt", lambda name, data: (name.replace("ViT-T-8/", "x/", 1), data)
-    )
+    renamed = rewrite_archive(tiny_archive, tmp_path / "renamed.pt", lambda name, data: (name.replace("ViT-T-8/", "x/", 1), data))
     assert {n.split("/")[0] for n in zipfile.ZipFile(renamed).namelist()} == {"x"}
     assert_same_tensors(load_checkpoint(renamed), jit_state_dict(tiny_archive))
 

@@ -15,7 +15,10 @@ def test_offline_demo_keeps_its_folder_and_its_next_command_works(tmp_path):
     (stale / "left-from-an-earlier-run.txt").write_text("")
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "conversion" / "offline_demo.py")],
-        capture_output=True, text=True, env=env, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "all loaders bit-identical to each other: True" in result.stdout

@@ -129,9 +129,16 @@ def user_files(tmp_path_factory) -> Iterator[tuple[Path, dict[str, str]]]:
     Image.new("RGB", (320, 240), color=(200, 120, 40)).save(work / "cat.jpg")
     with HubServer(tmp_path_factory.mktemp("hub")) as server:
         env = {
-            **os.environ, "HF_ENDPOINT": server.endpoint, "HF_TOKEN": WRITE_TOKEN, "HF_HUB_DISABLE_XET": "1",
-            "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_OFFLINE": "0", "HF_HOME": str(work / "hf-home"),
-            "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1", "PYTHONPATH": str(REPO_ROOT),
+            **os.environ,
+            "HF_ENDPOINT": server.endpoint,
+            "HF_TOKEN": WRITE_TOKEN,
+            "HF_HUB_DISABLE_XET": "1",
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+            "HF_HUB_OFFLINE": "0",
+            "HF_HOME": str(work / "hf-home"),
+            "NO_PROXY": "127.0.0.1",
+            "no_proxy": "127.0.0.1",
+            "PYTHONPATH": str(REPO_ROOT),
         }
         push = [sys.executable, "-m", "vit_zoo", "push", USER_FOLDERS[0], USER_REPO]
         subprocess.run(push, cwd=work, env=env, check=True, capture_output=True, timeout=300)
@@ -149,8 +156,13 @@ def test_standalone_examples_run_on_their_own(block: CodeBlock, user_files, tmp_
     if block.tag == REMOTE_CODE:
         env["PYTHONPATH"], runner = "", BLOCK_VIT_ZOO + RUN_ONE  # nor can the repository be found on the path
     result = subprocess.run(
-        [sys.executable, "-c", runner, str(block.page)], input=block.padded_source(),
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        [sys.executable, "-c", runner, str(block.page)],
+        input=block.padded_source(),
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, f"{_block_id(block)} failed:\n{result.stderr}"
 
@@ -163,8 +175,13 @@ def test_runnable_examples_run(page: Path, tmp_path: Path):
     ]
     env = {**os.environ, **OFFLINE_ENV, "PYTHONPATH": str(REPO_ROOT), "HF_HOME": str(tmp_path / "hf-home")}
     result = subprocess.run(
-        [sys.executable, "-c", RUNNER], input=json.dumps(blocks), cwd=tmp_path, env=env,
-        capture_output=True, text=True, timeout=300,
+        [sys.executable, "-c", RUNNER],
+        input=json.dumps(blocks),
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
 

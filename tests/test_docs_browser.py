@@ -128,8 +128,17 @@ def test_search_finds_trust_remote_code(browser, site_url):
 
 
 # Pages whose tables hold long calls, messages or generated API tables: each is read at both widths.
-TABLE_PAGES = ("timm.md", "hub.md", "transformers.md", "comparison.md", "contributing.md", "zoo.md",
-               "reference/modeling.md", "reference/timm.md", "reference/config.md")
+TABLE_PAGES = (
+    "timm.md",
+    "hub.md",
+    "transformers.md",
+    "comparison.md",
+    "contributing.md",
+    "zoo.md",
+    "reference/modeling.md",
+    "reference/timm.md",
+    "reference/config.md",
+)
 WIDTHS = {"desktop": 1400, "phone": 390}
 CLIPPED_CELLS = """
 return Array.from(document.querySelectorAll("article td, article th"))

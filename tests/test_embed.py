@@ -53,8 +53,18 @@ def direct_embeddings(model_folder, paths):
 
 
 def test_embed_writes_embeddings_and_overlays(model_folder, images, tmp_path):
-    result = run_cli("embed", model_folder, images, "--output", tmp_path / "emb.safetensors",
-                     "--attention-map", tmp_path / "maps", "--all-layers", "--batch-size", 2)
+    result = run_cli(
+        "embed",
+        model_folder,
+        images,
+        "--output",
+        tmp_path / "emb.safetensors",
+        "--attention-map",
+        tmp_path / "maps",
+        "--all-layers",
+        "--batch-size",
+        2,
+    )
     assert result.returncode == 0, result.stderr
     assert "skipped" in result.stderr and "d_corrupt.png" in result.stderr
     assert "embedded 3 images" in result.stdout

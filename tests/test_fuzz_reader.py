@@ -181,16 +181,18 @@ def edit_code(rng: random.Random, data: bytes, marker: Path) -> bytes:
     code = [i for i, (name, _) in enumerate(members) if "/code/" in name and name.endswith(".py")]
     index = rng.choice(code)
     name, content = members[index]
-    value = rng.choice([
-        f"[__import__('os').system('touch {marker}')]",
-        "[",
-        "[" * 5000 + "]" * 5000,
-        '["weight", 3]',
-        "{'a': 1}",
-        '["' + "w" * 10_000 + '"]',
-        '["proj", "proj"]',
-        "[]",
-    ])
+    value = rng.choice(
+        [
+            f"[__import__('os').system('touch {marker}')]",
+            "[",
+            "[" * 5000 + "]" * 5000,
+            '["weight", 3]',
+            "{'a': 1}",
+            '["' + "w" * 10_000 + '"]',
+            '["proj", "proj"]',
+            "[]",
+        ]
+    )
     field = rng.choice(["__parameters__", "__buffers__"])
     edited = re.sub(rf"^(\s+){field} = .*$", lambda m: f"{m.group(1)}{field} = {value}", content.decode(), flags=re.M)
     if rng.random() < 0.2:
@@ -212,7 +214,13 @@ def pad_code(rng: random.Random, data: bytes, marker: Path) -> bytes:
 Mutation = Callable[[random.Random, bytes, Path], bytes]
 MUTATIONS: dict[str, list[tuple[Mutation, int]]] = {  # (mutation, weight)
     "archive": [
-        (flip_bytes, 3), (truncate, 1), (drop_member, 1), (duplicate_member, 1), (edit_pickle, 5), (edit_code, 2), (pad_code, 1)
+        (flip_bytes, 3),
+        (truncate, 1),
+        (drop_member, 1),
+        (duplicate_member, 1),
+        (edit_pickle, 5),
+        (edit_code, 2),
+        (pad_code, 1),
     ],
     "state_dict": [(flip_bytes, 3), (truncate, 1), (drop_member, 1), (duplicate_member, 1), (edit_pickle, 5)],
 }

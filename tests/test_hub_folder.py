@@ -64,7 +64,6 @@ def remote_embeddings(source: str, images: torch.Tensor, work: Path) -> torch.Te
     return load_file(work / "remote.safetensors")["embeds"]
 
 
-
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
     """An fp16 OpenAI-format TorchScript archive of the tiny geometry, converted to float32."""
@@ -199,9 +198,23 @@ def test_cli_convert_then_load_everywhere(tmp_path):
     archive = write_torchscript_archive(clip, tmp_path / "ViT-T.pt")
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     result = subprocess.run(
-        [sys.executable, "-m", "vit_zoo", "convert", str(archive), "--output", str(tmp_path / "out"), "--dtype", "float32",
-         "--name", "vit_zoo_tiny_patch8_test_32"],  # heads are invisible in the weights; the zoo entry gives them
-        capture_output=True, text=True, env=env, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "vit_zoo",
+            "convert",
+            str(archive),
+            "--output",
+            str(tmp_path / "out"),
+            "--dtype",
+            "float32",
+            "--name",
+            "vit_zoo_tiny_patch8_test_32",
+        ],  # heads are invisible in the weights; the zoo entry gives them
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
     images = torch.randn(2, 3, 32, 32)
@@ -215,8 +228,21 @@ def test_cli_convert_then_load_everywhere(tmp_path):
 def test_cli_convert_push_to_hub(hub_server, tmp_path):
     archive = write_torchscript_archive(openai_clip(GEOMETRY, seed=4), tmp_path / "ViT-T.pt")
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    command = [sys.executable, "-m", "vit_zoo", "convert", str(archive), "--output", str(tmp_path / "out"),
-               "--name", "vit_zoo_tiny_patch8_test_32", "--push-to-hub", "org/converted", "--token", WRITE_TOKEN]
+    command = [
+        sys.executable,
+        "-m",
+        "vit_zoo",
+        "convert",
+        str(archive),
+        "--output",
+        str(tmp_path / "out"),
+        "--name",
+        "vit_zoo_tiny_patch8_test_32",
+        "--push-to-hub",
+        "org/converted",
+        "--token",
+        WRITE_TOKEN,
+    ]
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     commit = hub_server.list_commits("org/converted")[0].id

@@ -47,7 +47,6 @@ def images(batch: int = 2, height: int = 32, width: int = 32, seed: int = 0) -> 
     return torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(seed))
 
 
-
 def all_outputs(model: VitZooModel, pixel_values: torch.Tensor) -> VitZooModelOutput:
     with torch.no_grad():
         return model(pixel_values, output_attention_map=True, output_attentions=True, output_hidden_states=True)

@@ -36,8 +36,16 @@ pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationW
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 SIZE_FIELDS = ("input_resolution", "patch_size", "width", "layers", "heads", "output_dim", "in_channels")
 VALID = dict(
-    input_resolution=32, patch_size=8, width=64, layers=2, heads=4, output_dim=32, in_channels=3, mlp_ratio=4.0,
-    activation="quick_gelu", layer_norm_eps=1e-5,
+    input_resolution=32,
+    patch_size=8,
+    width=64,
+    layers=2,
+    heads=4,
+    output_dim=32,
+    in_channels=3,
+    mlp_ratio=4.0,
+    activation="quick_gelu",
+    layer_norm_eps=1e-5,
 )
 TIMM_NAMES = {"input_resolution": "img_size", "in_channels": "in_chans"}  # the other fields keep their names
 
@@ -128,9 +136,7 @@ def test_convert_load_push_pull_round_trips_bit_exactly(geometry, dtype, seed, h
 
 # --- invalid geometries -----------------------------------------------------------------------------------------
 
-not_a_positive_int = st.one_of(
-    st.integers(max_value=0), st.booleans(), st.floats(allow_nan=True), st.text(max_size=4), st.none()
-)
+not_a_positive_int = st.one_of(st.integers(max_value=0), st.booleans(), st.floats(allow_nan=True), st.text(max_size=4), st.none())
 not_a_positive_number = st.one_of(
     st.floats(max_value=0), st.sampled_from([math.inf, -math.inf, math.nan]), st.booleans(), st.text(max_size=4), st.none()
 )

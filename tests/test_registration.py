@@ -61,9 +61,7 @@ def folder(tmp_path_factory) -> Path:
 
 def run_fresh(code: str, **variables: str) -> subprocess.CompletedProcess:
     prelude = "import sys\n" + "".join(f"{name} = {value!r}\n" for name, value in variables.items())
-    return subprocess.run(
-        [sys.executable, "-c", prelude + textwrap.dedent(code)], capture_output=True, text=True, timeout=300
-    )
+    return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -139,9 +139,7 @@ def test_loads_with_trust_remote_code_without_vit_zoo(saved_folder, tmp_path):
         "attention_map": out.attention_map,
         "attentions_0": out.attentions[0],
         "hidden_states_0": out.hidden_states[0],
-        "processed": image_processor_for(VitZooConfig(**TINY))(images=image.numpy(), return_tensors="pt")[
-            "pixel_values"
-        ],
+        "processed": image_processor_for(VitZooConfig(**TINY))(images=image.numpy(), return_tensors="pt")["pixel_values"],
     }
     for name, value in expected.items():
         assert torch.equal(remote[name], value), name

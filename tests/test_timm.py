@@ -36,7 +36,6 @@ from vit_zoo.zoo import OPENAI_MEAN, OPENAI_STD, ZooConfigError
 IMAGES = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 
 
-
 def tiny_model(**kwargs) -> TimmVisionTransformer:
     torch.manual_seed(0)
     return timm.create_model(TINY_NAME, **kwargs).eval()
@@ -56,6 +55,7 @@ def tiny_checkpoint(tiny_clip, tmp_path_factory) -> Path:
 
 
 # --- registry ---------------------------------------------------------------------------------------------
+
 
 def test_every_zoo_entry_is_a_timm_model_and_pretrained_tags_are_listed():
     names = [entry.name for entry in vit_zoo.list_entries()]
@@ -104,6 +104,7 @@ def test_pretrained_cfg_of_openai_tag():
 
 # --- interface ----------------------------------------------------------------------------------------------
 
+
 def test_head_is_openai_projection_and_pre_logits_are_the_normed_cls_token():
     model = tiny_model()
     core = VisionTransformer(**TINY).eval()
@@ -149,9 +150,7 @@ def test_reset_classifier_replaces_the_projection_and_zero_gives_pre_logits():
 
 
 def test_num_classes_kwarg_builds_the_classifier_over_pretrained_weights(tiny_clip, tiny_checkpoint):
-    model = timm.create_model(
-        TINY_NAME, num_classes=7, pretrained=True, pretrained_cfg_overlay=dict(file=str(tiny_checkpoint))
-    )
+    model = timm.create_model(TINY_NAME, num_classes=7, pretrained=True, pretrained_cfg_overlay=dict(file=str(tiny_checkpoint)))
     assert model(IMAGES).shape == (2, 7) and model.head.weight.shape == (7, TINY["width"])
     assert model.pretrained_cfg["num_classes"] == TINY["output_dim"]
     torch.testing.assert_close(model.ln_post.weight, tiny_clip.visual.ln_post.weight)
@@ -217,7 +216,10 @@ def test_prune_intermediate_layers_drops_later_blocks_norm_and_projection():
 
 def test_features_only_returns_per_block_maps(tiny_clip, tiny_checkpoint):
     features = timm.create_model(
-        TINY_NAME, features_only=True, out_indices=(0, 1), pretrained=True,
+        TINY_NAME,
+        features_only=True,
+        out_indices=(0, 1),
+        pretrained=True,
         pretrained_cfg_overlay=dict(file=str(tiny_checkpoint)),
     ).eval()
     assert features.feature_info.channels() == [TINY["width"]] * 2
@@ -251,9 +253,7 @@ def test_img_size_other_than_native_resamples_the_pretrained_positional_embeddin
 
 
 def test_patch_size_override_resamples_the_pretrained_patch_kernel(tiny_checkpoint):
-    model = timm.create_model(
-        TINY_NAME, patch_size=4, pretrained=True, pretrained_cfg_overlay=dict(file=str(tiny_checkpoint))
-    )
+    model = timm.create_model(TINY_NAME, patch_size=4, pretrained=True, pretrained_cfg_overlay=dict(file=str(tiny_checkpoint)))
     assert model.conv1.weight.shape == (TINY["width"], 3, 4, 4) and model.grid_size == 8
     assert model(IMAGES).shape == (2, TINY["output_dim"])
 
@@ -270,9 +270,7 @@ def test_dynamic_img_size_runs_other_shapes_like_the_core_interpolation():
 
 
 def test_in_chans_adapts_pretrained_conv_weights_as_timm_does(tiny_clip, tiny_checkpoint):
-    model = timm.create_model(
-        TINY_NAME, in_chans=1, pretrained=True, pretrained_cfg_overlay=dict(file=str(tiny_checkpoint))
-    )
+    model = timm.create_model(TINY_NAME, in_chans=1, pretrained=True, pretrained_cfg_overlay=dict(file=str(tiny_checkpoint)))
     torch.testing.assert_close(model.conv1.weight, tiny_clip.visual.conv1.weight.sum(dim=1, keepdim=True))
     assert model(torch.randn(2, 1, 32, 32)).shape == (2, TINY["output_dim"])
     assert timm.data.resolve_model_data_config(model)["input_size"] == (3, 32, 32)  # source preprocessing
@@ -316,6 +314,7 @@ def test_training_step_with_new_classifier_and_grad_checkpointing_reduces_the_lo
 
 # --- pretrained weights ---------------------------------------------------------------------------------
 
+
 def _save_safetensors(state_dict: dict, path: Path) -> Path:
     safetensors.torch.save_file({k: v.contiguous() for k, v in state_dict.items()}, path)
     return path
@@ -330,8 +329,9 @@ def _write_checkpoint(clip: torch.nn.Module, layout: str, folder: Path) -> Path:
         torch.save(clip.state_dict(), folder / "clip.pt")
         return folder / "clip.pt"
     tower = visual_state_dict(clip)
-    return _save_safetensors(tower if layout == "bare_visual_safetensors" else to_hf_clip_state_dict(tower),
-                             folder / f"{layout}.safetensors")
+    return _save_safetensors(
+        tower if layout == "bare_visual_safetensors" else to_hf_clip_state_dict(tower), folder / f"{layout}.safetensors"
+    )
 
 
 @pytest.mark.parametrize(
@@ -344,7 +344,9 @@ def test_pretrained_file_reproduces_open_clip_encode_image(name, layout, tmp_pat
     path = _write_checkpoint(clip, layout, tmp_path)
     entry = vit_zoo.get_entry(name)
     model = timm.create_model(
-        f"{entry.name}.openai", pretrained=True, layers=geometry["layers"],
+        f"{entry.name}.openai",
+        pretrained=True,
+        layers=geometry["layers"],
         pretrained_cfg_overlay=dict(file=str(path)),
     ).eval()
     side = geometry["input_resolution"]
@@ -379,8 +381,11 @@ def test_pretrained_tag_downloads_by_url_and_checks_sha256(tiny_checkpoint, file
     data = tiny_checkpoint.read_bytes()
     sha256 = hashlib.sha256(data).hexdigest()
     file_server.files["/tiny.pt"] = data
-    good = dict(name="vit_zoo_served_tiny", model=dict(TINY), pretrained=dict(
-        mirror=dict(url=f"{file_server.url}/tiny.pt", sha256=sha256, license="mit")))
+    good = dict(
+        name="vit_zoo_served_tiny",
+        model=dict(TINY),
+        pretrained=dict(mirror=dict(url=f"{file_server.url}/tiny.pt", sha256=sha256, license="mit")),
+    )
     vit_zoo.register_config(good)
     assert "vit_zoo_served_tiny.mirror" in timm.list_pretrained("vit_zoo_served*")
     cache = tmp_path / "cache"
@@ -391,8 +396,9 @@ def test_pretrained_tag_downloads_by_url_and_checks_sha256(tiny_checkpoint, file
         torch.testing.assert_close(model(IMAGES), reference(IMAGES))
     assert (cache / "tiny.pt").is_file()
 
-    bad = dict(good, name="vit_zoo_served_corrupt", pretrained=dict(
-        mirror=dict(url=f"{file_server.url}/tiny.pt", sha256="0" * 64)))
+    bad = dict(
+        good, name="vit_zoo_served_corrupt", pretrained=dict(mirror=dict(url=f"{file_server.url}/tiny.pt", sha256="0" * 64))
+    )
     vit_zoo.register_config(bad)
     other_cache = tmp_path / "other_cache"
     with pytest.raises(CheckpointError, match=f"SHA-256 {sha256}, expected 0{{64}}.*deleted"):
@@ -410,7 +416,9 @@ def test_url_overlay_in_openai_layout_is_checked_against_its_folder_name(tiny_ch
     torch.testing.assert_close(model.head.weight, reference_clip(**TINY).visual.proj.t())
     with pytest.raises(CheckpointError, match="SHA-256"):
         timm.create_model(
-            TINY_NAME, pretrained=True, pretrained_cfg_overlay=dict(url=file_server.url + wrong),
+            TINY_NAME,
+            pretrained=True,
+            pretrained_cfg_overlay=dict(url=file_server.url + wrong),
             cache_dir=tmp_path / "again",
         )
 
@@ -444,8 +452,17 @@ def test_timm_config_dict_of_an_entry_describes_the_openai_weights(tmp_path):
     config = timm_config_dict(entry, tag="openai")
     assert config["architecture"] == entry.name and config["num_classes"] == 512
     assert config["model_args"] == dict(
-        img_size=224, patch_size=16, width=768, layers=12, heads=12, output_dim=512, in_chans=3, mlp_ratio=4.0,
-        activation="quick_gelu", layer_norm_eps=1e-5, num_classes=512,
+        img_size=224,
+        patch_size=16,
+        width=768,
+        layers=12,
+        heads=12,
+        output_dim=512,
+        in_chans=3,
+        mlp_ratio=4.0,
+        activation="quick_gelu",
+        layer_norm_eps=1e-5,
+        num_classes=512,
     )
     assert config["pretrained_cfg"]["custom_load"] is False and "url" not in config["pretrained_cfg"]
     assert config["pretrained_cfg"]["license"] == "mit"
@@ -521,6 +538,7 @@ def test_variant_named_like_a_timm_model_is_refused(scratch_zoo):
 
 # --- bad input ----------------------------------------------------------------------------------------------
 
+
 def test_unknown_entry_name_is_named():
     with pytest.raises(RuntimeError, match="Unknown model \\(vit_zoo_huge_patch99\\)"):
         timm.create_model("vit_zoo_huge_patch99")
@@ -542,7 +560,9 @@ def test_bad_kwargs_name_the_entry_and_the_field():
 def test_checkpoint_of_another_geometry_names_file_entry_and_both_geometries(tiny_checkpoint):
     with pytest.raises(CheckpointError) as error:
         timm.create_model(
-            "vit_zoo_base_patch32_clip_224", layers=3, pretrained=True,
+            "vit_zoo_base_patch32_clip_224",
+            layers=3,
+            pretrained=True,
             pretrained_cfg_overlay=dict(file=str(tiny_checkpoint)),
         )
     message = str(error.value)

@@ -26,9 +26,15 @@ NETWORK_BOUND = ("test_model_inference", "test_model_load_pretrained", "test_mod
 # every vit_zoo entry must be collected by each of these (the forward_intermediates ones select the ViT family by the
 # registering module's name, vit_zoo.vision_transformer)
 EXPECTED_TESTS = (
-    "test_model_forward", "test_model_backward", "test_model_default_cfgs_non_std", "test_model_forward_torchscript",
-    "test_model_forward_intermediates_features", "test_model_forward_intermediates",
-    "test_prune_intermediate_layers_contract", "test_model_forward_fx", "test_model_backward_fx",
+    "test_model_forward",
+    "test_model_backward",
+    "test_model_default_cfgs_non_std",
+    "test_model_forward_torchscript",
+    "test_model_forward_intermediates_features",
+    "test_model_forward_intermediates",
+    "test_prune_intermediate_layers_contract",
+    "test_model_forward_fx",
+    "test_model_backward_fx",
     "test_model_forward_fx_torchscript",
 )
 # timm's own skip for models whose fixed input size is above a test's limit (e.g. 336 px), the only skip allowed
@@ -41,8 +47,18 @@ def _run_timm_suite(report) -> ET.Element:
     (root / "conftest.py").write_text(CONFTEST)
     selection = " and ".join(["vit_zoo", *(f"not {name}" for name in NETWORK_BOUND)])
     command = [
-        sys.executable, "-m", "pytest", "tests/test_models.py", "-k", selection, "-p", "no:cacheprovider", "-q",
-        "-W", "ignore::pytest.PytestUnknownMarkWarning", f"--junitxml={report}",
+        sys.executable,
+        "-m",
+        "pytest",
+        "tests/test_models.py",
+        "-k",
+        selection,
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        "-W",
+        "ignore::pytest.PytestUnknownMarkWarning",
+        f"--junitxml={report}",
     ]
     result = subprocess.run(command, cwd=root, env=dict(os.environ), capture_output=True, text=True)
     assert report.is_file(), result.stdout[-4000:] + result.stderr[-4000:]

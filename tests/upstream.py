@@ -53,14 +53,23 @@ def upstream_tests(package: str) -> Path:
 
 
 def _download_sdist(package: str, version: str, folder: Path) -> Path:
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--dest", str(folder),
-               f"{package}=={version}"]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        "--dest",
+        str(folder),
+        f"{package}=={version}",
+    ]
     result = subprocess.run(command, capture_output=True, text=True)
     sdists = sorted(folder.glob("*.tar.gz"))
     if result.returncode != 0 or not sdists:
         raise RuntimeError(
-            f"could not download the {package} {version} sdist for its test suite ({' '.join(command)}):\n"
-            f"{result.stderr[-2000:]}"
+            f"could not download the {package} {version} sdist for its test suite ({' '.join(command)}):\n{result.stderr[-2000:]}"
         )
     return sdists[0]
 

@@ -48,9 +48,7 @@ def _run_list(args: argparse.Namespace) -> int:
             entry.model["output_dim"],
             f"{entry.num_params / 1e6:.1f}",
             f"{2 * entry.gmacs:.1f}",
-            ", ".join(
-                f"{tag} ({source.openai_name})" if source.openai_name else tag for tag, source in entry.pretrained.items()
-            )
+            ", ".join(f"{tag} ({source.openai_name})" if source.openai_name else tag for tag, source in entry.pretrained.items())
             or "-",
         )
         for entry in entries
@@ -69,9 +67,7 @@ def _add_convert_arguments(parser: argparse.ArgumentParser) -> None:
         "file: OpenAI .pt archive, open_clip or transformers CLIP state dict (.pt/.bin/.safetensors)",
     )
     parser.add_argument("--output", "-o", required=True, metavar="DIR", help="folder to create; must not exist")
-    parser.add_argument(
-        "--dtype", choices=DTYPE_NAMES, help="convert the weights to this dtype (default: keep the source's)"
-    )
+    parser.add_argument("--dtype", choices=DTYPE_NAMES, help="convert the weights to this dtype (default: keep the source's)")
     parser.add_argument(
         "--name", metavar="ZOO_NAME", help="zoo variant the checkpoint must match; its heads and activation are used"
     )
@@ -148,9 +144,14 @@ def _run_pull(args: argparse.Namespace) -> int:
 def _add_embed_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL", help="vit_zoo folder, zoo or OpenAI name (ViT-B/32...), or Hub repo id")
     parser.add_argument("images", metavar="IMAGE_OR_DIR", nargs="+", help="image files and folders of images")
-    parser.add_argument("--output", "-o", default="embeddings.safetensors", metavar="FILE",
-                        help="embeddings file, .safetensors (with file names in its metadata) or .npy "
-                        "(names in FILE.files.txt); default: embeddings.safetensors")
+    parser.add_argument(
+        "--output",
+        "-o",
+        default="embeddings.safetensors",
+        metavar="FILE",
+        help="embeddings file, .safetensors (with file names in its metadata) or .npy "
+        "(names in FILE.files.txt); default: embeddings.safetensors",
+    )
     parser.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per forward pass (default 32)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
     parser.add_argument("--dtype", default="float32", choices=DTYPE_NAMES, help="compute dtype (default float32)")
@@ -172,8 +173,16 @@ def _run_embed(args: argparse.Namespace) -> int:
     crop_pct = processor.crop_size["height"] / processor.size["shortest_edge"]
     attention_dir = Path(args.attention_map) if args.attention_map else None
     result = embed_images(
-        model, processor, files, batch_size=args.batch_size, attention_dir=attention_dir, layer=args.layer,
-        heads=args.heads, all_layers=args.all_layers, crop_pct=crop_pct, progress=args.progress,
+        model,
+        processor,
+        files,
+        batch_size=args.batch_size,
+        attention_dir=attention_dir,
+        layer=args.layer,
+        heads=args.heads,
+        all_layers=args.all_layers,
+        crop_pct=crop_pct,
+        progress=args.progress,
     )
     for path, reason in result.skipped.items():
         print(f"vit-zoo embed: skipped {path}: {reason}", file=sys.stderr)
@@ -204,7 +213,10 @@ def _add_common_arguments(parser: argparse.ArgumentParser, default: object) -> N
     """Options accepted before and after the subcommand (``default`` SUPPRESS keeps a subparser from resetting them)."""
     parser.add_argument("--debug", action="store_true", default=default, help="show the full traceback on errors")
     parser.add_argument(
-        "--quiet", "-q", action="store_true", default=default,
+        "--quiet",
+        "-q",
+        action="store_true",
+        default=default,
         help="no progress bars (they are shown only when stderr is a terminal anyway)",
     )
 

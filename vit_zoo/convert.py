@@ -110,9 +110,7 @@ def convert_checkpoint(
     )
     write_atomically(
         output,
-        lambda staging: save_folder(
-            tower, config, staging, entry=entry, provenance=provenance, max_shard_size=max_shard_size
-        ),
+        lambda staging: save_folder(tower, config, staging, entry=entry, provenance=provenance, max_shard_size=max_shard_size),
     )
     return output
 
@@ -138,8 +136,7 @@ def _resolve_source(source: str | os.PathLike, cache_dir) -> tuple[Path, ZooEntr
     names = {s.openai_name for _, s in _releases()} | {e.name for e, _ in _releases()}
     if source not in names:
         raise CheckpointError(
-            f"{source}: no such file, and not a model name; give a checkpoint file or one of "
-            + ", ".join(openai_names())
+            f"{source}: no such file, and not a model name; give a checkpoint file or one of " + ", ".join(openai_names())
         )
     return download_pretrained(str(source), cache_dir), get_entry(str(source)), pretrained_source(str(source))
 

@@ -167,9 +167,7 @@ def _fetch(url: str, partial: Path, progress: bool | None, max_bytes: int) -> No
         raise DownloadError(f"{shown}: HTTP {error.code} {error.reason}") from None
     except (urllib.error.URLError, OSError, ValueError) as error:  # ValueError: a malformed URL (http.client.InvalidURL)
         reason = getattr(error, "reason", error)
-        raise DownloadError(
-            f"cannot reach {shown} ({reason}); check the network or set ${BASE_URL_ENV} to a mirror"
-        ) from None
+        raise DownloadError(f"cannot reach {shown} ({reason}); check the network or set ${BASE_URL_ENV} to a mirror") from None
     with response:
         if start and response.status != 206:  # the server ignored the Range header: start over
             start = 0

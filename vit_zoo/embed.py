@@ -58,13 +58,10 @@ def resolve_model_folder(model: str, cache_dir: str | os.PathLike | None = None)
         entry = get_entry(model)
     except UnknownVariantError:
         if Path(model).exists():
-            raise ValueError(
-                f"{model} is a file, not a vit_zoo folder; give the --output folder of `vit-zoo convert`"
-            ) from None
+            raise ValueError(f"{model} is a file, not a vit_zoo folder; give the --output folder of `vit-zoo convert`") from None
         if not _is_repo_id(model):
             raise ValueError(
-                f"no such folder {model}, and not a zoo name or a Hub repo id (ORG/NAME); check the path, or see "
-                "`vit-zoo list`"
+                f"no such folder {model}, and not a zoo name or a Hub repo id (ORG/NAME); check the path, or see `vit-zoo list`"
             ) from None
         return pull(model)
     if not entry.pretrained:
@@ -282,8 +279,9 @@ def save_embeddings(path: str | os.PathLike, result: EmbedResult, model_name: st
     embeddings = result.stacked().contiguous()
     if path.suffix == ".safetensors":
         metadata = {"files": json.dumps(names), "model": model_name}
-        return write_atomically(path, lambda staging: save_file({"embeddings": embeddings}, staging, metadata=metadata),
-                                replace=True)
+        return write_atomically(
+            path, lambda staging: save_file({"embeddings": embeddings}, staging, metadata=metadata), replace=True
+        )
     import numpy as np
 
     def write_array(staging: Path) -> None:
@@ -293,8 +291,9 @@ def save_embeddings(path: str | os.PathLike, result: EmbedResult, model_name: st
     write_atomically(path, write_array, replace=True)
     try:
         names_file = path.with_name(path.name + ".files.txt")
-        write_atomically(names_file, lambda staging: staging.write_text("".join(f"{n}\n" for n in names), encoding="utf-8"),
-                         replace=True)
+        write_atomically(
+            names_file, lambda staging: staging.write_text("".join(f"{n}\n" for n in names), encoding="utf-8"), replace=True
+        )
     except BaseException:
         path.unlink(missing_ok=True)  # an array without its names cannot be paired
         raise

@@ -192,8 +192,20 @@ def model_card(config: VitZooConfig, entry: ZooEntry | None = None, provenance: 
         *([f"base_model: {release.hf_hub_id}"] if release and release.hf_hub_id else []),
         "---",
     ]
-    return "\n".join([*metadata, "", f"# {title}", "", _CARD_INTRO, "", *_provenance_lines(config, entry, provenance),
-                      "", _usage(config, entry), ""])
+    return "\n".join(
+        [
+            *metadata,
+            "",
+            f"# {title}",
+            "",
+            _CARD_INTRO,
+            "",
+            *_provenance_lines(config, entry, provenance),
+            "",
+            _usage(config, entry),
+            "",
+        ]
+    )
 
 
 def _first_release(entry: ZooEntry | None) -> PretrainedSource | None:
@@ -282,8 +294,16 @@ DTYPE_NAMES = ("float32", "float16", "bfloat16")
 _SHARD_NAME = re.compile(r"^[\w.-]+\.safetensors$")
 _BLOCK_KEY = re.compile(r"^transformer\.resblocks\.(\d+)\.")
 _DTYPES = {  # safetensors' dtype names
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64,
-    "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
 }
 
 
@@ -401,7 +421,8 @@ def _check_tensors(headers: Mapping[str, tuple[Path, torch.Tensor]], config: Vit
         raise FolderError(
             f"the weights in {folder} do not fit its config.json ("
             + ", ".join(f"{k}={getattr(config, k)}" for k in SHAPE_FIELDS)
-            + "): " + "; ".join(problems)
+            + "): "
+            + "; ".join(problems)
         )
 
 
@@ -416,8 +437,7 @@ def _check_finite(headers: Mapping[str, tuple[Path, torch.Tensor]]) -> None:
             bad = [name for name in names if not torch.isfinite(file.get_tensor(name)).all()]
         if bad:
             raise FolderError(
-                f"{path}: NaN or Inf values in {', '.join(bad[:4])}; the weights are damaged, convert or pull the "
-                "model again"
+                f"{path}: NaN or Inf values in {', '.join(bad[:4])}; the weights are damaged, convert or pull the model again"
             )
 
 

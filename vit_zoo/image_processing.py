@@ -65,9 +65,7 @@ def image_processor_for(
             f"prepare its pixel_values yourself"
         )
     if len(preprocessing.mean) != 3 or len(preprocessing.std) != 3:
-        raise ValueError(
-            f"mean and std need one value per RGB channel, got mean={preprocessing.mean} std={preprocessing.std}"
-        )
+        raise ValueError(f"mean and std need one value per RGB channel, got mean={preprocessing.mean} std={preprocessing.std}")
     resolution = geometry.input_resolution
     return BACKENDS[backend](
         size={"shortest_edge": math.floor(resolution / preprocessing.crop_pct)},

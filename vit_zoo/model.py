@@ -168,9 +168,7 @@ class ResidualAttentionBlock(nn.Module):
     every token: all a projected embedding needs from the last block.
     """
 
-    def __init__(
-        self, width: int, heads: int, mlp_ratio: float = 4.0, activation: str = "quick_gelu", eps: float = 1e-5
-    ) -> None:
+    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, activation: str = "quick_gelu", eps: float = 1e-5) -> None:
         super().__init__()
         hidden = int(width * mlp_ratio)
         self.attn = Attention(width, heads)
@@ -185,9 +183,7 @@ class ResidualAttentionBlock(nn.Module):
         output_full_attention: bool = False,
         cls_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        attended, cls_attention, full_attention = self.attn(
-            self.ln_1(x), output_cls_attention, output_full_attention, cls_only
-        )
+        attended, cls_attention, full_attention = self.attn(self.ln_1(x), output_cls_attention, output_full_attention, cls_only)
         x = (x[:, :1] if cls_only else x) + attended
         x = x + self.mlp(self.ln_2(x))
         return x, cls_attention, full_attention
@@ -216,9 +212,7 @@ class Transformer(nn.Module):
         self.width = width
         self.layers = layers
         self.grad_checkpointing = False
-        self.resblocks = nn.ModuleList(
-            ResidualAttentionBlock(width, heads, mlp_ratio, activation, eps) for _ in range(layers)
-        )
+        self.resblocks = nn.ModuleList(ResidualAttentionBlock(width, heads, mlp_ratio, activation, eps) for _ in range(layers))
 
     @torch.jit.unused  # TorchScript users run the blocks themselves, as the timm model does
     def forward(
@@ -367,7 +361,15 @@ class VisionTransformer(nn.Module):
     ) -> None:
         super().__init__()
         self.geometry = Geometry(
-            input_resolution, patch_size, width, layers, heads, output_dim, in_channels, mlp_ratio, activation,
+            input_resolution,
+            patch_size,
+            width,
+            layers,
+            heads,
+            output_dim,
+            in_channels,
+            mlp_ratio,
+            activation,
             layer_norm_eps,
         )
         self.conv1 = nn.Conv2d(in_channels, width, kernel_size=patch_size, stride=patch_size, bias=False)
@@ -403,9 +405,7 @@ class VisionTransformer(nn.Module):
     def set_attention_implementation(self, implementation: str) -> None:
         """Pick ``"sdpa"`` (default, fused kernels) or ``"eager"`` (explicit softmax) for every block."""
         if implementation not in ATTENTION_IMPLEMENTATIONS:
-            raise ValueError(
-                f"attention implementation must be one of {ATTENTION_IMPLEMENTATIONS}, got {implementation!r}"
-            )
+            raise ValueError(f"attention implementation must be one of {ATTENTION_IMPLEMENTATIONS}, got {implementation!r}")
         for block in self.transformer.resblocks:
             block.attn.implementation = implementation
 
@@ -437,9 +437,7 @@ class VisionTransformer(nn.Module):
         ``project``, and cheaper by most of a block.
         """
         tokens = self.embed_patches(x, interpolate_pos_encoding)
-        return self.transformer(
-            tokens, output_cls_attention, output_attentions, output_hidden_states, cls_only
-        )
+        return self.transformer(tokens, output_cls_attention, output_attentions, output_hidden_states, cls_only)
 
     def project(self, last_hidden_state: torch.Tensor) -> torch.Tensor:
         """CLS token of ``[b, n, width]`` -> ``ln_post`` -> ``proj`` -> ``[b, output_dim]``."""

@@ -284,9 +284,7 @@ class VitZooForImageClassification(VitZooPreTrainedModel):
         )
         logits = self.classifier(image_embeds)
         loss = None if labels is None else self.loss_function(labels, logits, self.config)
-        output = ImageClassifierOutput(
-            loss=loss, logits=logits, hidden_states=tokens.hidden_states, attentions=tokens.attentions
-        )
+        output = ImageClassifierOutput(loss=loss, logits=logits, hidden_states=tokens.hidden_states, attentions=tokens.attentions)
         return output if return_dict else output.to_tuple()
 
 

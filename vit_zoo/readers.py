@@ -77,8 +77,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         contents = _torch_load(path, mmap_file=False)
     elif head[8:9] == b"{":
         raise CheckpointError(
-            f"{path} is a truncated or corrupt safetensors file (its header claims more bytes than the file holds); "
-            f"{EXPECTED}"
+            f"{path} is a truncated or corrupt safetensors file (its header claims more bytes than the file holds); {EXPECTED}"
         )
     else:
         raise CheckpointError(f"{path} is not a checkpoint (unknown file type); {EXPECTED}")
@@ -178,9 +177,7 @@ def _read_zip(path: Path) -> Any:
         names = archive.namelist()
         records = [name for name in names if name.count("/") == 1 and name.endswith("/data.pkl")]
         if len(records) != 1:
-            raise CheckpointError(
-                f"{path} is a zip file but not a PyTorch checkpoint (no <folder>/data.pkl); {EXPECTED}"
-            )
+            raise CheckpointError(f"{path} is a zip file but not a PyTorch checkpoint (no <folder>/data.pkl); {EXPECTED}")
         top = records[0].split("/")[0]
         if f"{top}/constants.pkl" in names or any(name.startswith(f"{top}/code/") for name in names):
             return _read_torchscript(path, archive, top)
@@ -338,9 +335,7 @@ class _Storages:
         try:
             info = self.archive.getinfo(member)
         except KeyError:
-            raise CheckpointError(
-                f"tensor storage {member} is missing from the archive (truncated or corrupt file)"
-            ) from None
+            raise CheckpointError(f"tensor storage {member} is missing from the archive (truncated or corrupt file)") from None
         nbytes = numel * dtype.itemsize
         if info.compress_type != zipfile.ZIP_STORED:
             raise CheckpointError(f"tensor storage {member} is compressed; PyTorch archives store tensors uncompressed")
@@ -396,9 +391,7 @@ class _ModuleTypes:
         try:
             return _read_member(self.archive, member, self.file_size).decode("utf-8")
         except KeyError:
-            raise CheckpointError(
-                f"the archive has no code for class {qualified_name}, so its tensors cannot be named"
-            ) from None
+            raise CheckpointError(f"the archive has no code for class {qualified_name}, so its tensors cannot be named") from None
 
     @staticmethod
     def _names(body: str, field: str) -> list[str]:

@@ -54,9 +54,7 @@ class _AfterImportFinder(importlib.abc.MetaPathFinder):
     def __init__(self, callbacks: dict[str, Callable[[], None]]) -> None:
         self.callbacks = callbacks
 
-    def find_spec(
-        self, fullname: str, path: Sequence[str] | None = None, target: ModuleType | None = None
-    ) -> ModuleSpec | None:
+    def find_spec(self, fullname: str, path: Sequence[str] | None = None, target: ModuleType | None = None) -> ModuleSpec | None:
         if fullname not in self.callbacks:
             return None
         spec = _spec_from_other_finders(self, fullname, path, target)

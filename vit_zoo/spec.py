@@ -50,15 +50,12 @@ class Geometry(Mapping):
             )
         if self.width % self.heads:
             raise ValueError(
-                f"width ({self.width}) must be divisible by heads ({self.heads}); "
-                "choose heads among the divisors of width"
+                f"width ({self.width}) must be divisible by heads ({self.heads}); choose heads among the divisors of width"
             )
         if not _is_positive_number(self.mlp_ratio):
             raise ValueError(f"mlp_ratio must be a positive number (finite), got {self.mlp_ratio!r}")
         if self.hidden <= 0:
-            raise ValueError(
-                f"width * mlp_ratio must give at least one hidden unit, got {self.width} * {self.mlp_ratio}"
-            )
+            raise ValueError(f"width * mlp_ratio must give at least one hidden unit, got {self.width} * {self.mlp_ratio}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         if not _is_positive_number(self.layer_norm_eps):
@@ -111,6 +108,7 @@ class Geometry(Mapping):
 GEOMETRY_FIELDS = tuple(field.name for field in fields(Geometry))
 SHAPE_FIELDS = tuple(name for name in GEOMETRY_FIELDS if name not in ("heads", "activation", "layer_norm_eps"))
 """The fields that decide tensor shapes, so the ones a state dict shows."""
+
 
 def _is_positive_number(value: object) -> bool:
     """An int or float, not a bool, above 0 and finite (``inf`` would overflow ``int(width * mlp_ratio)``)."""

@@ -65,9 +65,7 @@ _HF_PROJECTION = "visual_projection.weight"
 
 
 def _pattern(template: str) -> re.Pattern:
-    return re.compile(
-        "^" + re.escape(template).replace(r"\{i\}", r"(?P<i>\d+)").replace(r"\{p\}", r"(?P<p>weight|bias)") + "$"
-    )
+    return re.compile("^" + re.escape(template).replace(r"\{i\}", r"(?P<i>\d+)").replace(r"\{p\}", r"(?P<p>weight|bias)") + "$")
 
 
 _HF_TO_VIT_ZOO = [(_pattern(hf), vz) for hf, vz in _HF_CLIP_NAMES]
@@ -142,9 +140,7 @@ def _from_hf_clip(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Ten
     for (block, kind), parts in qkv.items():
         if set(parts) != {"q", "k", "v"}:
             missing = sorted({"q", "k", "v"} - set(parts))
-            raise CheckpointError(
-                f"layer {block} of the transformers CLIP checkpoint lacks self_attn.{missing}_proj.{kind}"
-            )
+            raise CheckpointError(f"layer {block} of the transformers CLIP checkpoint lacks self_attn.{missing}_proj.{kind}")
         tower[f"transformer.resblocks.{block}.attn.in_proj_{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]])
     return tower
 
@@ -294,9 +290,7 @@ def state_dict_differences(
         for name, shape in expected.items()
         if name in state_dict and comparable(name, state_dict[name].shape) != comparable(name, shape)
     ]
-    not_float = [
-        f"{name} ({t.dtype})" for name, t in state_dict.items() if name in expected and not t.is_floating_point()
-    ]
+    not_float = [f"{name} ({t.dtype})" for name, t in state_dict.items() if name in expected and not t.is_floating_point()]
     kinds = (("missing", missing), ("unexpected", extra), ("wrong shape", misshapen), ("not floating point", not_float))
     return [f"{label}: {_listed(items)}" for label, items in kinds if items]
 

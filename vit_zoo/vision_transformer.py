@@ -62,8 +62,14 @@ GEOMETRY_KWARGS = tuple(_TIMM_NAMES.get(name, name) for name in GEOMETRY_FIELDS)
 MODEL_KWARGS = ("num_classes", "dynamic_img_size", "drop_rate", "device", "dtype")
 # consumed by timm's build_model_with_cfg / create_model on the way to the model
 BUILDER_KWARGS = (
-    "pretrained_cfg", "pretrained_cfg_overlay", "pretrained_strict", "pretrained_model_args", "cache_dir",
-    "features_only", "out_indices", "feature_cls",
+    "pretrained_cfg",
+    "pretrained_cfg_overlay",
+    "pretrained_strict",
+    "pretrained_model_args",
+    "cache_dir",
+    "features_only",
+    "out_indices",
+    "feature_cls",
 )
 OPENAI_CLIP_REPO = "https://github.com/openai/CLIP"
 
@@ -153,8 +159,16 @@ class TimmVisionTransformer(VisionTransformer):
         _check_num_classes(num_classes)
         with torch.device(device) if device is not None else contextlib.nullcontext():
             super().__init__(
-                _square_size(img_size), patch_size, width, layers, heads, output_dim, in_chans,
-                mlp_ratio=mlp_ratio, activation=activation, layer_norm_eps=layer_norm_eps,
+                _square_size(img_size),
+                patch_size,
+                width,
+                layers,
+                heads,
+                output_dim,
+                in_chans,
+                mlp_ratio=mlp_ratio,
+                activation=activation,
+                layer_norm_eps=layer_norm_eps,
             )
             del self.proj  # the projection is `head` here
             self.model_args = timm_model_args(self.geometry)
@@ -233,9 +247,7 @@ class TimmVisionTransformer(VisionTransformer):
         """Images ``[b, in_chans, H, W]`` -> ``[b, num_classes]`` (OpenAI's image embedding with the projection)."""
         return self.forward_head(self.forward_features(x))
 
-    def _run_blocks(
-        self, x: torch.Tensor, take_indices: list[int], last: int
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def _run_blocks(self, x: torch.Tensor, take_indices: list[int], last: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Tokens through blocks ``0..last`` (checkpointed when set): the last output, and the outputs of the
         blocks in ``take_indices``."""
         taken: list[torch.Tensor] = []
@@ -388,7 +400,10 @@ def _resampled(weights: dict[str, torch.Tensor], model: TimmVisionTransformer, s
     new_grid = model.grid_size
     if old_grid != new_grid:
         weights["positional_embedding"] = resample_abs_pos_embed(
-            positional[None], new_size=[new_grid, new_grid], old_size=[old_grid, old_grid], num_prefix_tokens=1,
+            positional[None],
+            new_size=[new_grid, new_grid],
+            old_size=[old_grid, old_grid],
+            num_prefix_tokens=1,
             verbose=True,
         )[0]
     return weights
@@ -413,18 +428,13 @@ def _check_fits(
     if not differences:
         return
     name = getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)
-    message = (
-        f"{source} does not fit {name} built with {_kwargs_text(_shape_args(model.geometry))} "
-        f"({'; '.join(differences)})"
-    )
+    message = f"{source} does not fit {name} built with {_kwargs_text(_shape_args(model.geometry))} ({'; '.join(differences)})"
     try:
         found = infer_geometry(original)
     except CheckpointError:
         raise CheckpointError(message) from None
     same_shapes = ("width", "layers", "output_dim", "mlp_ratio")
-    matches = [
-        e.name for e in list_entries() if e.name != name and all(e.geometry[k] == found[k] for k in same_shapes)
-    ]
+    matches = [e.name for e in list_entries() if e.name != name and all(e.geometry[k] == found[k] for k in same_shapes)]
     alternative = f", or use {' / '.join(matches)}" if matches else ""
     raise CheckpointError(
         f"{message}: the checkpoint holds a ViT with {_kwargs_text(_shape_args(found))}; pass that geometry as keyword "
@@ -432,9 +442,7 @@ def _check_fits(
     )
 
 
-def pretrained_filter_fn(
-    state_dict: Mapping[str, torch.Tensor], model: TimmVisionTransformer
-) -> dict[str, torch.Tensor]:
+def pretrained_filter_fn(state_dict: Mapping[str, torch.Tensor], model: TimmVisionTransformer) -> dict[str, torch.Tensor]:
     """timm's ``pretrained_filter_fn``: any CLIP ViT state dict -> this model's keys and shapes.
 
     Converts OpenAI / open_clip / HF CLIP / vit_zoo layouts with ``vit_zoo.state_dicts.to_vit_zoo_state_dict``

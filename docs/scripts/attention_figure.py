@@ -54,8 +54,9 @@ def annotate(picture: Image.Image, labels: list[str]) -> Image.Image:
     title = ImageFont.load_default(size=30)
     note = ImageFont.load_default(size=14)
     draw.text((width / 2, 22), "RANDOM WEIGHTS", font=title, fill="white", anchor="mm")
-    draw.text((width / 2, 50), "shows the output format, not what a trained CLIP attends to", font=note, fill="white",
-              anchor="mm")
+    draw.text(
+        (width / 2, 50), "shows the output format, not what a trained CLIP attends to", font=note, fill="white", anchor="mm"
+    )
     canvas.paste(picture, (0, banner))
     label_font = ImageFont.load_default(size=16)
     for index, label in enumerate(labels):
@@ -69,8 +70,13 @@ def annotate(picture: Image.Image, labels: list[str]) -> Image.Image:
     small = ImageFont.load_default(size=12)
     draw.text((margin, top + 7), "low", font=small, fill="black", anchor="lm")
     draw.text((width - margin, top + 7), "high", font=small, fill="black", anchor="rm")
-    draw.text((width / 2, top + 32), "CLS-to-patch attention, mean over heads, scaled to each picture's min..max", font=small,
-              fill="black", anchor="mm")
+    draw.text(
+        (width / 2, top + 32),
+        "CLS-to-patch attention, mean over heads, scaled to each picture's min..max",
+        font=small,
+        fill="black",
+        anchor="mm",
+    )
     return canvas
 
 
@@ -80,8 +86,16 @@ def main() -> None:
         work = Path(work)
         scene().save(work / "scene.png")
         model = save_model_folder(VitZooModel(VitZooConfig(**GEOMETRY)), work / "random-vit")
-        command = ["embed", str(model), str(work / "scene.png"), "--output", str(work / "scene.safetensors"),
-                   "--attention-map", str(work / "maps"), "--all-layers"]
+        command = [
+            "embed",
+            str(model),
+            str(work / "scene.png"),
+            "--output",
+            str(work / "scene.safetensors"),
+            "--attention-map",
+            str(work / "maps"),
+            "--all-layers",
+        ]
         print("vit-zoo " + " ".join(command))
         if cli.main(command) != 0:
             raise SystemExit("vit-zoo embed failed")

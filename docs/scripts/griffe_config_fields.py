@@ -21,16 +21,19 @@ class ConfigFields(griffe.Extension):
         fields = [
             member
             for member in cls.members.values()
-            if not member.is_alias and member.is_attribute and member.annotation is not None and member.value is not None
+            if not member.is_alias
+            and member.is_attribute
+            and member.annotation is not None
+            and member.value is not None
             and member.name != "model_type"
         ]
         parameters = [
-            griffe.Parameter(field.name, annotation=field.annotation, kind=griffe.ParameterKind.keyword_only,
-                             default=field.value)
+            griffe.Parameter(field.name, annotation=field.annotation, kind=griffe.ParameterKind.keyword_only, default=field.value)
             for field in fields
         ]
         self_parameter = griffe.Parameter("self", kind=griffe.ParameterKind.positional_or_keyword)
         kwargs_parameter = griffe.Parameter("kwargs", kind=griffe.ParameterKind.var_keyword)
-        init = griffe.Function("__init__", parent=cls, returns="None",
-                               parameters=griffe.Parameters(self_parameter, *parameters, kwargs_parameter))
+        init = griffe.Function(
+            "__init__", parent=cls, returns="None", parameters=griffe.Parameters(self_parameter, *parameters, kwargs_parameter)
+        )
         cls.set_member("__init__", init)
