@@ -140,7 +140,8 @@ class Attention(nn.Module):
         batch, tokens, features = projected.shape
         parts = features // (self.heads * self.head_dim)  # not -1: an empty batch leaves it ambiguous
         views = projected.view(batch, tokens, parts, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        return views.unbind(0)  # type: ignore[return-value]  # a tuple in eager mode, a list to TorchScript
+        # a tuple in eager mode, a list to TorchScript
+        return views.unbind(0)  # type: ignore[return-value]
 
     def _probabilities(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         scores = (q * (1.0 / math.sqrt(self.head_dim))) @ k.transpose(-2, -1)
@@ -229,7 +230,8 @@ class Transformer(nn.Module):
         last = len(self.resblocks) - 1
         for index, block in enumerate(self.resblocks):
             x, cls_attention, full_attention = self.run_block(
-                block,  # type: ignore[arg-type]  # ModuleList items are typed Module
+                # ModuleList items are typed Module
+                block,  # type: ignore[arg-type]
                 x,
                 output_cls_attention,
                 output_full_attention,

@@ -31,6 +31,16 @@ def _register_auto_config() -> None:
 
 
 def _register_auto_models() -> None:
+    """Runs after either of transformers' modeling_auto and vit_zoo.modeling is imported, once both can be used.
+
+    Importing vit_zoo.modeling imports transformers' Auto classes itself; registering from inside that import would
+    meet a half-built vit_zoo.modeling, so then it waits for vit_zoo.modeling's own callback.
+    """
+    modeling = sys.modules.get("vit_zoo.modeling")
+    if "transformers.models.auto.modeling_auto" not in sys.modules or (
+        modeling is not None and not hasattr(modeling, "VitZooForImageClassification")
+    ):
+        return
     from transformers.models.auto.modeling_auto import AutoModel, AutoModelForImageClassification
 
     from .config import VitZooConfig
@@ -45,6 +55,7 @@ AFTER_IMPORT: dict[str, Callable[[], None]] = {
     "timm": _register_timm_entries,
     "transformers.models.auto.configuration_auto": _register_auto_config,
     "transformers.models.auto.modeling_auto": _register_auto_models,
+    "vit_zoo.modeling": _register_auto_models,
 }
 
 
@@ -67,7 +78,8 @@ class _AfterImportFinder(importlib.abc.MetaPathFinder):
             del loader.exec_module  # this loader instance is this module's alone; back to its class's method
             self.run(fullname)
 
-        loader.exec_module = exec_then_register  # type: ignore[method-assign]  # this instance only, undone above
+        # this instance only, undone above
+        loader.exec_module = exec_then_register  # type: ignore[method-assign]
         return spec
 
     def run(self, fullname: str) -> None:

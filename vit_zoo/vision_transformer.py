@@ -87,7 +87,8 @@ def _square_size(img_size: int | Sequence[int]) -> int:
                 f"img_size={max(height, width)}) and use dynamic_img_size=True for other shapes at run time"
             )
         return height
-    return img_size  # type: ignore[return-value]  # Geometry says what is wrong with anything else
+    # Geometry says what is wrong with anything else
+    return img_size  # type: ignore[return-value]
 
 
 def timm_model_args(geometry: Mapping[str, Any]) -> dict[str, Any]:
@@ -243,7 +244,8 @@ class TimmVisionTransformer(VisionTransformer):
         x = self.head_drop(x[:, 0])
         return x if pre_logits else self.head(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]  # timm's interface, not the core's tuple
+    # timm's interface, not the core's tuple
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         """Images ``[b, in_chans, H, W]`` -> ``[b, num_classes]`` (OpenAI's image embedding with the projection)."""
         return self.forward_head(self.forward_features(x))
 
@@ -310,7 +312,8 @@ class TimmVisionTransformer(VisionTransformer):
                 result["image_features"] = self.ln_post(tokens)
             return result
         if return_prefix_tokens:
-            intermediates = list(zip(intermediates, prefix_tokens, strict=True))  # type: ignore[arg-type]  # timm's pairs
+            # timm's pairs
+            intermediates = list(zip(intermediates, prefix_tokens, strict=True))  # type: ignore[arg-type]
         if intermediates_only:
             return intermediates
         return self.ln_post(tokens), intermediates
@@ -323,7 +326,8 @@ class TimmVisionTransformer(VisionTransformer):
         self.transformer.resblocks = self.transformer.resblocks[: max_index + 1]
         self.transformer.layers = len(self.transformer.resblocks)
         if prune_norm:
-            self.ln_post = nn.Identity()  # type: ignore[assignment]  # timm's pruning replaces the norm
+            # timm's pruning replaces the norm
+            self.ln_post = nn.Identity()  # type: ignore[assignment]
         if prune_head:
             self.reset_classifier(0)
         return take_indices
@@ -540,7 +544,8 @@ def timm_config_dict(source: TimmVisionTransformer | ZooEntry, tag: str | None =
         model_args = dict(_entry_model_args(source), num_classes=cfg["num_classes"])
         num_features = model_args["width"]
     else:
-        cfg = dict(source.pretrained_cfg)  # type: ignore[arg-type]  # a timm model attribute, not a submodule
+        # a timm model attribute, not a submodule
+        cfg = dict(source.pretrained_cfg)  # type: ignore[arg-type]
         model_args = dict(source.model_args, num_classes=source.num_classes)
         if source.dynamic_img_size:
             model_args["dynamic_img_size"] = True
