@@ -15,6 +15,7 @@ is the next command to try on the converted folder.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import shutil
 import subprocess
@@ -36,21 +37,28 @@ GEOMETRY = dict(input_resolution=224, patch_size=32, width=768, layers=2, heads=
 TOLERANCE = 1e-5
 DEFAULT_WORKDIR = Path("vit-zoo-demo")
 
-REMOTE_CODE = """
+# Prepended to a script run with `python -c`: vit_zoo cannot be imported there, as where it is not installed.
+BLOCK_VIT_ZOO = """
 import importlib.abc, sys
 class BlockVitZoo(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if name.partition(".")[0] == "vit_zoo":
-            raise ImportError(name + " is blocked: this run shows the remote-code path")
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked: this run shows transformers' remote code alone)")
 sys.meta_path.insert(0, BlockVitZoo())
+"""
+REMOTE_CODE = (
+    BLOCK_VIT_ZOO
+    + """
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel
-folder, work = sys.argv[1], sys.argv[2]
-model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+source, work = sys.argv[1], sys.argv[2]
+model = AutoModel.from_pretrained(source, trust_remote_code=True).eval()
 with torch.no_grad():
-    save_file({"embeds": model(load_file(work + "/images.safetensors")["images"]).image_embeds}, work + "/remote.safetensors")
+    embeds = model(load_file(work + "/images.safetensors")["images"]).image_embeds
+save_file({"embeds": embeds.contiguous()}, work + "/remote.safetensors")
 """
+)
 
 
 class OpenAIStyleClip(nn.Module):
@@ -83,9 +91,17 @@ def write_openai_archive(path: Path, seed: int = 0) -> OpenAIStyleClip:
     return clip
 
 
-def remote_code_embeddings(folder: Path, images: torch.Tensor, work: Path) -> torch.Tensor:
+def remote_code_embeddings(source: str | Path, images: torch.Tensor, work: Path) -> torch.Tensor:
+    """``images`` embedded by ``AutoModel.from_pretrained(source, trust_remote_code=True)`` (a folder or a Hub
+    repo) in a fresh interpreter where vit_zoo cannot be imported; ``work`` holds the tensors passed between."""
+    work.mkdir(parents=True, exist_ok=True)
     save_file({"images": images}, work / "images.safetensors")
-    subprocess.run([sys.executable, "-c", REMOTE_CODE, str(folder.resolve()), str(work.resolve())], check=True, cwd=work)
+    source = str(source.resolve()) if isinstance(source, Path) else source
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
+    command = [sys.executable, "-c", REMOTE_CODE, source, str(work.resolve())]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=work, env=env)
+    if result.returncode != 0:
+        raise RuntimeError(f"transformers' remote code failed on {source}:\n{result.stderr[-3000:]}")
     return load_file(work / "remote.safetensors")["embeds"]
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
 from vit_zoo import zoo
@@ -12,11 +14,14 @@ collect_ignore = ["upstream_transformers"]
 
 
 @pytest.fixture
-def scratch_zoo(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Variants registered (or refused) during the test, and listeners added, leave the zoo with it.
+def scratch_zoo() -> Iterator[None]:
+    """Variants registered during the test leave the zoo with it.
 
     A leaked variant changes what other tests see: a folder saved for weights of unknown origin names the
     closest zoo variant, so a registered twin of the tiny test geometry would take its place.
     """
-    monkeypatch.setattr(zoo, "_registry", dict(zoo._registry))
-    monkeypatch.setattr(zoo, "_listeners", list(zoo._listeners))
+    before = {entry.name for entry in zoo.list_entries()}
+    yield
+    for entry in zoo.list_entries():
+        if entry.name not in before:
+            zoo.unregister_config(entry.name)

@@ -6,14 +6,15 @@ fresh interpreter spends importing torch); ``test_debug_shows_the_traceback`` an
 test_convert_cli.py, test_hub.py and test_embed.py cover the script itself.
 
 Cases covered elsewhere (not repeated here): missing / empty / random / truncated files, malicious pickles and
-archives referencing ``os.system`` (test_convert_read.py, test_convert_cli.py); ResNet CLIP, text-only,
+archives referencing ``os.system`` (test_readers.py, test_convert_cli.py); ResNet CLIP, text-only,
 unknown layouts, wrong shapes, missing and extra blocks, non-float and empty geometry tensors
-(test_convert_maps.py); existing output folders, failures while writing (test_convert.py); bad geometry
+(test_state_dicts.py); existing output folders, failures while writing (test_convert.py); bad geometry
 arguments and pixel values for the core and the transformers models, config of another model type for
 ``VitZooConfig``/``VitZooModel`` (test_model.py, test_modeling.py); malformed zoo YAML (test_zoo.py,
-test_timm.py); bad timm kwargs and checkpoints of another geometry (test_timm.py); Hub 401 / 403 / 404 /
-500, repo of another model type, server down and a dropped commit for ``push_folder``/``pull`` and the CLI
-(test_hub.py); interrupted, resumed and mismatching downloads (test_convert_download.py); bad
+test_vision_transformer.py); bad timm kwargs and checkpoints of another geometry (test_vision_transformer.py);
+Hub 401 / 403 / 404 / 500, repo of another model type, server down and a dropped commit for
+``push_folder``/``pull`` and the CLI (test_hub.py); interrupted, resumed and mismatching downloads
+(test_download.py); bad
 ``vit-zoo embed`` options and unreadable images (test_embed.py).
 """
 
@@ -42,7 +43,7 @@ import timm
 import torch
 from checkpoints import openai_clip, write_state_dict, write_torchscript_archive
 from file_server import FileServer
-from helpers import REPO_ROOT, TINY_NAME
+from helpers import REPO_ROOT, TINY_NAME, run_cli
 from hub_server import READ_TOKEN, WRITE_TOKEN
 from limits import twice_at_once
 from PIL import Image
@@ -70,7 +71,7 @@ from vit_zoo.image_processing import load_image_processor
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
 
 
-def run_cli(capsys, *args) -> tuple[int, str, str]:
+def call_main(capsys, *args) -> tuple[int, str, str]:
     code = cli.main([str(arg) for arg in args])
     out, err = capsys.readouterr()
     return code, out, err
@@ -257,7 +258,7 @@ def corrupt_safetensors(model_folder, tmp_path_factory) -> dict[str, Path]:
 @pytest.mark.parametrize("damage", ["garbage-header", "header-past-the-end", "truncated"])
 def test_corrupt_safetensors_file_as_convert_source(corrupt_safetensors, damage, tmp_path, capsys):
     message = assert_cli_error(
-        run_cli(capsys, "convert", corrupt_safetensors[damage], "--output", tmp_path / "out"),
+        call_main(capsys, "convert", corrupt_safetensors[damage], "--output", tmp_path / "out"),
         "convert",
         f"{damage}.safetensors is a",
         "corrupt safetensors file",
@@ -285,8 +286,8 @@ def test_cli_embed_and_push_refuse_a_folder_with_corrupt_weights(
     image = tmp_path / "image.png"
     Image.fromarray(np.zeros((40, 40, 3), dtype=np.uint8)).save(image)
     expected = f"{copied_folder / 'model.safetensors'} is not a readable safetensors file"
-    assert_cli_error(run_cli(capsys, "embed", copied_folder, image, "--output", tmp_path / "e.npy"), "embed", expected)
-    assert_cli_error(run_cli(capsys, "push", copied_folder, "org/corrupt", "--token", WRITE_TOKEN), "push", expected)
+    assert_cli_error(call_main(capsys, "embed", copied_folder, image, "--output", tmp_path / "e.npy"), "embed", expected)
+    assert_cli_error(call_main(capsys, "push", copied_folder, "org/corrupt", "--token", WRITE_TOKEN), "push", expected)
     assert hub_server.requests == [] and not (tmp_path / "e.npy").exists()
 
 
@@ -306,7 +307,7 @@ def test_folder_of_another_model_type_in_timm_and_embed(clip_vision_folder, tmp_
     image = tmp_path / "image.png"
     Image.fromarray(np.zeros((40, 40, 3), dtype=np.uint8)).save(image)
     assert_cli_error(
-        run_cli(capsys, "embed", clip_vision_folder, image, "--output", tmp_path / "e.npy"),
+        call_main(capsys, "embed", clip_vision_folder, image, "--output", tmp_path / "e.npy"),
         "embed",
         "describes a 'clip_vision_model' model, not a 'vit_zoo' one; use a repo written by vit-zoo",
     )
@@ -445,7 +446,9 @@ def full_disk(tmp_path, monkeypatch) -> Iterator[Path]:
 
 
 def test_convert_into_a_read_only_folder(tiny_archive, read_only_folder, capsys):
-    message = assert_cli_error(run_cli(capsys, "convert", tiny_archive, "--output", read_only_folder / "sub" / "out"), "convert")
+    message = assert_cli_error(
+        call_main(capsys, "convert", tiny_archive, "--output", read_only_folder / "sub" / "out"), "convert"
+    )
     assert message.startswith(f"vit-zoo convert: error: cannot write {read_only_folder / 'sub' / 'out'} (")
     assert "(Read-only file system)" in message or "(Permission denied)" in message
     assert message.endswith("choose an output folder on a writable disk with free space")
@@ -453,7 +456,7 @@ def test_convert_into_a_read_only_folder(tiny_archive, read_only_folder, capsys)
 
 
 def test_convert_onto_a_full_disk(tiny_archive, full_disk, capsys):
-    message = assert_cli_error(run_cli(capsys, "convert", tiny_archive, "--output", full_disk / "nested" / "out"), "convert")
+    message = assert_cli_error(call_main(capsys, "convert", tiny_archive, "--output", full_disk / "nested" / "out"), "convert")
     assert message.startswith(f"vit-zoo convert: error: cannot write {full_disk / 'nested' / 'out'} (")
     assert "No space left on device" in message
     assert listing(full_disk) == []  # neither the staging folder nor the parent made for it
@@ -462,12 +465,12 @@ def test_convert_onto_a_full_disk(tiny_archive, full_disk, capsys):
 @pytest.mark.hub
 def test_pull_into_a_read_only_or_full_output(model_folder, hub_server, read_only_folder, tmp_path, capsys):
     push_folder(model_folder, "org/tiny", token=WRITE_TOKEN)
-    message = assert_cli_error(run_cli(capsys, "pull", "org/tiny", "--output", read_only_folder / "out"), "pull")
+    message = assert_cli_error(call_main(capsys, "pull", "org/tiny", "--output", read_only_folder / "out"), "pull")
     assert message.startswith(f"vit-zoo pull: error: cannot write {read_only_folder / 'out'} (")
     assert listing(read_only_folder) == []
     with tmpfs(tmp_path / "full", "size=64k") as mounted:
         if mounted:
-            message = assert_cli_error(run_cli(capsys, "pull", "org/tiny", "--output", tmp_path / "full" / "out"), "pull")
+            message = assert_cli_error(call_main(capsys, "pull", "org/tiny", "--output", tmp_path / "full" / "out"), "pull")
             assert "No space left on device" in message and listing(tmp_path / "full") == []
 
 
@@ -475,7 +478,7 @@ def test_embed_into_a_read_only_folder(model_folder, read_only_folder, tmp_path,
     image = tmp_path / "image.png"
     Image.fromarray(np.zeros((40, 40, 3), dtype=np.uint8)).save(image)
     output = read_only_folder / "embeddings.safetensors"
-    message = assert_cli_error(run_cli(capsys, "embed", model_folder, image, "--output", output), "embed")
+    message = assert_cli_error(call_main(capsys, "embed", model_folder, image, "--output", output), "embed")
     assert message.startswith(f"vit-zoo embed: error: cannot write {output} (")
     assert listing(read_only_folder) == []
 
@@ -507,7 +510,7 @@ def test_cli_push_refused_by_the_hub(model_folder, hub_server, fault, token, mes
     before = hub_server.list_commits("org/tiny")
     if fault is not None:
         hub_server.fail_next(*fault)
-    assert_cli_error(run_cli(capsys, "push", model_folder, "org/tiny", "--token", token), "push", message)
+    assert_cli_error(call_main(capsys, "push", model_folder, "org/tiny", "--token", token), "push", message)
     assert hub_server.list_commits("org/tiny") == before
 
 
@@ -527,7 +530,7 @@ def test_cli_pull_refused_by_the_hub(model_folder, hub_server, no_backoff, fault
     if fault is not None:  # on every try: a single 5xx is retried away by huggingface_hub
         hub_server.fail_next(*fault, count=10)
     token_args = ["--token", token] if token else []
-    assert_cli_error(run_cli(capsys, "pull", "org/tiny", "--output", tmp_path / "out", *token_args), "pull", message)
+    assert_cli_error(call_main(capsys, "pull", "org/tiny", "--output", tmp_path / "out", *token_args), "pull", message)
     assert not [path for path in tmp_path.iterdir() if "out" in path.name]  # no output, no staging folder
 
 
@@ -536,8 +539,8 @@ def test_hub_that_refuses_connections(model_folder, hub_server, no_backoff, caps
     endpoint = hub_server.endpoint
     hub_server.stop()
     expected = f"cannot reach the Hub at {endpoint} for org/tiny ("
-    assert_cli_error(run_cli(capsys, "pull", "org/tiny"), "pull", expected, "check the network (or HF_ENDPOINT)")
-    assert_cli_error(run_cli(capsys, "push", model_folder, "org/tiny", "--token", WRITE_TOKEN), "push", expected)
+    assert_cli_error(call_main(capsys, "pull", "org/tiny"), "pull", expected, "check the network (or HF_ENDPOINT)")
+    assert_cli_error(call_main(capsys, "push", model_folder, "org/tiny", "--token", WRITE_TOKEN), "push", expected)
 
 
 def weights_upload(folder: Path) -> str:
@@ -561,7 +564,7 @@ def test_lfs_upload_dropped_every_time_leaves_the_repo_as_it_was(model_folder, h
     before = hub_server.list_commits("org/tiny"), hub_server.files("org/tiny")
     hub_server.drop_connection_on(weights_upload(model_folder), method="PUT", count=100)
     assert_cli_error(
-        run_cli(capsys, "push", model_folder, "org/tiny", "--token", WRITE_TOKEN),
+        call_main(capsys, "push", model_folder, "org/tiny", "--token", WRITE_TOKEN),
         "push",
         f"cannot reach the Hub at {hub_server.endpoint} for org/tiny (",
     )
@@ -586,7 +589,7 @@ def test_interrupted_download_by_name(mirror, tmp_path, capsys):
     server, path = mirror
     server.drops[path] = [1000] * ATTEMPTS
     assert_cli_error(
-        run_cli(capsys, "convert", "ViT-B/32", "--output", tmp_path / "out", "--cache-dir", tmp_path / "cache"),
+        call_main(capsys, "convert", "ViT-B/32", "--output", tmp_path / "out", "--cache-dir", tmp_path / "cache"),
         "convert",
         f"was interrupted {ATTEMPTS} times (connection closed after {1000 * ATTEMPTS} of 10000 bytes); run again to "
         f"resume from the {1000 * ATTEMPTS} bytes kept in",
@@ -605,7 +608,7 @@ def test_download_by_name_from_a_mirror_that_is_down(mirror, tmp_path, capsys):
     server.shutdown()
     server.server_close()
     assert_cli_error(
-        run_cli(capsys, "convert", "ViT-B/32", "--output", tmp_path / "out", "--cache-dir", tmp_path / "cache"),
+        call_main(capsys, "convert", "ViT-B/32", "--output", tmp_path / "out", "--cache-dir", tmp_path / "cache"),
         "convert",
         "cannot reach ",
         "check the network or set $VIT_ZOO_OPENAI_BASE_URL to a mirror",
@@ -618,9 +621,7 @@ def test_download_by_name_from_a_mirror_that_is_down(mirror, tmp_path, capsys):
 
 def test_debug_shows_the_traceback(tmp_path):
     (tmp_path / "notes.txt").write_text("not a checkpoint")
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    command = [sys.executable, "-m", "vit_zoo", "--debug", "convert", "notes.txt", "--output", "out"]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    result = run_cli("--debug", "convert", "notes.txt", "--output", "out", cwd=tmp_path)
     assert result.returncode == 1
     assert "Traceback (most recent call last):" in result.stderr
     assert result.stderr.rstrip().endswith(
@@ -681,7 +682,7 @@ def image_folder(tmp_path) -> Path:
 def test_embed_skips_bombs_and_broken_images(model_folder, image_folder, tmp_path, capsys):
     for name, content in hostile_images().items():
         (image_folder / name).write_bytes(content)
-    code, out, err = run_cli(capsys, "embed", model_folder, image_folder, "--output", tmp_path / "e.safetensors")
+    code, out, err = call_main(capsys, "embed", model_folder, image_folder, "--output", tmp_path / "e.safetensors")
     assert code == 0 and out.startswith("embedded 1 image into") and "(5 skipped)" in out, (out, err)
     assert "Traceback" not in err and "DecompressionBomb" not in err
     skipped = [line.removeprefix("vit-zoo embed: skipped ") for line in err.splitlines() if "skipped" in line]
@@ -719,7 +720,7 @@ def test_overlays_of_images_sharing_a_stem_are_all_kept(model_folder, tmp_path, 
     for relative in ("a/x.png", "b/x.png", "a/x.jpg", "a/y.png"):
         (tmp_path / relative).parent.mkdir(exist_ok=True)
         Image.fromarray(np.full((40, 40, 3), len(relative) * 20, np.uint8)).save(tmp_path / relative)
-    code, out, _ = run_cli(
+    code, out, _ = call_main(
         capsys,
         "embed",
         model_folder,
@@ -747,10 +748,10 @@ def test_outputs_never_land_in_the_model_folder_or_on_an_input(copied_folder, im
         ["--output", copied_folder / "model.safetensors"],
         ["--output", tmp_path / "e.npy", "--attention-map", copied_folder / "maps"],
     ):
-        assert_cli_error(run_cli(capsys, "embed", copied_folder, image, *flags), "embed", "is inside the model folder")
+        assert_cli_error(call_main(capsys, "embed", copied_folder, image, *flags), "embed", "is inside the model folder")
     (tmp_path / "e.npy").write_bytes(b"an input")  # files named directly are embedded whatever their suffix
     assert_cli_error(
-        run_cli(capsys, "embed", copied_folder, tmp_path / "e.npy", "--output", tmp_path / "e.npy"),
+        call_main(capsys, "embed", copied_folder, tmp_path / "e.npy", "--output", tmp_path / "e.npy"),
         "embed",
         "e.npy is one of the input images; choose an output that does not overwrite an input",
     )
@@ -760,13 +761,13 @@ def test_outputs_never_land_in_the_model_folder_or_on_an_input(copied_folder, im
 def test_bad_output_suffix_and_unpairable_names_are_refused_before_any_work(model_folder, image_folder, tmp_path, capsys):
     maps = tmp_path / "maps"
     assert_cli_error(
-        run_cli(capsys, "embed", model_folder, image_folder, "--output", tmp_path / "e.txt", "--attention-map", maps),
+        call_main(capsys, "embed", model_folder, image_folder, "--output", tmp_path / "e.txt", "--attention-map", maps),
         "embed",
         "--output must end in .safetensors or .npy, got e.txt",
     )
     Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(image_folder / "two\nlines.png")
     assert_cli_error(
-        run_cli(capsys, "embed", model_folder, image_folder, "--output", tmp_path / "e.npy", "--attention-map", maps),
+        call_main(capsys, "embed", model_folder, image_folder, "--output", tmp_path / "e.npy", "--attention-map", maps),
         "embed",
         "holds a line break, which the one-name-per-line .npy.files.txt cannot pair; use a .safetensors --output",
     )
@@ -776,7 +777,7 @@ def test_bad_output_suffix_and_unpairable_names_are_refused_before_any_work(mode
 def test_failed_npy_write_leaves_no_files_list(model_folder, image_folder, tmp_path, capsys):
     (tmp_path / "e.npy").mkdir()  # the final rename fails: a folder is in the way
     assert_cli_error(
-        run_cli(capsys, "embed", model_folder, image_folder, "--output", tmp_path / "e.npy"), "embed", "cannot write"
+        call_main(capsys, "embed", model_folder, image_folder, "--output", tmp_path / "e.npy"), "embed", "cannot write"
     )
     assert listing(tmp_path) == ["e.npy", "images", "images/good.png"]
 
@@ -784,7 +785,7 @@ def test_failed_npy_write_leaves_no_files_list(model_folder, image_folder, tmp_p
 def test_mistyped_folder_is_named_not_taken_for_a_repo_id(image_folder, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for model in ("./vit-b-61", "models/vit-b/61", "~/vit-b-61"):
-        assert_cli_error(run_cli(capsys, "embed", model, image_folder), "embed", f"no such folder {model}, and not a zoo name")
+        assert_cli_error(call_main(capsys, "embed", model, image_folder), "embed", f"no such folder {model}, and not a zoo name")
 
 
 # --- hostile folders and repos: embed, push and pull load only sound vit_zoo folders ---------------------------------
@@ -809,7 +810,7 @@ def make_evil(folder: Path) -> Path:
 
 def test_embed_never_offers_or_runs_repo_code(copied_folder, image_folder, tmp_path, capsys):
     make_evil(copied_folder)
-    code, out, err = run_cli(capsys, "embed", copied_folder, image_folder, "--output", tmp_path / "e.safetensors")
+    code, out, err = call_main(capsys, "embed", copied_folder, image_folder, "--output", tmp_path / "e.safetensors")
     assert code == 0 and "embedded 1 image into" in out, err
     assert not (copied_folder / "marker").exists() and "custom code" not in err
 
@@ -820,7 +821,7 @@ def test_embed_of_a_hub_repo_never_offers_or_runs_repo_code(copied_folder, image
 
     hub_server.create_repo("org/evil")
     HfApi(token=WRITE_TOKEN).upload_folder(repo_id="org/evil", folder_path=make_evil(copied_folder), repo_type="model")
-    code, out, err = run_cli(capsys, "embed", "org/evil", image_folder, "--output", tmp_path / "e.safetensors")
+    code, out, err = call_main(capsys, "embed", "org/evil", image_folder, "--output", tmp_path / "e.safetensors")
     assert code == 0 and "embedded 1 image into" in out, err
     assert "custom code" not in err and not list(Path(os.environ["HF_HOME"]).rglob("marker"))
 
@@ -833,13 +834,13 @@ def test_push_uploads_exactly_the_folder_format(copied_folder, hub_server, tmp_p
     (copied_folder / "notes.txt").write_text("private notes")
     (copied_folder / "linked.txt").symlink_to(tmp_path / "secret.txt")
     expected = sorted(path.name for path in copied_folder.iterdir() if path.name not in (".env", "notes.txt", "linked.txt"))
-    code, out, err = run_cli(capsys, "push", copied_folder, "org/tiny", "--token", WRITE_TOKEN)
+    code, out, err = call_main(capsys, "push", copied_folder, "org/tiny", "--token", WRITE_TOKEN)
     assert code == 0, err
     assert sorted(name for name in hub_server.files("org/tiny") if name != ".gitattributes") == expected
     (copied_folder / "README.md").unlink()
     (copied_folder / "README.md").symlink_to(tmp_path / "secret.txt")
     assert_cli_error(
-        run_cli(capsys, "push", copied_folder, "org/tiny", "--token", WRITE_TOKEN),
+        call_main(capsys, "push", copied_folder, "org/tiny", "--token", WRITE_TOKEN),
         "push",
         f"README.md is a symlink to {tmp_path / 'secret.txt'}, outside the folder; copy the file into the folder",
     )
@@ -850,7 +851,7 @@ def test_push_private_onto_an_existing_public_repo_is_refused(model_folder, hub_
     hub_server.create_repo("org/public")
     before = hub_server.list_commits("org/public")
     assert_cli_error(
-        run_cli(capsys, "push", model_folder, "org/public", "--private", "--token", WRITE_TOKEN),
+        call_main(capsys, "push", model_folder, "org/public", "--private", "--token", WRITE_TOKEN),
         "push",
         "org/public exists and is public; --private only makes a new repo private",
     )
@@ -861,7 +862,7 @@ def test_push_private_onto_an_existing_public_repo_is_refused(model_folder, hub_
 def test_push_of_a_readme_that_is_not_utf8_names_it(copied_folder, hub_server, capsys):
     (copied_folder / "README.md").write_bytes(b"# caf\xe9\n")
     assert_cli_error(
-        run_cli(capsys, "push", copied_folder, "org/tiny", "--token", WRITE_TOKEN),
+        call_main(capsys, "push", copied_folder, "org/tiny", "--token", WRITE_TOKEN),
         "push",
         f"{copied_folder / 'README.md'} is not UTF-8 text",
     )
@@ -882,7 +883,7 @@ def test_shard_index_naming_paths_out_of_the_folder(sharded_folder, image_folder
     index["weight_map"][first] = shard
     index_path.write_text(json.dumps(index))
     assert_cli_error(
-        run_cli(capsys, "embed", sharded_folder, image_folder, "--output", tmp_path / "e.npy"),
+        call_main(capsys, "embed", sharded_folder, image_folder, "--output", tmp_path / "e.npy"),
         "embed",
         f"model.safetensors.index.json names shard '{shard}', which is not a .safetensors file in the folder",
     )
@@ -948,7 +949,7 @@ def test_embed_refuses_folders_that_would_give_wrong_numbers(copied_folder, imag
     edit, *fragments = HOSTILE_FOLDERS[case]
     edit(copied_folder)
     message = assert_cli_error(
-        run_cli(capsys, "embed", copied_folder, image_folder, "--output", tmp_path / "e.npy"), "embed", *fragments
+        call_main(capsys, "embed", copied_folder, image_folder, "--output", tmp_path / "e.npy"), "embed", *fragments
     )
     assert len(message) < 400 and not (tmp_path / "e.npy").exists()
 
@@ -962,10 +963,10 @@ def test_push_and_pull_refuse_unsound_folders(copied_folder, hub_server, tmp_pat
         folder = Path(shutil.copytree(copied_folder, tmp_path / case))
         edit, *fragments = HOSTILE_FOLDERS[case]
         edit(folder)
-        assert_cli_error(run_cli(capsys, "push", folder, f"org/{case}", "--token", WRITE_TOKEN), "push", *fragments)
+        assert_cli_error(call_main(capsys, "push", folder, f"org/{case}", "--token", WRITE_TOKEN), "push", *fragments)
         hub_server.create_repo(f"org/{case}")
         HfApi(token=WRITE_TOKEN).upload_folder(repo_id=f"org/{case}", folder_path=folder, repo_type="model")
-        assert_cli_error(run_cli(capsys, "pull", f"org/{case}", "--output", tmp_path / f"{case}-out"), "pull", *fragments)
+        assert_cli_error(call_main(capsys, "pull", f"org/{case}", "--output", tmp_path / f"{case}-out"), "pull", *fragments)
         assert not (tmp_path / f"{case}-out").exists()
 
 
@@ -978,7 +979,7 @@ def test_push_and_pull_refuse_unsound_folders(copied_folder, hub_server, tmp_pat
 def test_pull_of_a_malformed_file_listing(model_folder, hub_server, body, message, tmp_path, capsys):
     push_folder(model_folder, "org/tiny", token=WRITE_TOKEN)
     hub_server.answer_next("/tree/", body)
-    assert_cli_error(run_cli(capsys, "pull", "org/tiny", "--output", tmp_path / "out"), "pull", message)
+    assert_cli_error(call_main(capsys, "pull", "org/tiny", "--output", tmp_path / "out"), "pull", message)
 
 
 @pytest.mark.hub
@@ -988,10 +989,10 @@ def test_offline_pull_after_an_interrupted_pull_is_refused(model_folder, hub_ser
 
     push_folder(model_folder, "org/tiny", token=WRITE_TOKEN)
     hub_server.fail_next("/preprocessor_config.json", 500, count=10)
-    assert run_cli(capsys, "pull", "org/tiny")[0] == 1
+    assert call_main(capsys, "pull", "org/tiny")[0] == 1
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     assert_cli_error(
-        run_cli(capsys, "pull", "org/tiny", "--output", tmp_path / "out"), "pull", "preprocessor_config.json is missing"
+        call_main(capsys, "pull", "org/tiny", "--output", tmp_path / "out"), "pull", "preprocessor_config.json is missing"
     )
     assert not (tmp_path / "out").exists()
 
@@ -1028,7 +1029,7 @@ def test_killed_convert_leaves_nothing_once_the_next_run_starts(tiny_archive, tm
         process.communicate()
     if signal_number == signal.SIGTERM:
         assert process.returncode == 143 and listing(tmp_path) == []
-    code, _, err = run_cli(capsys, "convert", tiny_archive, "--output", tmp_path / "next")
+    code, _, err = call_main(capsys, "convert", tiny_archive, "--output", tmp_path / "next")
     assert code == 0, err
     assert [name for name in listing(tmp_path) if "/" not in name] == ["next"]
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import run_cli
 from reference import TINY
 
 from vit_zoo import VisionTransformer, VitZooConfig, VitZooModel, save_model_folder
@@ -35,17 +36,6 @@ except SystemExit as exit:
     code = exit.code
 print(json.dumps({"heavy": sorted(set(HEAVY) & set(sys.modules)), "code": code}), file=sys.stderr)
 """
-
-
-def vit_zoo(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "vit_zoo", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env={**os.environ, **(env or {})},
-        timeout=600,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -88,16 +78,16 @@ def test_help_list_and_argument_errors_import_no_heavy_library(args, code, outpu
 @pytest.mark.parametrize("where", ["before", "after"])
 def test_debug_shows_the_traceback_before_or_after_the_subcommand(tmp_path, where):
     command = ["convert", str(tmp_path / "missing.pt"), "--output", str(tmp_path / "out")]
-    plain = vit_zoo(*command)
+    plain = run_cli(*command)
     assert plain.returncode == 1 and "Traceback" not in plain.stderr
     assert len(plain.stderr.strip().splitlines()) == 1 and plain.stderr.startswith("vit-zoo convert: error:")
-    debug = vit_zoo(*(["--debug", *command] if where == "before" else [*command, "--debug"]))
+    debug = run_cli(*(["--debug", *command] if where == "before" else [*command, "--debug"]))
     assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr
     assert not (tmp_path / "out").exists()
 
 
 def test_embed_through_a_pipe_prints_no_progress_bar(tmp_path, folder, image):
-    result = vit_zoo("embed", str(folder), str(image), "--output", str(tmp_path / "emb.safetensors"))
+    result = run_cli("embed", str(folder), str(image), "--output", str(tmp_path / "emb.safetensors"))
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"embedded 1 image into {tmp_path / 'emb.safetensors'} (0 skipped)\n"
     assert result.stderr == ""
@@ -141,7 +131,7 @@ def _closed_port() -> int:
 
 def test_pull_says_at_once_that_the_hub_cannot_be_reached(tmp_path):
     env = {"HF_ENDPOINT": f"http://127.0.0.1:{_closed_port()}", "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path)}
-    result = vit_zoo("pull", "your-name/vit-b-16", env=env)
+    result = run_cli("pull", "your-name/vit-b-16", env=env)
     assert result.returncode == 1
     assert result.stderr.startswith("vit-zoo pull: error: cannot reach the Hub at http://127.0.0.1:"), result.stderr
     assert "Retrying" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
@@ -149,7 +139,7 @@ def test_pull_says_at_once_that_the_hub_cannot_be_reached(tmp_path):
 
 def test_pull_honours_hf_hub_offline(tmp_path):
     env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)}
-    result = vit_zoo("pull", "your-name/vit-b-16", env=env)
+    result = run_cli("pull", "your-name/vit-b-16", env=env)
     assert result.returncode == 1
     assert result.stderr == (
         "vit-zoo pull: error: your-name/vit-b-16 is not in the local cache and HF_HUB_OFFLINE is set; pull it once online\n"
@@ -166,13 +156,7 @@ def test_written_files_honour_the_umask(tmp_path, folder, image):
         ["embed", str(folder), str(image), "--output", str(tmp_path / "emb.npy")],
     ]
     for command in commands:
-        result = subprocess.run(
-            [sys.executable, "-m", "vit_zoo", *command],
-            capture_output=True,
-            text=True,
-            timeout=600,
-            preexec_fn=lambda: os.umask(0o022),
-        )
+        result = run_cli(*command, preexec_fn=lambda: os.umask(0o022))
         assert result.returncode == 0, result.stderr
     written = [*(tmp_path / "converted").iterdir(), tmp_path / "emb.npy", tmp_path / "emb.npy.files.txt"]
     modes = {path.name: oct(stat.S_IMODE(path.stat().st_mode)) for path in written}

@@ -5,7 +5,7 @@ import shlex
 import subprocess
 import sys
 
-from helpers import REPO_ROOT
+from helpers import REPO_ROOT, run_cli
 
 
 def test_offline_demo_keeps_its_folder_and_its_next_command_works(tmp_path):
@@ -29,9 +29,7 @@ def test_offline_demo_keeps_its_folder_and_its_next_command_works(tmp_path):
 
     next_command = shlex.split(result.stdout.strip().splitlines()[-1])
     assert next_command[:3] == ["vit-zoo", "embed", "vit-zoo-demo/converted"]
-    embed = subprocess.run(
-        [sys.executable, "-m", "vit_zoo", *next_command[1:]], capture_output=True, text=True, env=env, cwd=tmp_path
-    )
+    embed = run_cli(*next_command[1:], env=env, cwd=tmp_path)
     assert embed.returncode == 0, embed.stderr
     assert embed.stdout.startswith("embedded 1 image into vit-zoo-demo/embeddings.safetensors")
     assert (tmp_path / "vit-zoo-demo" / "attention").is_dir()

@@ -32,6 +32,7 @@ from docs_helpers import (
 )
 from hub_server import WRITE_TOKEN, HubServer
 
+from conversion.offline_demo import BLOCK_VIT_ZOO
 from vit_zoo.cli import COMMANDS, build_parser
 from vit_zoo.zoo import get_entry
 
@@ -45,15 +46,6 @@ for block in json.load(sys.stdin):
     except BaseException:
         traceback.print_exc()
         sys.exit(f"{block['page']}: runnable block {block['number']} (line {block['line']}) failed")
-"""
-# Prepended to a remote-code block: vit_zoo cannot be imported, as on a machine where it is not installed.
-BLOCK_VIT_ZOO = """
-import importlib.abc, sys
-class _BlockVitZoo(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.partition(".")[0] == "vit_zoo":
-            raise ModuleNotFoundError(f"No module named {name!r} (blocked: this block shows remote code)")
-sys.meta_path.insert(0, _BlockVitZoo())
 """
 RUN_ONE = """
 import sys

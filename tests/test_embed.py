@@ -1,14 +1,11 @@
 """`vit-zoo embed` and `vit-zoo list`: embeddings files, attention overlays, skipped files, bad input."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
-from helpers import REPO_ROOT
+from helpers import run_cli
 from PIL import Image
 from reference import TINY
 from safetensors import safe_open
@@ -16,11 +13,6 @@ from transformers import AutoImageProcessor
 
 from vit_zoo import VitZooConfig, VitZooModel, list_entries, save_model_folder
 from vit_zoo.visualize import crop_box, select_attention
-
-
-def run_cli(*args, cwd=None):
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    return subprocess.run([sys.executable, "-m", "vit_zoo", *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd)
 
 
 @pytest.fixture(scope="module")

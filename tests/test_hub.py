@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from helpers import REPO_ROOT
+from helpers import run_cli
 from hub_server import READ_TOKEN, WRITE_TOKEN
 from reference import TINY
 from safetensors.torch import load_file, save_file
@@ -125,15 +125,6 @@ def test_offline_mode_uses_cache_only(hub_server, tmp_path, monkeypatch):
     assert pull("org/tiny") == online
     with pytest.raises(HubError, match="HF_HUB_OFFLINE"):
         pull("org/other")
-
-
-def run_cli(*args, env=None):
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "vit_zoo", *args], capture_output=True, text=True, env=env, cwd=REPO_ROOT)
 
 
 def test_cli_push_and_pull(hub_server, tmp_path):

@@ -145,6 +145,23 @@ def test_gradient_checkpointing_gives_same_gradients():
         torch.testing.assert_close(param.grad, expected[name], msg=name)
 
 
+@pytest.mark.parametrize("grad_checkpointing", [False, True])
+def test_forward_blocks_gives_forwards_hidden_states(grad_checkpointing):
+    torch.manual_seed(0)
+    model = VisionTransformer(**TINY)
+    model.transformer.grad_checkpointing = grad_checkpointing
+    tokens = model.embed_patches(torch.randn(2, 3, 32, 32))
+    hidden_states = model.transformer(tokens, output_hidden_states=True).hidden_states
+    last, taken = model.transformer.forward_blocks(tokens, take_indices=[0, 2], last=TINY["layers"] - 1)
+    assert torch.equal(last, hidden_states[-1])
+    assert [torch.equal(a, b) for a, b in zip(taken, (hidden_states[1], hidden_states[3]), strict=True)] == [True, True]
+    early, taken = model.transformer.forward_blocks(tokens, take_indices=[1], last=1)
+    assert torch.equal(early, hidden_states[2]) and torch.equal(taken[0], hidden_states[2])
+    early.square().sum().backward()  # through the checkpointed blocks when set
+    assert model.transformer.resblocks[0].mlp.c_fc.weight.grad is not None
+    assert model.transformer.resblocks[2].mlp.c_fc.weight.grad is None
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_low_precision_weights_and_autocast(dtype):
     torch.manual_seed(0)

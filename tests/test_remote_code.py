@@ -14,25 +14,18 @@ from transformers import set_seed
 from transformers.dynamic_module_utils import get_imports, get_relative_imports
 
 import vit_zoo
+from conversion.offline_demo import BLOCK_VIT_ZOO
 from vit_zoo import VitZooConfig, VitZooModel, image_processor_for
 
 PACKAGE = Path(vit_zoo.__file__).parent
 REMOTE_FILES = ("config.py", "model.py", "modeling.py", "spec.py")
 
 # Runs in a fresh interpreter: vit_zoo is blocked from import, the repository is not on sys.path.
-REMOTE_SCRIPT = r"""
-import importlib.abc
+REMOTE_SCRIPT = (
+    BLOCK_VIT_ZOO
+    + r"""
 import json
-import sys
 
-
-class BlockVitZoo(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.partition(".")[0] == "vit_zoo":
-            raise ImportError(f"{name} is blocked for this test")
-
-
-sys.meta_path.insert(0, BlockVitZoo())
 folder, work = sys.argv[1], sys.argv[2]
 
 import torch
@@ -74,6 +67,7 @@ report = {
 with open(f"{work}/report.json", "w") as file:
     json.dump(report, file)
 """
+)
 
 
 @pytest.fixture(scope="module")

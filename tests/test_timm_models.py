@@ -3,7 +3,7 @@
 The file comes from timm's sdist on PyPI (``upstream.upstream_tests``). It runs in a pytest subprocess in the
 unpacked folder (timm's ``pyproject.toml`` declares its markers there) with a ``conftest.py`` that imports vit_zoo,
 selected with ``-k vit_zoo``; only the tests that need the network (they download weights and reference tensors from
-the Hugging Face Hub) are deselected. ``test_timm.py`` runs ``test_model_load_pretrained``'s assertions offline.
+the Hugging Face Hub) are deselected. ``test_vision_transformer.py`` runs ``test_model_load_pretrained``'s assertions offline.
 """
 
 from __future__ import annotations

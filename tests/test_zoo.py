@@ -77,22 +77,39 @@ def test_unreadable_and_non_yaml_files(tmp_path):
 
 def test_register_config_and_listeners(tmp_path, scratch_zoo):
     seen = []
-    zoo.on_register(lambda entry: seen.append(entry.name))
+    stop_seeing = zoo.on_register(lambda entry: seen.append(entry.name))
     assert "vit_zoo_base_patch32_clip_224" in seen
     entry = zoo.register_config(write_variant(tmp_path / "mine.yaml", name="my_tiny_variant", model__layers=3))
     assert seen[-1] == "my_tiny_variant" and zoo.get_entry("my_tiny_variant") is entry
     assert entry.model["layers"] == 3
     with pytest.raises(zoo.ZooConfigError, match="already defined"):
         zoo.register_config({**yaml.safe_load((tmp_path / "mine.yaml").read_text()), "description": "other"})
+    stop_seeing()
+    zoo.register_config(write_variant(tmp_path / "unseen.yaml", name="unseen_variant"))
+    assert seen[-1] == "my_tiny_variant"
 
     def refuse(entry):
-        raise ValueError(f"{entry.name} clashes")
+        if entry.name == "refused_variant":
+            raise ValueError(f"{entry.name} clashes")
 
-    zoo.on_register(lambda entry: None)
-    zoo._listeners.append(refuse)
-    with pytest.raises(ValueError, match="clashes"):
-        zoo.register_config(write_variant(tmp_path / "other.yaml", name="refused_variant"))
+    stop_refusing = zoo.on_register(refuse)
+    try:
+        with pytest.raises(ValueError, match="clashes"):
+            zoo.register_config(write_variant(tmp_path / "other.yaml", name="refused_variant"))
+    finally:
+        stop_refusing()
     assert "refused_variant" not in [e.name for e in zoo.list_entries()]
+
+
+def test_unregister_config(tmp_path, scratch_zoo):
+    entry = zoo.register_config(write_variant(tmp_path / "mine.yaml", name="my_gone_variant"))
+    assert zoo.unregister_config("my_gone_variant") is entry
+    assert "my_gone_variant" not in [e.name for e in zoo.list_entries()]
+    with pytest.raises(zoo.UnknownVariantError, match="cannot unregister 'my_gone_variant': no such variant"):
+        zoo.unregister_config("my_gone_variant")
+    with pytest.raises(zoo.ZooConfigError, match="cannot unregister 'vit_zoo_base_patch32_clip_224': it is built in"):
+        zoo.unregister_config("vit_zoo_base_patch32_clip_224")
+    assert zoo.register_config(tmp_path / "mine.yaml") == entry  # the same definition again is welcome
 
 
 def test_unknown_name_lists_known_ones():

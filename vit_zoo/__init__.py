@@ -35,6 +35,7 @@ _EXPORTS = {
     "get_entry": "zoo",
     "list_entries": "zoo",
     "register_config": "zoo",
+    "unregister_config": "zoo",
     "check_folder": "folder",
     "save_folder": "folder",
     "save_model_folder": "folder",
@@ -72,7 +73,7 @@ if TYPE_CHECKING:  # what type checkers and the API reference see
     from .spec import Geometry
     from .state_dicts import infer_geometry, to_hf_clip_state_dict, to_vit_zoo_state_dict
     from .vision_transformer import TimmVisionTransformer
-    from .zoo import ZooEntry, get_entry, list_entries, register_config
+    from .zoo import ZooEntry, get_entry, list_entries, register_config, unregister_config
 
 
 def __getattr__(name: str) -> Any:

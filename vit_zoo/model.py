@@ -215,7 +215,7 @@ class Transformer(nn.Module):
         self.grad_checkpointing = False
         self.resblocks = nn.ModuleList(ResidualAttentionBlock(width, heads, mlp_ratio, activation, eps) for _ in range(layers))
 
-    @torch.jit.unused  # TorchScript users run the blocks themselves, as the timm model does
+    @torch.jit.unused  # TorchScript runs forward_blocks
     def forward(
         self,
         x: torch.Tensor,
@@ -251,6 +251,20 @@ class Transformer(nn.Module):
             cls_attentions=tuple(cls_attentions) if cls_attentions is not None else None,
             attentions=tuple(full_attentions) if full_attentions is not None else None,
         )
+
+    def forward_blocks(self, x: torch.Tensor, take_indices: list[int], last: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Tokens ``[b, n, width]`` through blocks ``0..last`` (checkpointed when set): the last output, and the
+        outputs of the blocks in ``take_indices``. Tokens only, and scriptable, unlike ``forward``."""
+        taken: list[torch.Tensor] = []
+        for index, block in enumerate(self.resblocks):
+            if index <= last:  # not `break`, and no run_block(block): TorchScript unrolls this loop
+                if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+                    x = checkpoint(block, x, use_reentrant=False)[0]
+                else:
+                    x = block(x)[0]
+                if index in take_indices:
+                    taken.append(x)
+        return x, taken
 
     def run_block(
         self,

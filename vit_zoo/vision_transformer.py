@@ -44,7 +44,6 @@ from timm.models import (
 )
 from timm.models._features import feature_take_indices
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from .download import sha256_of
 from .errors import CheckpointError, ZooConfigError
@@ -236,7 +235,7 @@ class TimmVisionTransformer(VisionTransformer):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``[b, in_chans, H, W]`` -> tokens after ``ln_post`` ``[b, 1 + grid*grid, width]``."""
         x = self.embed_patches(x, interpolate_pos_encoding=self.dynamic_img_size)
-        x, _ = self._run_blocks(x, [], len(self.transformer.resblocks) - 1)
+        x, _ = self.transformer.forward_blocks(x, [], len(self.transformer.resblocks) - 1)
         return self.ln_post(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -248,20 +247,6 @@ class TimmVisionTransformer(VisionTransformer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         """Images ``[b, in_chans, H, W]`` -> ``[b, num_classes]`` (OpenAI's image embedding with the projection)."""
         return self.forward_head(self.forward_features(x))
-
-    def _run_blocks(self, x: torch.Tensor, take_indices: list[int], last: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Tokens through blocks ``0..last`` (checkpointed when set): the last output, and the outputs of the
-        blocks in ``take_indices``."""
-        taken: list[torch.Tensor] = []
-        for index, block in enumerate(self.transformer.resblocks):
-            if index <= last:  # not `break`, and no Transformer.run_block(block): TorchScript unrolls this loop
-                if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
-                    x = checkpoint(block, x, use_reentrant=False)[0]
-                else:
-                    x = block(x)[0]
-                if index in take_indices:
-                    taken.append(x)
-        return x, taken
 
     def forward_intermediates(
         self,
@@ -294,7 +279,7 @@ class TimmVisionTransformer(VisionTransformer):
         last = len(self.transformer.resblocks) - 1
         take_indices, max_index = feature_take_indices(last + 1, indices)
         tokens = self.embed_patches(x, interpolate_pos_encoding=self.dynamic_img_size)
-        tokens, intermediates = self._run_blocks(tokens, take_indices, max_index if stop_early else last)
+        tokens, intermediates = self.transformer.forward_blocks(tokens, take_indices, max_index if stop_early else last)
         if norm:
             intermediates = [self.ln_post(y) for y in intermediates]
 
@@ -598,7 +583,7 @@ def _create(entry: ZooEntry, pretrained: bool, kwargs: dict[str, Any]) -> TimmVi
 
 def _entrypoint(entry: ZooEntry):
     def entrypoint(pretrained: bool = False, **kwargs: Any) -> TimmVisionTransformer:
-        return _create(entry, pretrained, kwargs)
+        return _create(get_entry(entry.name), pretrained, kwargs)  # refused once the variant is unregistered
 
     entrypoint.__name__ = entrypoint.__qualname__ = entry.name
     entrypoint.__module__ = __name__

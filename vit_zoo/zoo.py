@@ -1,9 +1,9 @@
 """The model zoo as data: one YAML file per variant, validated on load.
 
 Built-in variants live in ``configs/`` (shipped inside the wheel as ``vit_zoo/configs``). Users add their
-own with ``register_config(path_or_dict)`` or by pointing ``VIT_ZOO_CONFIGS`` at folders of YAML files
-(``os.pathsep``-separated). Adapters (timm) subscribe with ``on_register`` so a registered variant appears
-everywhere the built-ins do.
+own with ``register_config(path_or_dict)`` (and remove them with ``unregister_config(name)``) or by pointing
+``VIT_ZOO_CONFIGS`` at folders of YAML files (``os.pathsep``-separated). Adapters (timm) subscribe with
+``on_register`` so a registered variant appears everywhere the built-ins do.
 """
 
 from __future__ import annotations
@@ -226,12 +226,30 @@ def register_config(source: str | os.PathLike | Mapping[str, Any]) -> ZooEntry:
     return _add(entry)
 
 
-def on_register(listener: Callable[[ZooEntry], None]) -> None:
-    """Call ``listener`` for every variant, now and whenever one is registered later."""
+def unregister_config(name: str) -> ZooEntry:
+    """Remove a variant added with ``register_config`` or ``VIT_ZOO_CONFIGS`` and return it; built-ins stay.
+
+    timm keeps the entrypoint it was given (timm cannot forget a model): creating it then raises
+    ``UnknownVariantError``, and registering the variant again brings it back.
+    """
+    _ensure_loaded()
+    entry = _registry.get(name)
+    if entry is None:
+        raise UnknownVariantError(f"cannot unregister {name!r}: no such variant; known: {', '.join(sorted(_registry))}")
+    if entry.path is not None and entry.path.parent == builtin_config_dir():
+        raise ZooConfigError(f"cannot unregister {name!r}: it is built in ({entry.path})")
+    del _registry[name]
+    return entry
+
+
+def on_register(listener: Callable[[ZooEntry], None]) -> Callable[[], None]:
+    """Call ``listener`` for every variant, now and whenever one is registered later; returns the function that
+    stops these calls."""
     _ensure_loaded()
     _listeners.append(listener)
     for entry in list(_registry.values()):
         listener(entry)
+    return lambda: _listeners.remove(listener)
 
 
 def list_entries() -> list[ZooEntry]:

@@ -1,22 +1,20 @@
 """One folder for every loader: convert -> folder -> timm, transformers, remote code, vit_zoo; and via the Hub."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import timm
 import torch
 from checkpoints import openai_clip, reference_image_embedding, write_torchscript_archive
-from helpers import REPO_ROOT
+from helpers import TINY_NAME, run_cli
 from hub_server import WRITE_TOKEN
 from reference import TINY, relative_error
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from transformers import AutoImageProcessor, AutoModel, CLIPImageProcessor
 
 import vit_zoo
+from conversion.offline_demo import remote_code_embeddings
 from vit_zoo import (
     FolderError,
     VisionTransformer,
@@ -30,38 +28,6 @@ from vit_zoo import (
 from vit_zoo.folder import model_card
 
 GEOMETRY = dict(TINY, input_resolution=32, patch_size=8)
-
-# A fresh interpreter where vit_zoo cannot be imported: AutoModel with trust_remote_code only.
-REMOTE_EMBED = r"""
-import importlib.abc, sys
-
-class BlockVitZoo(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.partition(".")[0] == "vit_zoo":
-            raise ImportError(f"{name} is blocked for this test")
-
-sys.meta_path.insert(0, BlockVitZoo())
-import torch
-from safetensors.torch import load_file, save_file
-from transformers import AutoModel
-
-source, work = sys.argv[1], sys.argv[2]
-model = AutoModel.from_pretrained(source, trust_remote_code=True).eval()
-with torch.no_grad():
-    embeds = model(load_file(f"{work}/images.safetensors")["images"]).image_embeds
-save_file({"embeds": embeds.contiguous()}, f"{work}/remote.safetensors")
-"""
-
-
-def remote_embeddings(source: str, images: torch.Tensor, work: Path) -> torch.Tensor:
-    work.mkdir(parents=True, exist_ok=True)
-    save_file({"images": images}, work / "images.safetensors")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    result = subprocess.run(
-        [sys.executable, "-c", REMOTE_EMBED, source, str(work)], capture_output=True, text=True, cwd=work, env=env
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return load_file(work / "remote.safetensors")["embeds"]
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +79,7 @@ def test_folder_layout(converted):
 def test_every_loader_matches_openai(converted, tmp_path):
     folder, images, expected = converted
     embeddings = all_loaders(folder, images)
-    embeddings["remote code"] = remote_embeddings(str(folder), images, tmp_path)
+    embeddings["remote code"] = remote_code_embeddings(str(folder), images, tmp_path)
     for loader, embedding in embeddings.items():
         assert relative_error(embedding, expected) <= 1e-5, loader
         assert torch.equal(embedding, embeddings["core"]), loader
@@ -178,7 +144,7 @@ def test_hub_round_trip_for_every_loader(converted, hub_server, tmp_path):
             "timm": timm.create_model("hf-hub:org/tiny-clip", pretrained=True).eval()(images),
         }
     from_hub["transformers"] = from_hub["transformers"].image_embeds
-    from_hub["remote code"] = remote_embeddings("org/tiny-clip", images, tmp_path / "remote")
+    from_hub["remote code"] = remote_code_embeddings("org/tiny-clip", images, tmp_path / "remote")
     for loader, embedding in from_hub.items():
         assert torch.equal(embedding, local), loader
 
@@ -196,26 +162,8 @@ def test_hub_round_trip_for_every_loader(converted, hub_server, tmp_path):
 def test_cli_convert_then_load_everywhere(tmp_path):
     clip = openai_clip(GEOMETRY, seed=3)
     archive = write_torchscript_archive(clip, tmp_path / "ViT-T.pt")
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "vit_zoo",
-            "convert",
-            str(archive),
-            "--output",
-            str(tmp_path / "out"),
-            "--dtype",
-            "float32",
-            "--name",
-            "vit_zoo_tiny_patch8_test_32",
-        ],  # heads are invisible in the weights; the zoo entry gives them
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-    )
+    # heads are invisible in the weights; the zoo entry gives them
+    result = run_cli("convert", archive, "--output", tmp_path / "out", "--dtype", "float32", "--name", TINY_NAME, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     images = torch.randn(2, 3, 32, 32)
     expected = reference_image_embedding(clip, images)
@@ -227,30 +175,14 @@ def test_cli_convert_then_load_everywhere(tmp_path):
 @pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
 def test_cli_convert_push_to_hub(hub_server, tmp_path):
     archive = write_torchscript_archive(openai_clip(GEOMETRY, seed=4), tmp_path / "ViT-T.pt")
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    command = [
-        sys.executable,
-        "-m",
-        "vit_zoo",
-        "convert",
-        str(archive),
-        "--output",
-        str(tmp_path / "out"),
-        "--name",
-        "vit_zoo_tiny_patch8_test_32",
-        "--push-to-hub",
-        "org/converted",
-        "--token",
-        WRITE_TOKEN,
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path)
+    command = ["convert", archive, "--output", tmp_path / "out", "--name", TINY_NAME, "--push-to-hub", "org/converted"]
+    result = run_cli(*command, "--token", WRITE_TOKEN, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     commit = hub_server.list_commits("org/converted")[0].id
     assert commit in result.stdout
     pushed = hub_server.files("org/converted")
     assert pushed["model.safetensors"] == (tmp_path / "out" / "model.safetensors").read_bytes()
-    refused = subprocess.run(
-        [*command[:6], str(tmp_path / "out2"), *command[7:-1], "hf_wrong"], capture_output=True, text=True, env=env
-    )
+    command[3] = tmp_path / "out2"
+    refused = run_cli(*command, "--token", "hf_wrong")
     assert refused.returncode == 1 and "refused the token (401)" in refused.stderr
     assert (tmp_path / "out2").is_dir()  # the conversion stands; only the push failed, and said so

@@ -24,7 +24,7 @@ from timm.models._hub import load_model_config_from_path
 from timm.optim import create_optimizer_v2
 
 import vit_zoo
-from vit_zoo import CheckpointError, VisionTransformer, to_hf_clip_state_dict
+from vit_zoo import CheckpointError, UnknownVariantError, VisionTransformer, to_hf_clip_state_dict
 from vit_zoo.vision_transformer import (
     TimmVisionTransformer,
     openai_state_dict,
@@ -499,6 +499,11 @@ def test_user_yaml_variant_registered_at_run_time_is_a_timm_model(tmp_path, scra
     config = timm.data.resolve_data_config({}, model=model)
     assert config["mean"] == (0.5, 0.5, 0.5) and config["crop_pct"] == 0.9 and config["input_size"] == (3, 16, 16)
     vit_zoo.register_config(path)  # the same file again is a no-op
+    vit_zoo.unregister_config(USER_VARIANT["name"])
+    with pytest.raises(UnknownVariantError, match=f"unknown zoo variant '{USER_VARIANT['name']}'"):
+        timm.create_model(USER_VARIANT["name"])
+    vit_zoo.register_config(path)
+    assert timm.create_model(USER_VARIANT["name"])(torch.randn(1, 3, 16, 16)).shape == (1, 8)
 
 
 def _run_python(code: str, configs: Path) -> subprocess.CompletedProcess:
