@@ -23,16 +23,6 @@ from safetensors.torch import save_file
 from vit_zoo import CheckpointError, load_checkpoint
 
 
-@pytest.fixture(scope="module")
-def tiny_clip():
-    return openai_clip(TINY)
-
-
-@pytest.fixture(scope="module")
-def tiny_archive(tiny_clip, tmp_path_factory):
-    return write_torchscript_archive(tiny_clip, tmp_path_factory.mktemp("archives") / "ViT-T-8.pt")
-
-
 def jit_state_dict(path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)

@@ -42,15 +42,15 @@ def tiny_model(**kwargs) -> TimmVisionTransformer:
 
 
 @pytest.fixture(scope="module")
-def tiny_clip():
+def reference_tiny_clip():
     return reference_clip(**TINY)
 
 
 @pytest.fixture(scope="module")
-def tiny_checkpoint(tiny_clip, tmp_path_factory) -> Path:
+def tiny_checkpoint(reference_tiny_clip, tmp_path_factory) -> Path:
     """The whole reference CLIP (``visual.*`` + text tower) as a torch.save file."""
     path = tmp_path_factory.mktemp("ckpt") / "tiny_clip.pt"
-    torch.save(tiny_clip.state_dict(), path)
+    torch.save(reference_tiny_clip.state_dict(), path)
     return path
 
 
@@ -149,15 +149,15 @@ def test_reset_classifier_replaces_the_projection_and_zero_gives_pre_logits():
         model.reset_classifier(10, global_pool="avg")
 
 
-def test_num_classes_kwarg_builds_the_classifier_over_pretrained_weights(tiny_clip, tiny_checkpoint):
+def test_num_classes_kwarg_builds_the_classifier_over_pretrained_weights(reference_tiny_clip, tiny_checkpoint):
     model = timm.create_model(TINY_NAME, num_classes=7, pretrained=True, pretrained_cfg_overlay=dict(file=str(tiny_checkpoint)))
     assert model(IMAGES).shape == (2, 7) and model.head.weight.shape == (7, TINY["width"])
     assert model.pretrained_cfg["num_classes"] == TINY["output_dim"]
-    torch.testing.assert_close(model.ln_post.weight, tiny_clip.visual.ln_post.weight)
+    torch.testing.assert_close(model.ln_post.weight, reference_tiny_clip.visual.ln_post.weight)
     projection = timm.create_model(
         TINY_NAME, num_classes=TINY["output_dim"], pretrained=True, pretrained_cfg_overlay=dict(file=str(tiny_checkpoint))
     )
-    torch.testing.assert_close(projection.head.weight, tiny_clip.visual.proj.t())
+    torch.testing.assert_close(projection.head.weight, reference_tiny_clip.visual.proj.t())
 
 
 def test_device_and_dtype_kwargs():
@@ -214,7 +214,7 @@ def test_prune_intermediate_layers_drops_later_blocks_norm_and_projection():
         assert model(IMAGES).shape == (2, TINY["width"])  # CLS token of the last kept block, no projection
 
 
-def test_features_only_returns_per_block_maps(tiny_clip, tiny_checkpoint):
+def test_features_only_returns_per_block_maps(reference_tiny_clip, tiny_checkpoint):
     features = timm.create_model(
         TINY_NAME,
         features_only=True,
@@ -225,7 +225,7 @@ def test_features_only_returns_per_block_maps(tiny_clip, tiny_checkpoint):
     assert features.feature_info.channels() == [TINY["width"]] * 2
     assert features.feature_info.reduction() == [TINY["patch_size"]] * 2
     core = VisionTransformer(**TINY).eval()
-    core.load_state_dict(visual_state_dict(tiny_clip))
+    core.load_state_dict(visual_state_dict(reference_tiny_clip))
     with torch.no_grad():
         maps = features(IMAGES)
         hidden = core.forward_tokens(IMAGES, output_hidden_states=True).hidden_states
@@ -236,15 +236,15 @@ def test_features_only_returns_per_block_maps(tiny_clip, tiny_checkpoint):
     assert len(default.feature_info.channels()) == 3  # the last 3 blocks, as timm's ViT
 
 
-def test_img_size_other_than_native_resamples_the_pretrained_positional_embedding(tiny_clip, tiny_checkpoint):
+def test_img_size_other_than_native_resamples_the_pretrained_positional_embedding(reference_tiny_clip, tiny_checkpoint):
     model = timm.create_model(
         TINY_NAME, img_size=48, pretrained=True, pretrained_cfg_overlay=dict(file=str(tiny_checkpoint))
     ).eval()
     assert model.grid_size == 6 and model.positional_embedding.shape == (1 + 36, TINY["width"])
-    source = tiny_clip.visual.positional_embedding.detach()
+    source = reference_tiny_clip.visual.positional_embedding.detach()
     expected = resample_abs_pos_embed(source[None], new_size=[6, 6], old_size=[4, 4], num_prefix_tokens=1)[0]
     torch.testing.assert_close(model.positional_embedding.detach(), expected)
-    torch.testing.assert_close(model.conv1.weight, tiny_clip.visual.conv1.weight)
+    torch.testing.assert_close(model.conv1.weight, reference_tiny_clip.visual.conv1.weight)
     with torch.no_grad():
         assert model(torch.randn(2, 3, 48, 48)).shape == (2, TINY["output_dim"])
     assert timm.models.get_model_input_config(model)["input_size"] == (3, 48, 48)
@@ -269,9 +269,9 @@ def test_dynamic_img_size_runs_other_shapes_like_the_core_interpolation():
     assert not timm.models.get_model_input_config(model)["fixed_input_size"]
 
 
-def test_in_chans_adapts_pretrained_conv_weights_as_timm_does(tiny_clip, tiny_checkpoint):
+def test_in_chans_adapts_pretrained_conv_weights_as_timm_does(reference_tiny_clip, tiny_checkpoint):
     model = timm.create_model(TINY_NAME, in_chans=1, pretrained=True, pretrained_cfg_overlay=dict(file=str(tiny_checkpoint)))
-    torch.testing.assert_close(model.conv1.weight, tiny_clip.visual.conv1.weight.sum(dim=1, keepdim=True))
+    torch.testing.assert_close(model.conv1.weight, reference_tiny_clip.visual.conv1.weight.sum(dim=1, keepdim=True))
     assert model(torch.randn(2, 1, 32, 32)).shape == (2, TINY["output_dim"])
     assert timm.data.resolve_model_data_config(model)["input_size"] == (3, 32, 32)  # source preprocessing
     assert timm.models.get_model_input_config(model)["input_size"] == (1, 32, 32)
