@@ -1,5 +1,6 @@
 """Bounds for hostile-input tests: a fuzz case that runs too long raises ``Hang``, one that allocates more than
-``MEMORY_HEADROOM`` beyond what the process holds fails its allocation; ``twice_at_once`` races two calls."""
+``MEMORY_HEADROOM`` beyond what the process holds fails its allocation; ``run_cases`` runs a fuzz test's cases;
+``twice_at_once`` races two calls."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import re
 import resource
 import signal
 import threading
+import traceback
+from collections import Counter
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,6 +40,30 @@ def budget(seconds: float):
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous_handler)
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def run_cases(
+    count: int, write_case: Callable[[int], tuple[Path, str]], outcome: Callable[[Path], str]
+) -> tuple[list[str], Counter[str]]:
+    """Fuzz cases: ``write_case(i)`` writes the i-th mutated file and says how it was made; ``outcome(path)``
+    names what became of it or raises ``AssertionError`` / ``Hang``. Returns the failed cases (a line each) and
+    how many cases ended in each outcome."""
+    findings: list[str] = []
+    tally: Counter[str] = Counter()
+    for index in range(count):
+        path, how = write_case(index)
+        try:
+            tally[outcome(path)] += 1
+        except (AssertionError, Hang) as error:
+            findings.append(f"case {index} ({how}): {error}")
+        path.unlink()
+    return findings, tally
+
+
+def unexpected(error: BaseException) -> AssertionError:
+    """A fuzz finding: an exception the code under test should not have raised, with where it was raised."""
+    frame = traceback.extract_tb(error.__traceback__)[-1]
+    return AssertionError(f"{type(error).__name__} at {Path(frame.filename).name}:{frame.lineno}: {str(error)[:200]}")
 
 
 def _address_space() -> int:

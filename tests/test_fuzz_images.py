@@ -11,13 +11,12 @@ from __future__ import annotations
 import io
 import random
 import struct
-import traceback
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
-from limits import ALLOCATION_FAILURE, Hang, budget
+from limits import ALLOCATION_FAILURE, Hang, budget, run_cases, unexpected
 from PIL import Image
 
 from vit_zoo.embed import open_image
@@ -99,8 +98,7 @@ def outcome(path: Path) -> str:
     except (AssertionError, Hang):
         raise
     except BaseException as error:  # noqa: BLE001 - the finding itself (MemoryError under the cap, ...)
-        frame = traceback.extract_tb(error.__traceback__)[-1]
-        raise AssertionError(f"{type(error).__name__} at {Path(frame.filename).name}:{frame.lineno}: {error}") from error
+        raise unexpected(error) from error
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="the memory cap reads /proc/self/status")
@@ -110,19 +108,15 @@ def test_mutated_images_are_read_or_refused_quickly(tmp_path):
     mutations, weights = zip(*MUTATIONS)
     for kind, data in valid.items():
         assert outcome(_write(tmp_path / f"valid.{kind.lower()}", data)) == "read"
-    findings, tally = [], {}
-    for case in range(CASES):
+
+    def write_case(case: int) -> tuple[Path, str]:
         kind = rng.choice(FORMATS)
         mutation = rng.choices(mutations, weights)[0]
-        path = _write(tmp_path / f"case-{case}.{kind.lower()}", mutation(rng, valid[kind]))
-        try:
-            result = outcome(path)
-            tally[result] = tally.get(result, 0) + 1
-        except (AssertionError, Hang) as error:
-            findings.append(f"case {case} ({kind}, {mutation.__name__}): {error}")
-        path.unlink()
+        return _write(tmp_path / f"case-{case}.{kind.lower()}", mutation(rng, valid[kind])), f"{kind}, {mutation.__name__}"
+
+    findings, tally = run_cases(CASES, write_case, outcome)
     assert not findings, f"{len(findings)} of {CASES} cases failed:\n" + "\n".join(findings[:20])
-    assert tally.get("refused", 0) > CASES // 4, tally  # the mutations do reach the checks
+    assert tally["refused"] > CASES // 4, tally  # the mutations do reach the checks
 
 
 def _write(path: Path, data: bytes) -> Path:

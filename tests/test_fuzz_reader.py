@@ -16,7 +16,6 @@ import pickletools
 import random
 import re
 import struct
-import traceback
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -25,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 from checkpoints import openai_clip, write_state_dict, write_torchscript_archive
-from limits import ALLOCATION_FAILURE, Hang, budget
+from limits import ALLOCATION_FAILURE, Hang, budget, run_cases, unexpected
 from reference import TINY
 
 from vit_zoo import CheckpointError, load_checkpoint
@@ -259,9 +258,7 @@ def outcome(path: Path) -> str:
     except (AssertionError, Hang):
         raise
     except Exception as error:  # noqa: BLE001 - the finding itself
-        frame = traceback.extract_tb(error.__traceback__)[-1]
-        where = f"{Path(frame.filename).name}:{frame.lineno}"
-        raise AssertionError(f"{type(error).__name__} at {where}: {str(error)[:200]}") from error
+        raise unexpected(error) from error
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="the memory cap reads /proc/self/status")
@@ -271,19 +268,15 @@ def test_mutated_checkpoints_load_or_give_one_clean_error(source, valid_files, t
     rng = random.Random(f"{SEED}-{source}")
     mutations, weights = zip(*MUTATIONS[source])
     assert outcome(_write(tmp_path / "valid.pt", valid_files[source])) == "loaded"
-    findings, tally = [], {}
-    for case in range(CASES[source]):
+
+    def write_case(case: int) -> tuple[Path, str]:
         mutation = rng.choices(mutations, weights)[0]
-        path = _write(tmp_path / f"case-{case}.pt", mutation(rng, valid_files[source], marker))
-        try:
-            result = outcome(path)
-            tally[result] = tally.get(result, 0) + 1
-        except (AssertionError, Hang) as error:
-            findings.append(f"case {case} ({mutation.__name__}): {error}")
-        path.unlink()
+        return _write(tmp_path / f"case-{case}.pt", mutation(rng, valid_files[source], marker)), mutation.__name__
+
+    findings, tally = run_cases(CASES[source], write_case, outcome)
     assert not findings, f"{len(findings)} of {CASES[source]} cases failed:\n" + "\n".join(findings[:20])
     assert not marker.exists(), "a payload from a mutated file was run"
-    assert tally.get("refused", 0) > CASES[source] // 3, tally  # the mutations do reach the reader's checks
+    assert tally["refused"] > CASES[source] // 3, tally  # the mutations do reach the reader's checks
 
 
 def _write(path: Path, data: bytes) -> Path:
