@@ -8,6 +8,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from vit_zoo import cli
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TINY_NAME = "vit_zoo_tiny_patch8_test_32"  # configs/ geometry == reference.TINY
 
@@ -25,3 +29,24 @@ def run_cli(
         timeout=600,
         **options,
     )
+
+
+def call_main(capsys: pytest.CaptureFixture[str], *args: Any) -> tuple[int, str, str]:
+    """``vit_zoo.cli.main(ARGS)`` in this process (the console script's code path, without the seconds a fresh
+    interpreter spends importing torch): exit code, stdout, stderr."""
+    code = cli.main([str(arg) for arg in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_cli_error(result: tuple[int, str, str], command: str, *fragments: str) -> str:
+    """Exit code 1, nothing on stdout, and one ``vit-zoo COMMAND: error:`` line (after any retry notices) holding
+    every fragment; no traceback."""
+    code, out, err = result
+    lines = err.strip().splitlines()
+    assert code == 1 and out == "", (code, out, err)
+    assert lines and lines[-1].startswith(f"vit-zoo {command}: error: "), err
+    assert sum("error:" in line for line in lines) == 1 and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in lines[-1], lines[-1]
+    return lines[-1]

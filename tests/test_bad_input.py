@@ -43,7 +43,7 @@ import timm
 import torch
 from checkpoints import openai_clip, write_state_dict, write_torchscript_archive
 from file_server import FileServer
-from helpers import REPO_ROOT, TINY_NAME, run_cli
+from helpers import REPO_ROOT, TINY_NAME, assert_cli_error, call_main, run_cli
 from hub_server import READ_TOKEN, WRITE_TOKEN
 from limits import twice_at_once
 from PIL import Image
@@ -56,7 +56,6 @@ from vit_zoo import (
     CheckpointError,
     VitZooConfig,
     VitZooModel,
-    cli,
     convert_checkpoint,
     get_entry,
     load_checkpoint,
@@ -69,25 +68,6 @@ from vit_zoo.embed import open_image
 from vit_zoo.image_processing import load_image_processor
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
-
-
-def call_main(capsys, *args) -> tuple[int, str, str]:
-    code = cli.main([str(arg) for arg in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_cli_error(result: tuple[int, str, str], command: str, *fragments: str) -> str:
-    """Exit code 1, nothing on stdout, and one ``vit-zoo COMMAND: error:`` line (after any retry notices) holding
-    every fragment; no traceback."""
-    code, out, err = result
-    lines = err.strip().splitlines()
-    assert code == 1 and out == "", (code, out, err)
-    assert lines and lines[-1].startswith(f"vit-zoo {command}: error: "), err
-    assert sum("error:" in line for line in lines) == 1 and "Traceback" not in err, err
-    for fragment in fragments:
-        assert fragment in lines[-1], lines[-1]
-    return lines[-1]
 
 
 def listing(folder: Path) -> list[str]:

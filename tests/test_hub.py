@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from helpers import run_cli
+from helpers import assert_cli_error, call_main, run_cli
 from hub_server import READ_TOKEN, WRITE_TOKEN
 from reference import TINY
 from safetensors.torch import load_file, save_file
@@ -147,9 +147,8 @@ def test_cli_push_and_pull(hub_server, tmp_path):
         (["pull", "org/x", "--revision", "v9"], "not found"),
     ],
 )
-def test_cli_errors_are_one_line(hub_server, tmp_path, args, message):
+def test_cli_errors_are_one_line(hub_server, tmp_path, args, message, capsys):
     write_plain_folder(tmp_path / "model")
-    result = run_cli(*[a.format(tmp=tmp_path) for a in args])
-    assert result.returncode != 0
-    assert message in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    result = call_main(capsys, *[a.format(tmp=tmp_path) for a in args])
+    assert_cli_error(result, args[0], message)
+    assert len(result[2].strip().splitlines()) == 1
