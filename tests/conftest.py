@@ -17,6 +17,11 @@ pytest_plugins = ["hub_server"]  # its hub_server fixture, for every test file
 collect_ignore = ["upstream_transformers"]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow tests first, so that under xdist the upstream suites (minutes each) start at once, beside the rest."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session")
 def tiny_clip() -> CLIP:
     """A whole CLIP of the tiny test geometry as OpenAI ships one: fp16, with the scalar buffers. Read only."""
