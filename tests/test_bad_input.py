@@ -45,12 +45,12 @@ from checkpoints import openai_clip, write_state_dict, write_torchscript_archive
 from file_server import FileServer
 from helpers import REPO_ROOT, TINY_NAME, assert_cli_error, call_main, run_cli
 from hub_server import READ_TOKEN, WRITE_TOKEN
-from limits import twice_at_once
+from limits import budget, twice_at_once
 from PIL import Image
 from reference import TINY
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from transformers import AutoModel, CLIPVisionConfig, CLIPVisionModel
+from transformers import AutoModel, AutoModelForImageClassification, CLIPVisionConfig, CLIPVisionModel
 
 from vit_zoo import (
     CheckpointError,
@@ -922,6 +922,54 @@ def test_embed_refuses_folders_that_would_give_wrong_numbers(copied_folder, imag
         call_main(capsys, "embed", copied_folder, image_folder, "--output", tmp_path / "e.npy"), "embed", *fragments
     )
     assert len(message) < 400 and not (tmp_path / "e.npy").exists()
+
+
+LOADER_REFUSALS = {  # HOSTILE_FOLDERS case -> what transformers' from_pretrained must say
+    "layers-20000": f"config.json says layers=20000 but model.safetensors holds {TINY['layers']} blocks",
+    "layers-1": f"config.json says layers=1 but model.safetensors holds {TINY['layers']} blocks",
+    "missing-proj": "lack 1 tensor(s) of the tower its config.json describes (visual.proj)",
+    "missing-ln_post": "lack 1 tensor(s) of the tower its config.json describes (visual.ln_post.weight)",
+}
+
+
+@pytest.mark.parametrize("case", list(LOADER_REFUSALS))
+def test_transformers_refuses_folders_that_would_give_wrong_numbers(copied_folder, case):
+    """transformers built a 20 000-block model for minutes, or filled missing tensors with random values, and
+    returned it. Now the block count is read from the weights' header before anything is built."""
+    HOSTILE_FOLDERS[case][0](copied_folder)
+    for loader in (AutoModel, AutoModelForImageClassification):
+        with budget(60), pytest.raises(ValueError) as error:  # 20 000 blocks would take minutes and gigabytes
+            loader.from_pretrained(copied_folder)
+        assert LOADER_REFUSALS[case] in str(error.value) and "\n" not in str(error.value), str(error.value)
+
+
+def test_transformers_still_initialises_a_new_classifier_head(model_folder):
+    classifier, loading_info = AutoModelForImageClassification.from_pretrained(
+        model_folder, num_labels=3, output_loading_info=True
+    )
+    assert sorted(loading_info["missing_keys"]) == ["classifier.bias", "classifier.weight"]
+    assert classifier(torch.randn(1, 3, 32, 32)).logits.shape == (1, 3)
+
+
+@pytest.mark.hub
+def test_transformers_refuses_a_hub_repo_claiming_more_layers_than_its_weights_hold(copied_folder, hub_server):
+    from huggingface_hub import HfApi
+
+    HOSTILE_FOLDERS["layers-20000"][0](copied_folder)
+    hub_server.create_repo("org/layers-20000")
+    HfApi(token=WRITE_TOKEN).upload_folder(repo_id="org/layers-20000", folder_path=copied_folder, repo_type="model")
+    with budget(60), pytest.raises(ValueError, match="org/layers-20000: config.json says layers=20000 but model"):
+        AutoModel.from_pretrained("org/layers-20000")
+
+
+def test_timm_local_dir_claiming_more_layers_than_its_weights_hold(copied_folder):
+    config_path = copied_folder / "config.json"
+    config = json.loads(config_path.read_text())
+    config["model_args"]["layers"] = 20000
+    config_path.write_text(json.dumps(config))
+    message = f"model_args say layers=20000 but model.safetensors holds {TINY['layers']} blocks"
+    with budget(60), pytest.raises(CheckpointError, match=message):
+        timm.create_model(f"local-dir:{copied_folder}", pretrained=True)
 
 
 @pytest.mark.hub

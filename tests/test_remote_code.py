@@ -25,6 +25,7 @@ REMOTE_SCRIPT = (
     BLOCK_VIT_ZOO
     + r"""
 import json
+import shutil
 
 folder, work = sys.argv[1], sys.argv[2]
 
@@ -45,6 +46,16 @@ with torch.no_grad():
     out = model(inputs["pixel_values"], output_attention_map=True, output_attentions=True, output_hidden_states=True)
     logits = classifier.eval()(inputs["pixel_values"]).logits
 processed = processor(images=inputs["image"].numpy(), return_tensors="pt")["pixel_values"]
+bomb = shutil.copytree(folder, f"{work}/bomb")
+with open(f"{bomb}/config.json") as file:
+    settings = json.load(file)
+with open(f"{bomb}/config.json", "w") as file:
+    json.dump({**settings, "layers": 20000}, file)
+try:
+    AutoModel.from_pretrained(bomb, trust_remote_code=True)
+    refused_bomb = ""
+except ValueError as error:
+    refused_bomb = str(error)
 save_file(
     {
         "image_embeds": out.image_embeds,
@@ -62,6 +73,7 @@ report = {
     "classifier_class": type(classifier).__name__,
     "processor_class": type(processor).__name__,
     "refused_without_trust": refused_without_trust,
+    "refused_bomb": refused_bomb,
     "vit_zoo_modules": sorted(name for name in sys.modules if name.partition(".")[0] == "vit_zoo"),
 }
 with open(f"{work}/report.json", "w") as file:
@@ -122,6 +134,7 @@ def test_loads_with_trust_remote_code_without_vit_zoo(saved_folder, tmp_path):
     assert report["classifier_class"] == "VitZooForImageClassification"
     assert report["processor_class"] == "CLIPImageProcessorPil"
     assert "trust_remote_code=True" in report["refused_without_trust"]
+    assert f"config.json says layers=20000 but model.safetensors holds {TINY['layers']} blocks" in report["refused_bomb"]
 
     remote = load_file(tmp_path / "outputs.safetensors")
     installed = VitZooModel.from_pretrained(saved_folder).eval()

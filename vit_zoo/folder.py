@@ -34,6 +34,7 @@ from .errors import FolderError, OutputError, first_line, os_reason, shown
 from .image_processing import image_processor_for, load_image_processor, read_json_object
 from .model import VisionTransformer
 from .modeling import VitZooModel, VitZooPreTrainedModel, remote_auto_map
+from .spec import count_blocks
 from .state_dicts import SHAPE_FIELDS, expected_shapes, state_dict_differences
 from .vision_transformer import TimmVisionTransformer, openai_state_dict, timm_config_dict, timm_model_args
 from .zoo import PretrainedSource, ZooEntry, list_entries
@@ -292,7 +293,6 @@ REMOTE_CODE_FILES = ("config.py", "model.py", "modeling.py", "spec.py")
 FORMAT_FILES = ("config.json", "preprocessor_config.json", "README.md", *REMOTE_CODE_FILES)
 DTYPE_NAMES = ("float32", "float16", "bfloat16")
 _SHARD_NAME = re.compile(r"^[\w.-]+\.safetensors$")
-_BLOCK_KEY = re.compile(r"^transformer\.resblocks\.(\d+)\.")
 _DTYPES = {  # safetensors' dtype names
     "F64": torch.float64,
     "F32": torch.float32,
@@ -409,7 +409,7 @@ def _tensor_headers(weights: list[Path]) -> dict[str, tuple[Path, torch.Tensor]]
 def _check_tensors(headers: Mapping[str, tuple[Path, torch.Tensor]], config: VitZooConfig, folder: Path) -> None:
     """The weights hold exactly the tensors of the config's geometry (a timm classifier may add ``head.*``). The
     block count is compared first: a config claiming 20 000 layers must not make anything build them."""
-    blocks = len({match.group(1) for name in headers if (match := _BLOCK_KEY.match(name))})
+    blocks = count_blocks(headers)
     if blocks != config.layers:
         raise FolderError(
             f"{folder / 'config.json'}: layers is {config.layers} but the weights hold {blocks} blocks; convert or "

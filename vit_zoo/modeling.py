@@ -9,14 +9,14 @@ checkpoints go through ``vit_zoo.convert`` instead: their text tower's bare name
 
 Like ``config.py`` and ``model.py``, this file is copied flat into folders written by ``save_pretrained`` so
 that ``AutoModel.from_pretrained(folder, trust_remote_code=True)`` works without vit_zoo installed: it
-imports only torch, transformers and its two siblings.
+imports only torch, transformers and its siblings (``config.py``, ``model.py``, ``spec.py``).
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -28,6 +28,10 @@ from transformers.utils import ModelOutput
 
 from .config import VitZooConfig
 from .model import Attention, ResidualAttentionBlock, TransformerOutput, VisionTransformer, stack_attention_map
+from .spec import count_blocks, safetensors_names
+
+# from_pretrained's keywords that say where its files come from (transformers' cached_file takes them too)
+HUB_KWARGS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision", "subfolder")
 
 
 @dataclass
@@ -158,16 +162,59 @@ class VitZooPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """``PreTrainedModel.from_pretrained``; a damaged weights file is named in a one-line ``ValueError``."""
+        """``PreTrainedModel.from_pretrained``, refusing weights that do not fit the config with a one-line
+        ``ValueError``: the block count is compared before the model is built (a config.json claiming 20 000
+        layers must not build them), a tower tensor missing from the weights is an error rather than a random
+        initialisation (a new classifier head is still initialised), and a damaged weights file is named."""
+        source = pretrained_model_name_or_path
+        cls._check_block_count(source, kwargs)
+        wants_loading_info = kwargs.pop("output_loading_info", False)
         try:
-            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+            # with output_loading_info, transformers returns (model, info) where its annotation says model
+            loaded: Any = super().from_pretrained(source, *args, output_loading_info=True, **kwargs)
+            model, loading_info = loaded
         except Exception as error:
             if not type(error).__module__.startswith("safetensors"):  # SafetensorError: this file imports no safetensors
                 raise
             raise ValueError(
-                f"the weights of {pretrained_model_name_or_path} are not a readable safetensors file "
+                f"the weights of {source} are not a readable safetensors file "
                 f"({str(error).strip().splitlines()[0]}); download or convert the model again"
             ) from error
+        missing = [name for name in loading_info["missing_keys"] if name.startswith(f"{cls.base_model_prefix}.")]
+        if missing:
+            raise ValueError(
+                f"the weights of {source} lack {len(missing)} tensor(s) of the tower its config.json describes "
+                f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); download or convert the model again"
+            )
+        return (model, loading_info) if wants_loading_info else model
+
+    @classmethod
+    def _check_block_count(cls, source, kwargs: dict) -> None:
+        """``layers`` of the config against the blocks the weights name (safetensors header or index), read before
+        anything is built; silent where there are no safetensors weights to read (transformers reports that)."""
+        from transformers.utils import cached_file
+
+        hub_kwargs = {name: kwargs[name] for name in HUB_KWARGS if name in kwargs}
+        config = kwargs.get("config")
+        layers: object
+        if isinstance(config, VitZooConfig):
+            layers = config.layers
+        else:
+            settings, _ = VitZooConfig.get_config_dict(source, **hub_kwargs)
+            if settings.get("model_type") != VitZooConfig.model_type:
+                return  # not a vit_zoo config.json: __init__ says so
+            layers = settings.get("layers")
+        for filename in ("model.safetensors.index.json", "model.safetensors"):
+            path = cached_file(source, filename, _raise_exceptions_for_missing_entries=False, **hub_kwargs)
+            names = safetensors_names(path) if path else None
+            if names is not None:
+                blocks = count_blocks(names)
+                if blocks != layers:
+                    raise ValueError(
+                        f"{source}: config.json says layers={layers} but {filename} holds {blocks} blocks; "
+                        "download or convert the model again"
+                    )
+                return
 
     def save_pretrained(self, save_directory, *args, **kwargs) -> None:
         """``PreTrainedModel.save_pretrained``; the folder also carries ``config.py``, ``model.py`` and

@@ -6,8 +6,11 @@ with ``model.py`` inside saved folders (remote code), so it imports nothing of v
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Iterator, Mapping
+import os
+import re
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -108,6 +111,31 @@ class Geometry(Mapping):
 GEOMETRY_FIELDS = tuple(field.name for field in fields(Geometry))
 SHAPE_FIELDS = tuple(name for name in GEOMETRY_FIELDS if name not in ("heads", "activation", "layer_norm_eps"))
 """The fields that decide tensor shapes, so the ones a state dict shows."""
+
+
+_BLOCK_INDEX = re.compile(r"(?:^|\.)transformer\.resblocks\.(\d+)\.")
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit on a header
+
+
+def count_blocks(tensor_names: Iterable[str]) -> int:
+    """How many residual blocks (``transformer.resblocks.N``, under any prefix) the tensor names hold."""
+    return len({match.group(1) for name in tensor_names if (match := _BLOCK_INDEX.search(name))})
+
+
+def safetensors_names(path: str | os.PathLike) -> list[str] | None:
+    """The tensor names of a ``.safetensors`` file (from its header) or of a ``.safetensors.index.json`` (its
+    ``weight_map``), read without torch and without reading any tensor; ``None`` when the file is not that, so the
+    loader that reads it next reports the damage."""
+    try:
+        with open(path, "rb") as file:
+            if str(path).endswith(".json"):
+                names = json.load(file).get("weight_map")
+            else:
+                size = int.from_bytes(file.read(8), "little")
+                names = json.loads(file.read(size)) if 0 < size <= MAX_HEADER_BYTES else None
+    except (OSError, ValueError, AttributeError):
+        return None
+    return [str(name) for name in names if name != "__metadata__"] if isinstance(names, dict) else None
 
 
 def _is_positive_number(value: object) -> bool:

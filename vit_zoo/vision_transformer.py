@@ -49,7 +49,7 @@ from .download import sha256_of
 from .errors import CheckpointError, ZooConfigError
 from .model import VisionTransformer
 from .readers import load_checkpoint
-from .spec import GEOMETRY_FIELDS, SHAPE_FIELDS, Geometry
+from .spec import GEOMETRY_FIELDS, SHAPE_FIELDS, Geometry, count_blocks, safetensors_names
 from .state_dicts import infer_geometry, state_dict_differences, to_vit_zoo_state_dict
 from .zoo import ZooEntry, get_entry, list_entries, on_register
 
@@ -569,6 +569,8 @@ def _create(entry: ZooEntry, pretrained: bool, kwargs: dict[str, Any]) -> TimmVi
         _geometry_of(kwargs)
     except ValueError as error:
         raise ValueError(f"{entry.name}: {error} (timm's img_size is input_resolution, in_chans in_channels)") from None
+    if pretrained and cfg.get("source") == "local-dir":
+        _check_block_count(Path(cfg["file"]), kwargs["layers"])
     out_indices = kwargs.pop("out_indices", min(3, kwargs["layers"]))
     return build_model_with_cfg(
         TimmVisionTransformer,
@@ -579,6 +581,17 @@ def _create(entry: ZooEntry, pretrained: bool, kwargs: dict[str, Any]) -> TimmVi
         feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
         **kwargs,
     )
+
+
+def _check_block_count(folder: Path, layers: int) -> None:
+    """A ``local-dir:`` folder's ``layers`` against the blocks its weights name, from the safetensors header, before
+    anything is built (a config.json claiming 20 000 layers must not build them)."""
+    names = safetensors_names(folder / "model.safetensors")
+    if names is not None and count_blocks(names) != layers:
+        raise CheckpointError(
+            f"{folder / 'config.json'}: model_args say layers={layers} but model.safetensors holds "
+            f"{count_blocks(names)} blocks; download or convert the model again"
+        )
 
 
 def _entrypoint(entry: ZooEntry):
