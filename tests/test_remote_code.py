@@ -134,7 +134,7 @@ def test_loads_with_trust_remote_code_without_vit_zoo(saved_folder, tmp_path):
     assert report["classifier_class"] == "VitZooForImageClassification"
     assert report["processor_class"] == "CLIPImageProcessorPil"
     assert "trust_remote_code=True" in report["refused_without_trust"]
-    assert f"config.json says layers=20000 but model.safetensors holds {TINY['layers']} blocks" in report["refused_bomb"]
+    assert f"the config asks for layers=20000 but model.safetensors holds {TINY['layers']} blocks" in report["refused_bomb"]
 
     remote = load_file(tmp_path / "outputs.safetensors")
     installed = VitZooModel.from_pretrained(saved_folder).eval()

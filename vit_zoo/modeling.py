@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import cast
 
 import torch
 from torch import nn
@@ -162,17 +162,16 @@ class VitZooPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """``PreTrainedModel.from_pretrained``, refusing weights that do not fit the config with a one-line
-        ``ValueError``: the block count is compared before the model is built (a config.json claiming 20 000
-        layers must not build them), a tower tensor missing from the weights is an error rather than a random
-        initialisation (a new classifier head is still initialised), and a damaged weights file is named."""
+        """``PreTrainedModel.from_pretrained``, refusing with a one-line ``ValueError`` a config that asks for more
+        blocks than the weights hold (compared from the safetensors header before anything is built: a config.json
+        claiming 20 000 layers must not build them), and naming a damaged weights file. Otherwise it loads as
+        transformers loads: tensors missing from the weights are initialised and reported, fewer layers than the
+        weights hold truncate the tower."""
         source = pretrained_model_name_or_path
-        cls._check_block_count(source, kwargs)
-        wants_loading_info = kwargs.pop("output_loading_info", False)
+        if source is not None and "state_dict" not in kwargs:
+            cls._check_block_count(source, kwargs)
         try:
-            # with output_loading_info, transformers returns (model, info) where its annotation says model
-            loaded: Any = super().from_pretrained(source, *args, output_loading_info=True, **kwargs)
-            model, loading_info = loaded
+            return super().from_pretrained(source, *args, **kwargs)
         except Exception as error:
             if not type(error).__module__.startswith("safetensors"):  # SafetensorError: this file imports no safetensors
                 raise
@@ -180,18 +179,12 @@ class VitZooPreTrainedModel(PreTrainedModel):
                 f"the weights of {source} are not a readable safetensors file "
                 f"({str(error).strip().splitlines()[0]}); download or convert the model again"
             ) from error
-        missing = [name for name in loading_info["missing_keys"] if name.startswith(f"{cls.base_model_prefix}.")]
-        if missing:
-            raise ValueError(
-                f"the weights of {source} lack {len(missing)} tensor(s) of the tower its config.json describes "
-                f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); download or convert the model again"
-            )
-        return (model, loading_info) if wants_loading_info else model
 
-    @classmethod
-    def _check_block_count(cls, source, kwargs: dict) -> None:
-        """``layers`` of the config against the blocks the weights name (safetensors header or index), read before
-        anything is built; silent where there are no safetensors weights to read (transformers reports that)."""
+    @staticmethod
+    def _check_block_count(source, kwargs: dict) -> None:
+        """The config's ``layers`` (the one given, else ``config.json``'s) against the blocks the weights name
+        (safetensors header or index). Weights naming no block at all are left to transformers, which initialises
+        and reports every tensor."""
         from transformers.utils import cached_file
 
         hub_kwargs = {name: kwargs[name] for name in HUB_KWARGS if name in kwargs}
@@ -209,9 +202,9 @@ class VitZooPreTrainedModel(PreTrainedModel):
             names = safetensors_names(path) if path else None
             if names is not None:
                 blocks = count_blocks(names)
-                if blocks != layers:
+                if blocks and isinstance(layers, int) and layers > blocks:
                     raise ValueError(
-                        f"{source}: config.json says layers={layers} but {filename} holds {blocks} blocks; "
+                        f"{source}: the config asks for layers={layers} but {filename} holds {blocks} blocks; "
                         "download or convert the model again"
                     )
                 return
