@@ -977,9 +977,23 @@ def test_timm_local_dir_claiming_more_layers_than_its_weights_hold(copied_folder
     config = json.loads(config_path.read_text())
     config["model_args"]["layers"] = 20000
     config_path.write_text(json.dumps(config))
-    message = f"model_args say layers=20000 but model.safetensors holds {TINY['layers']} blocks"
+    message = f"model_args say layers=20000 but the weights hold {TINY['layers']} blocks"
     with budget(60), pytest.raises(CheckpointError, match=message):
         timm.create_model(f"local-dir:{copied_folder}", pretrained=True)
+
+
+@pytest.mark.hub
+def test_timm_hf_hub_repo_claiming_more_layers_than_its_weights_hold(copied_folder, hub_server):
+    from huggingface_hub import HfApi
+
+    config_path = copied_folder / "config.json"
+    config = json.loads(config_path.read_text())
+    config["model_args"]["layers"] = 20000
+    config_path.write_text(json.dumps(config))
+    hub_server.create_repo("org/timm-bomb")
+    HfApi(token=WRITE_TOKEN).upload_folder(repo_id="org/timm-bomb", folder_path=copied_folder, repo_type="model")
+    with budget(60), pytest.raises(CheckpointError, match="model_args say layers=20000 but the weights hold"):
+        timm.create_model("hf-hub:org/timm-bomb", pretrained=True)
 
 
 @pytest.mark.hub

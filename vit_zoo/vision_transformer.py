@@ -569,8 +569,9 @@ def _create(entry: ZooEntry, pretrained: bool, kwargs: dict[str, Any]) -> TimmVi
         _geometry_of(kwargs)
     except ValueError as error:
         raise ValueError(f"{entry.name}: {error} (timm's img_size is input_resolution, in_chans in_channels)") from None
-    if pretrained and cfg.get("source") == "local-dir":
-        _check_block_count(Path(cfg["file"]), kwargs["layers"])
+    weights = _weights_to_load(cfg) if pretrained else None
+    if weights is not None:
+        _check_block_count(weights, kwargs["layers"])
     out_indices = kwargs.pop("out_indices", min(3, kwargs["layers"]))
     return build_model_with_cfg(
         TimmVisionTransformer,
@@ -583,14 +584,31 @@ def _create(entry: ZooEntry, pretrained: bool, kwargs: dict[str, Any]) -> TimmVi
     )
 
 
-def _check_block_count(folder: Path, layers: int) -> None:
-    """A ``local-dir:`` folder's ``layers`` against the blocks its weights name, from the safetensors header, before
-    anything is built (a config.json claiming 20 000 layers must not build them)."""
-    names = safetensors_names(folder / "model.safetensors")
+def _weights_to_load(cfg: Mapping[str, Any]) -> Path | None:
+    """The ``model.safetensors`` timm is about to load for a ``local-dir:`` folder or an ``hf-hub:`` repo (fetched
+    now into the Hub cache, where timm finds it next); ``None`` for other sources or when it cannot be had here
+    (timm's own loading then reports why)."""
+    if cfg.get("source") == "local-dir":
+        return Path(cfg["file"]) / "model.safetensors"
+    if cfg.get("source") == "hf-hub":
+        from huggingface_hub import hf_hub_download
+
+        repo_id, _, revision = str(cfg["hf_hub_id"]).partition("@")
+        try:
+            return Path(hf_hub_download(repo_id, "model.safetensors", revision=revision or None))
+        except Exception:  # noqa: BLE001 - no such file, no network: timm's loader says so in its own words
+            return None
+    return None
+
+
+def _check_block_count(weights: Path, layers: int) -> None:
+    """``layers`` against the blocks the weights name, from the safetensors header, before anything is built (a
+    config.json claiming 20 000 layers must not build them)."""
+    names = safetensors_names(weights)
     if names is not None and count_blocks(names) != layers:
         raise CheckpointError(
-            f"{folder / 'config.json'}: model_args say layers={layers} but model.safetensors holds "
-            f"{count_blocks(names)} blocks; download or convert the model again"
+            f"{weights}: the config's model_args say layers={layers} but the weights hold {count_blocks(names)} "
+            "blocks; download or convert the model again"
         )
 
 
