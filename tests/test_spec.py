@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from vit_zoo.spec import MAX_HEADER_BYTES, count_blocks, safetensors_names
+from vit_zoo.spec import MAX_HEADER_BYTES, block_indices, safetensors_names
 
 
 def test_names_from_a_safetensors_header_and_from_an_index(tmp_path):
@@ -37,7 +37,7 @@ def test_damaged_files_give_none_for_the_loader_to_report(tmp_path, content):
     assert safetensors_names(tmp_path / "index.json") is None
 
 
-def test_blocks_are_counted_under_any_prefix():
+def test_blocks_are_found_under_any_prefix():
     names = [
         "visual.transformer.resblocks.0.ln_1.weight",
         "visual.transformer.resblocks.0.ln_2.weight",
@@ -46,5 +46,5 @@ def test_blocks_are_counted_under_any_prefix():
         "ln_post.weight",
         "my_transformer.resblocks.7.x",  # not a tower block
     ]
-    assert count_blocks(names) == 3
-    assert count_blocks([]) == 0
+    assert block_indices(names) == {0, 3, 11}
+    assert block_indices([]) == set()

@@ -34,7 +34,7 @@ from .errors import FolderError, OutputError, first_line, os_reason, shown
 from .image_processing import image_processor_for, load_image_processor, read_json_object
 from .model import VisionTransformer
 from .modeling import VitZooModel, VitZooPreTrainedModel, remote_auto_map
-from .spec import count_blocks
+from .spec import block_indices
 from .state_dicts import SHAPE_FIELDS, expected_shapes, state_dict_differences
 from .vision_transformer import TimmVisionTransformer, openai_state_dict, timm_config_dict, timm_model_args
 from .zoo import PretrainedSource, ZooEntry, list_entries
@@ -409,7 +409,7 @@ def _tensor_headers(weights: list[Path]) -> dict[str, tuple[Path, torch.Tensor]]
 def _check_tensors(headers: Mapping[str, tuple[Path, torch.Tensor]], config: VitZooConfig, folder: Path) -> None:
     """The weights hold exactly the tensors of the config's geometry (a timm classifier may add ``head.*``). The
     block count is compared first: a config claiming 20 000 layers must not make anything build them."""
-    blocks = count_blocks(headers)
+    blocks = len(block_indices(headers))
     if blocks != config.layers:
         raise FolderError(
             f"{folder / 'config.json'}: layers is {config.layers} but the weights hold {blocks} blocks; convert or "

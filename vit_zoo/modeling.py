@@ -28,7 +28,7 @@ from transformers.utils import ModelOutput
 
 from .config import VitZooConfig
 from .model import Attention, ResidualAttentionBlock, TransformerOutput, VisionTransformer, stack_attention_map
-from .spec import count_blocks, safetensors_names
+from .spec import block_indices, safetensors_names
 
 # from_pretrained's keywords that say where its files come from (transformers' cached_file takes them too)
 HUB_KWARGS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision", "subfolder")
@@ -201,7 +201,7 @@ class VitZooPreTrainedModel(PreTrainedModel):
             path = cached_file(source, filename, _raise_exceptions_for_missing_entries=False, **hub_kwargs)
             names = safetensors_names(path) if path else None
             if names is not None:
-                blocks = count_blocks(names)
+                blocks = len(block_indices(names))
                 if blocks and isinstance(layers, int) and layers > blocks:
                     raise ValueError(
                         f"{source}: the config asks for layers={layers} but {filename} holds {blocks} blocks; "

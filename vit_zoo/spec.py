@@ -117,9 +117,9 @@ _BLOCK_INDEX = re.compile(r"(?:^|\.)transformer\.resblocks\.(\d+)\.")
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit on a header
 
 
-def count_blocks(tensor_names: Iterable[str]) -> int:
-    """How many residual blocks (``transformer.resblocks.N``, under any prefix) the tensor names hold."""
-    return len({match.group(1) for name in tensor_names if (match := _BLOCK_INDEX.search(name))})
+def block_indices(tensor_names: Iterable[str]) -> set[int]:
+    """The indices N of the residual blocks (``transformer.resblocks.N.*``, under any prefix) the names hold."""
+    return {int(match.group(1)) for name in tensor_names if (match := _BLOCK_INDEX.search(name))}
 
 
 def safetensors_names(path: str | os.PathLike) -> list[str] | None:

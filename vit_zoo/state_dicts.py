@@ -23,7 +23,7 @@ from transformers import CLIPVisionConfig
 from .config import VitZooConfig
 from .errors import CheckpointError
 from .model import VisionTransformer
-from .spec import SHAPE_FIELDS, Geometry
+from .spec import SHAPE_FIELDS, Geometry, block_indices
 from .zoo import ZooEntry
 
 __all__ = [
@@ -38,7 +38,6 @@ __all__ = [
 ]
 
 OPENAI_HEAD_WIDTH = 64  # OpenAI's build_model: heads = width // 64
-_BLOCK = re.compile(r"^transformer\.resblocks\.(\d+)\.")
 
 # --- key maps -----------------------------------------------------------------------------------------------
 
@@ -235,7 +234,7 @@ def infer_geometry(state_dict: Mapping[str, torch.Tensor]) -> dict:
 
 
 def _count_layers(state_dict: Mapping[str, torch.Tensor]) -> int:
-    blocks = sorted({int(match.group(1)) for key in state_dict if (match := _BLOCK.match(key))})
+    blocks = sorted(block_indices(state_dict))
     if not blocks:
         raise CheckpointError("no transformer blocks (transformer.resblocks.N.*) in the image tower")
     missing = sorted(set(range(blocks[-1] + 1)) - set(blocks))

@@ -49,7 +49,7 @@ from .download import sha256_of
 from .errors import CheckpointError, ZooConfigError
 from .model import VisionTransformer
 from .readers import load_checkpoint
-from .spec import GEOMETRY_FIELDS, SHAPE_FIELDS, Geometry, count_blocks, safetensors_names
+from .spec import GEOMETRY_FIELDS, SHAPE_FIELDS, Geometry, block_indices, safetensors_names
 from .state_dicts import infer_geometry, state_dict_differences, to_vit_zoo_state_dict
 from .zoo import ZooEntry, get_entry, list_entries, on_register
 
@@ -605,10 +605,11 @@ def _check_block_count(weights: Path, layers: int) -> None:
     """``layers`` against the blocks the weights name, from the safetensors header, before anything is built (a
     config.json claiming 20 000 layers must not build them)."""
     names = safetensors_names(weights)
-    if names is not None and count_blocks(names) != layers:
+    blocks = len(block_indices(names)) if names is not None else layers
+    if blocks != layers:
         raise CheckpointError(
-            f"{weights}: the config's model_args say layers={layers} but the weights hold {count_blocks(names)} "
-            "blocks; download or convert the model again"
+            f"{weights}: the config's model_args say layers={layers} but the weights hold {blocks} blocks; "
+            "download or convert the model again"
         )
 
 
