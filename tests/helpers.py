@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from vit_zoo import cli
 
@@ -50,3 +51,17 @@ def assert_cli_error(result: tuple[int, str, str], command: str, *fragments: str
     for fragment in fragments:
         assert fragment in lines[-1], lines[-1]
     return lines[-1]
+
+
+def sdpa_calls(function) -> int:
+    """How many times ``function()`` calls ``F.scaled_dot_product_attention``."""
+    calls = []
+
+    class Count(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            calls.extend([func] if func is torch.nn.functional.scaled_dot_product_attention else [])
+            return func(*args, **(kwargs or {}))
+
+    with torch.no_grad(), Count():
+        function()
+    return len(calls)

@@ -13,7 +13,7 @@ from reference import OPENAI_GEOMETRIES, TINY, relative_error
 from safetensors.torch import load_file
 from transformers import CLIPVisionModelWithProjection
 
-from vit_zoo import CheckpointError, OutputError, VisionTransformer, VitZooConfig, convert_checkpoint
+from vit_zoo import CheckpointError, OutputError, OutputExistsError, VisionTransformer, VitZooConfig, convert_checkpoint
 from vit_zoo import convert as convert_module
 
 
@@ -151,7 +151,7 @@ def test_existing_output_is_refused_and_untouched(checkpoints, tmp_path):
     _, archive, _ = checkpoints("tiny")
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")
-    with pytest.raises(CheckpointError, match="already exists"):
+    with pytest.raises(OutputExistsError, match="already exists"):
         convert_checkpoint(archive, tmp_path / "out")
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep.txt"]
 

@@ -152,8 +152,8 @@ def test_convert_a_file(runs, files):
     result, work = runs["archive"]
     assert result.returncode == 0, result.stderr
     assert result.stdout == (
-        "wrote nested/out: README.md, config.json, config.py, model.py, model.safetensors, modeling.py, "
-        "preprocessor_config.json, spec.py\n"
+        "wrote nested/out: README.md, config.json, config.py, errors.py, files.py, model.py, model.safetensors, "
+        "modeling.py, preprocessor_config.json, spec.py\n"
     )
     check_folder(work / "nested" / "out", files["model"], torch.float16)
     assert [p.name for p in (work / "nested").iterdir()] == ["out"]  # no staging folder left

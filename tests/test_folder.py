@@ -11,12 +11,13 @@ from helpers import TINY_NAME, run_cli
 from hub_server import WRITE_TOKEN
 from reference import TINY, relative_error
 from safetensors.torch import load_file
+from timm.data import OPENAI_CLIP_MEAN
 from transformers import AutoImageProcessor, AutoModel, CLIPImageProcessor
 
 import vit_zoo
 from conversion.offline_demo import remote_code_embeddings
 from vit_zoo import (
-    FolderError,
+    OutputExistsError,
     VisionTransformer,
     VitZooConfig,
     convert_checkpoint,
@@ -25,7 +26,8 @@ from vit_zoo import (
     save_folder,
     save_model_folder,
 )
-from vit_zoo.folder import model_card
+from vit_zoo.card import model_card
+from vit_zoo.folder_check import REMOTE_CODE_FILES
 
 GEOMETRY = dict(TINY, input_resolution=32, patch_size=8)
 
@@ -57,8 +59,7 @@ def test_folder_layout(converted):
     folder, _, _ = converted
     names = sorted(p.name for p in folder.iterdir())
     assert names == sorted(
-        ["model.safetensors", "config.json", "preprocessor_config.json", "README.md"]
-        + ["config.py", "model.py", "modeling.py", "spec.py"]
+        ["model.safetensors", "config.json", "preprocessor_config.json", "README.md"] + list(REMOTE_CODE_FILES)
     )
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == "vit_zoo" and config["architectures"] == ["VitZooModel"]
@@ -70,9 +71,10 @@ def test_folder_layout(converted):
     assert config["architecture"] == "vit_zoo_tiny_patch8_test_32"
     assert config["num_classes"] == GEOMETRY["output_dim"] and config["num_features"] == GEOMETRY["width"]
     assert config["model_args"]["width"] == GEOMETRY["width"] and config["model_args"]["img_size"] == 32
-    assert config["pretrained_cfg"]["mean"] == list(vit_zoo.zoo.OPENAI_MEAN)
+    assert config["pretrained_cfg"]["mean"] == list(OPENAI_CLIP_MEAN)
     assert set(load_file(folder / "model.safetensors")) == set(VisionTransformer(**GEOMETRY).state_dict())
-    for name in ("config.py", "model.py", "modeling.py", "spec.py"):
+    assert set(REMOTE_CODE_FILES) == {"config.py", "errors.py", "files.py", "model.py", "modeling.py", "spec.py"}
+    for name in REMOTE_CODE_FILES:
         assert (folder / name).read_bytes() == (Path(vit_zoo.__file__).parent / name).read_bytes()
 
 
@@ -90,7 +92,7 @@ def test_image_processor_is_openais(converted):
     processor = AutoImageProcessor.from_pretrained(folder, backend="pil")
     assert "CLIPImageProcessor" in type(processor).__name__
     assert processor.crop_size == {"height": 32, "width": 32} and processor.size == {"shortest_edge": 32}
-    assert list(processor.image_mean) == list(vit_zoo.zoo.OPENAI_MEAN)
+    assert list(processor.image_mean) == list(OPENAI_CLIP_MEAN)
     assert isinstance(AutoImageProcessor.from_pretrained(folder), CLIPImageProcessor)
 
 
@@ -125,7 +127,7 @@ def test_models_in_memory_save_to_the_same_layout(kind, tmp_path):
 
 def test_save_refuses_a_non_empty_folder(tmp_path):
     (tmp_path / "keep.txt").write_text("mine")
-    with pytest.raises(FolderError, match="not empty"):
+    with pytest.raises(OutputExistsError, match="not empty"):
         save_folder(VisionTransformer(**GEOMETRY).state_dict(), VitZooConfig(**GEOMETRY), tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
 

@@ -9,7 +9,7 @@ from hub_server import READ_TOKEN, WRITE_TOKEN
 from reference import TINY
 from safetensors.torch import load_file, save_file
 
-from vit_zoo import HubError, VisionTransformer, VitZooConfig, pull, push_folder
+from vit_zoo import FolderError, HubError, OutputExistsError, VisionTransformer, VitZooConfig, pull, push_folder
 from vit_zoo.image_processing import image_processor_for
 
 pytestmark = [pytest.mark.hub, pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")]
@@ -50,7 +50,7 @@ def test_pull_into_output_folder(hub_server, tmp_path):
     push_folder(write_plain_folder(tmp_path / "model"), "org/tiny", token=WRITE_TOKEN)
     output = pull("org/tiny", output=tmp_path / "pulled")
     assert output == tmp_path / "pulled" and (output / "model.safetensors").is_file()
-    with pytest.raises(HubError, match="already exists"):
+    with pytest.raises(OutputExistsError, match="already exists"):
         pull("org/tiny", output=tmp_path / "pulled")
 
 
@@ -109,9 +109,9 @@ def test_repo_of_another_model_type_is_refused(hub_server, tmp_path):
     api = HfApi(endpoint=hub_server.endpoint, token=WRITE_TOKEN)
     api.create_repo("org/clip")
     api.upload_folder(repo_id="org/clip", folder_path=other)
-    with pytest.raises(HubError, match="'clip_vision_model' model, not a 'vit_zoo' one"):
+    with pytest.raises(FolderError, match="'clip_vision_model' model, not a 'vit_zoo' one"):
         pull("org/clip")
-    with pytest.raises(HubError, match="not 'vit_zoo'|not a 'vit_zoo'"):
+    with pytest.raises(FolderError, match="not 'vit_zoo'|not a 'vit_zoo'"):
         push_folder(other, "org/clip2", token=WRITE_TOKEN)
 
 

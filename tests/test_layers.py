@@ -14,11 +14,11 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "vit_zoo"
 
 LAYERS = [
-    ("core", {"_version", "errors", "spec", "model"}),
-    ("data", {"config", "zoo", "download", "readers"}),
+    ("core", {"_version", "errors", "files", "spec", "model"}),
+    ("data", {"config", "zoo", "download", "readers", "outputs"}),
     ("state dicts", {"state_dicts"}),
     ("adapters", {"modeling", "image_processing", "vision_transformer", "registration"}),
-    ("folder format", {"folder"}),
+    ("folder format", {"card", "folder_check", "folder"}),
     ("pipelines", {"convert", "hub"}),
     ("faces", {"visualize", "embed", "cli", "__main__", "__init__"}),
 ]

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from helpers import sdpa_calls
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference import (
@@ -69,14 +70,54 @@ def test_eager_and_sdpa_agree():
     torch.manual_seed(0)
     model = VisionTransformer(**TINY).eval()
     images = torch.randn(3, 3, 32, 32)
-    calls = [(True, True), (False, True), (False, False)]  # the last two run the last block for CLS only
     with torch.no_grad():
-        sdpa = [model(images, *call) for call in calls]
-        model.set_attention_implementation("eager")
-        eager = [model(images, *call) for call in calls]
-    for sdpa_outputs, eager_outputs in zip(sdpa, eager, strict=True):
-        for a, b in zip(sdpa_outputs, eager_outputs, strict=True):
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        for asked in (dict(attention_map=True, hidden_states=True), dict(attention_map=True), {}):
+            sdpa, eager = model.encode(images, **asked), model.encode(images, eager=True, **asked)
+            for field in ("image_embeds", "last_hidden_state", "attention_map"):
+                if getattr(sdpa, field) is not None:
+                    torch.testing.assert_close(getattr(eager, field), getattr(sdpa, field), rtol=1e-5, atol=1e-6)
+
+
+def test_attention_runs_fused_unless_eager_or_the_full_probabilities_are_asked_for():
+    model = VisionTransformer(**TINY).eval()
+    images = torch.randn(2, 3, 32, 32)
+    assert sdpa_calls(lambda: model(images, True, True)) == TINY["layers"]  # the CLS row comes apart
+    assert sdpa_calls(lambda: model.encode(images, eager=True)) == 0
+    assert sdpa_calls(lambda: model.encode(images, attentions=True)) == 0
+
+
+def test_encode_returns_what_was_asked_for_and_forward_is_built_from_it():
+    torch.manual_seed(0)
+    model = VisionTransformer(**TINY).eval()
+    images = torch.randn(2, 3, 32, 32)
+    grid, tokens = (4, 4), 1 + 16
+    with torch.no_grad():
+        plain = model.encode(images)
+        mapped = model.encode(images, attention_map=True)
+        full = model.encode(images, attention_map=True, hidden_states=True, attentions=True)  # explicit softmax
+        embedding, patch_tokens, attention_map = model(images, True, True)
+    assert plain.grid == grid and plain.attention_map is plain.hidden_states is plain.attentions is None
+    assert full.last_hidden_state.shape == (2, tokens, TINY["width"]) and full.image_embeds.shape == (2, TINY["output_dim"])
+    assert full.attention_map.shape == (TINY["layers"], 2, TINY["heads"], *grid)
+    assert len(full.hidden_states) == TINY["layers"] + 1 and full.hidden_states[-1] is full.last_hidden_state
+    assert [a.shape for a in full.attentions] == [(2, TINY["heads"], tokens, tokens)] * TINY["layers"]
+    for layer, probabilities in enumerate(full.attentions):  # the map is each full matrix's CLS row over the patches
+        torch.testing.assert_close(full.attention_map[layer].flatten(-2), probabilities[:, :, 0, 1:], rtol=1e-5, atol=1e-7)
+    assert torch.equal(embedding, plain.image_embeds) and torch.equal(patch_tokens, mapped.last_hidden_state[:, 1:])
+    assert torch.equal(attention_map, mapped.attention_map)
+
+
+def test_a_tower_without_projection_gives_the_normed_cls_token():
+    torch.manual_seed(0)
+    model = VisionTransformer(**TINY).eval()
+    bare = VisionTransformer(**TINY, projection=False).eval()
+    bare.load_state_dict({k: v for k, v in model.state_dict().items() if k != "proj"})
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        out = bare.encode(images)
+        assert bare.proj is None and "proj" not in bare.state_dict()
+        assert torch.equal(out.image_embeds, bare.ln_post(out.last_hidden_state[:, 0]))
+        torch.testing.assert_close(out.image_embeds @ model.proj, model(images)[0], rtol=1e-6, atol=1e-7)
 
 
 def test_attention_map_does_not_change_embedding():
@@ -86,13 +127,12 @@ def test_attention_map_does_not_change_embedding():
     with torch.no_grad():
         plain = model(images)[0]
         torch.testing.assert_close(plain, model(images, output_attention_map=True)[0], rtol=0, atol=0)
-        # all features run the last block on every token: same values, another matmul shape
-        torch.testing.assert_close(plain, model(images, True, True)[0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(plain, model(images, True, True)[0], rtol=0, atol=0)
 
 
 def large_copies(model: VisionTransformer, images: torch.Tensor, **kwargs) -> list[tuple[str, int]]:
     """The copying ops (clone, copy_, contiguous) a forward runs on tensors of at least ``[b, n, width]``."""
-    tokens = images.shape[0] * (1 + model.grid_size**2) * model.transformer.width
+    tokens = images.shape[0] * (1 + model.geometry.grid_size**2) * model.geometry.width
     copies = []
 
     class RecordCopies(TorchDispatchMode):
@@ -115,23 +155,6 @@ def test_attention_map_reads_keys_in_place():
     assert large_copies(model, images, output_attention_map=True) == large_copies(model, images)
 
 
-def test_cls_only_gives_the_full_computations_cls_token():
-    torch.manual_seed(0)
-    model = VisionTransformer(**TINY).eval()
-    images = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        full = model.forward_tokens(images, True, True, True)
-        cls_only = model.forward_tokens(images, True, True, True, cls_only=True)
-    assert cls_only.last_hidden_state.shape == (2, 1, TINY["width"])
-    assert cls_only.attentions[-1].shape == (2, TINY["heads"], 1, full.last_hidden_state.shape[1])
-    torch.testing.assert_close(cls_only.last_hidden_state, full.last_hidden_state[:, :1], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(cls_only.attentions[-1], full.attentions[-1][:, :, :1], rtol=1e-5, atol=1e-6)
-    for a, b in zip(cls_only.cls_attentions, full.cls_attentions, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    for a, b in zip(cls_only.hidden_states[:-1], full.hidden_states[:-1], strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
-
-
 def test_gradient_checkpointing_gives_same_gradients():
     torch.manual_seed(0)
     model = VisionTransformer(**TINY)
@@ -146,18 +169,17 @@ def test_gradient_checkpointing_gives_same_gradients():
 
 
 @pytest.mark.parametrize("grad_checkpointing", [False, True])
-def test_forward_blocks_gives_forwards_hidden_states(grad_checkpointing):
+def test_depth_stops_the_one_block_loop_early(grad_checkpointing):
     torch.manual_seed(0)
     model = VisionTransformer(**TINY)
     model.transformer.grad_checkpointing = grad_checkpointing
-    tokens = model.embed_patches(torch.randn(2, 3, 32, 32))
-    hidden_states = model.transformer(tokens, output_hidden_states=True).hidden_states
-    last, taken = model.transformer.forward_blocks(tokens, take_indices=[0, 2], last=TINY["layers"] - 1)
-    assert torch.equal(last, hidden_states[-1])
-    assert [torch.equal(a, b) for a, b in zip(taken, (hidden_states[1], hidden_states[3]), strict=True)] == [True, True]
-    early, taken = model.transformer.forward_blocks(tokens, take_indices=[1], last=1)
-    assert torch.equal(early, hidden_states[2]) and torch.equal(taken[0], hidden_states[2])
-    early.square().sum().backward()  # through the checkpointed blocks when set
+    images = torch.randn(2, 3, 32, 32)
+    full = model.encode(images, hidden_states=True, attention_map=True)
+    early = model.encode(images, hidden_states=True, attention_map=True, depth=2)
+    assert len(early.hidden_states) == 3 and early.attention_map.shape[0] == 2
+    assert all(torch.equal(a, b) for a, b in zip(early.hidden_states, full.hidden_states[:3], strict=True))
+    assert torch.equal(early.last_hidden_state, full.hidden_states[2])
+    early.last_hidden_state.square().sum().backward()  # through the checkpointed blocks when set
     assert model.transformer.resblocks[0].mlp.c_fc.weight.grad is not None
     assert model.transformer.resblocks[2].mlp.c_fc.weight.grad is None
 

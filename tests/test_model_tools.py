@@ -27,7 +27,7 @@ def test_lora_on_every_linear_of_the_blocks_merges_into_the_same_model():
     adapted = get_peft_model(model, config)
     wrapped = {name for name, module in adapted.named_modules() if hasattr(module, "lora_A")}
     for block in range(TINY["layers"]):
-        prefix = f"base_model.model.transformer.resblocks.{block}."
+        prefix = f"base_model.model.visual.transformer.resblocks.{block}."
         # `attn` carries the in_proj_weight adapter, and its out_proj moves under the wrapper's base_layer
         expected = ["attn", "attn.base_layer.out_proj", "mlp.c_fc", "mlp.c_proj"]
         assert {prefix + name for name in expected} == {name for name in wrapped if name.startswith(prefix)}
@@ -46,18 +46,18 @@ def test_lora_on_every_linear_of_the_blocks_merges_into_the_same_model():
         tuned = adapted(IMAGES)
         assert (tuned - base).abs().max() > 1e-3  # the adapters learned something
         merged = adapted.merge_and_unload()
-        assert type(merged.transformer.resblocks[0].mlp.c_fc) is torch.nn.Linear
+        assert type(merged.visual.transformer.resblocks[0].mlp.c_fc) is torch.nn.Linear
         torch.testing.assert_close(merged(IMAGES), tuned, rtol=1e-5, atol=1e-5)
 
 
 def test_torchvision_feature_extractor_returns_a_block_output():
     model = tiny_model()
     train_nodes, eval_nodes = get_graph_node_names(model)
-    block_output = "transformer.resblocks.1.add_1"  # the second residual sum of block 1: its output tokens
+    block_output = "visual.transformer.resblocks.1.add_1"  # the second residual sum of block 1: its output tokens
     assert block_output in eval_nodes and block_output in train_nodes
     extractor = create_feature_extractor(model, return_nodes={block_output: "block1", "head": "embedding"})
     with torch.no_grad():
         features = extractor(IMAGES)
-        hidden_states = model.forward_tokens(IMAGES, output_hidden_states=True).hidden_states
+        hidden_states = model.visual.encode(IMAGES, hidden_states=True).hidden_states
         torch.testing.assert_close(features["block1"], hidden_states[2], rtol=0, atol=0)
         torch.testing.assert_close(features["embedding"], model(IMAGES), rtol=0, atol=0)

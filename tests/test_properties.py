@@ -26,8 +26,8 @@ from safetensors.torch import load_file
 from transformers import AutoModel
 
 from vit_zoo import VisionTransformer, VitZooConfig, pull, push_folder
+from vit_zoo.card import REPO_ID_PLACEHOLDER
 from vit_zoo.convert import convert_checkpoint
-from vit_zoo.folder import REPO_ID_PLACEHOLDER
 from vit_zoo.spec import ACTIVATIONS
 from vit_zoo.vision_transformer import openai_state_dict
 from vit_zoo.zoo import parse_entry

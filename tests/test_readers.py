@@ -116,7 +116,7 @@ def refused(path, *fragments):
 
 
 def test_missing_empty_folder_and_random_files(tmp_path):
-    refused(tmp_path / "nope.pt", "no such file")
+    refused(tmp_path / "nope.pt", "nope.pt is missing")
     (tmp_path / "empty.pt").write_bytes(b"")
     refused(tmp_path / "empty.pt", "is empty", "expected an OpenAI CLIP .pt archive")
     refused(tmp_path, "is a folder")

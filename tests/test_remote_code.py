@@ -107,7 +107,7 @@ def test_remote_files_import_only_torch_transformers_and_siblings(saved_folder, 
     path = saved_folder / name
     third_party = set(get_imports(path)) - set(sys.stdlib_module_names)
     assert third_party <= {"torch", "transformers"}
-    assert {module.split(".")[0] for module in get_relative_imports(path)} <= {"config", "model", "spec"}
+    assert {module.split(".")[0] for module in get_relative_imports(path)} <= {"config", "errors", "files", "model", "spec"}
 
 
 def test_loads_with_trust_remote_code_without_vit_zoo(saved_folder, tmp_path):
@@ -134,7 +134,10 @@ def test_loads_with_trust_remote_code_without_vit_zoo(saved_folder, tmp_path):
     assert report["classifier_class"] == "VitZooForImageClassification"
     assert report["processor_class"] == "CLIPImageProcessorPil"
     assert "trust_remote_code=True" in report["refused_without_trust"]
-    assert f"the config asks for layers=20000 but model.safetensors holds {TINY['layers']} blocks" in report["refused_bomb"]
+    assert (
+        f"(model.safetensors): the config asks for layers=20000 but the weights hold {TINY['layers']} blocks"
+        in report["refused_bomb"]
+    )
 
     remote = load_file(tmp_path / "outputs.safetensors")
     installed = VitZooModel.from_pretrained(saved_folder).eval()

@@ -18,20 +18,21 @@ from checkpoints import openai_clip, reference_image_embedding, write_torchscrip
 from file_server import FileServer
 from helpers import REPO_ROOT, TINY_NAME
 from reference import OPENAI_GEOMETRIES, TINY, reference_clip, relative_error, visual_state_dict
+from timm.data import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from timm.layers import resample_abs_pos_embed
 from timm.models import save_for_hf
 from timm.models._hub import load_model_config_from_path
 from timm.optim import create_optimizer_v2
 
 import vit_zoo
-from vit_zoo import CheckpointError, UnknownVariantError, VisionTransformer, to_hf_clip_state_dict
+from vit_zoo import CheckpointError, DownloadError, UnknownVariantError, VisionTransformer, to_hf_clip_state_dict
 from vit_zoo.vision_transformer import (
     TimmVisionTransformer,
     openai_state_dict,
     pretrained_filter_fn,
     timm_config_dict,
 )
-from vit_zoo.zoo import OPENAI_MEAN, OPENAI_STD, ZooConfigError
+from vit_zoo.zoo import ZooConfigError
 
 IMAGES = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 
@@ -86,7 +87,7 @@ def test_data_config_is_openai_preprocessing(name):
     config = timm.data.resolve_data_config({}, model=model)
     side = int(name.split("_")[-1].split(".")[0])
     assert config["input_size"] == (3, side, side)
-    assert config["mean"] == OPENAI_MEAN and config["std"] == OPENAI_STD
+    assert config["mean"] == OPENAI_CLIP_MEAN and config["std"] == OPENAI_CLIP_STD
     assert config["interpolation"] == "bicubic" and config["crop_pct"] == 1.0
     transform = timm.data.create_transform(**config)
     from PIL import Image
@@ -98,7 +99,7 @@ def test_pretrained_cfg_of_openai_tag():
     cfg = timm.models.get_pretrained_cfg("vit_zoo_base_patch32_clip_224.openai").to_dict()
     source = vit_zoo.get_entry("ViT-B/32").pretrained["openai"]
     assert cfg["url"] == source.url and cfg["license"] == "mit"
-    assert cfg["num_classes"] == 512 and cfg["first_conv"] == "conv1" and cfg["classifier"] == "head"
+    assert cfg["num_classes"] == 512 and cfg["first_conv"] == "visual.conv1" and cfg["classifier"] == "head"
     assert cfg["custom_load"] is True  # an OpenAI archive is TorchScript: read by the model's load_pretrained
 
 
@@ -114,7 +115,7 @@ def test_head_is_openai_projection_and_pre_logits_are_the_normed_cls_token():
         assert features.shape == (2, 1 + 4 * 4, TINY["width"])
         pre_logits = model.forward_head(features, pre_logits=True)
         torch.testing.assert_close(model(IMAGES), core(IMAGES)[0], rtol=1e-6, atol=1e-6)
-        tokens = core.forward_tokens(IMAGES).last_hidden_state
+        tokens = core.encode(IMAGES).last_hidden_state
         torch.testing.assert_close(pre_logits, core.ln_post(tokens[:, 0]), rtol=1e-6, atol=1e-6)
     assert model.num_classes == TINY["output_dim"] == model.pretrained_cfg["num_classes"]
     assert model.num_features == model.head_hidden_size == TINY["width"]
@@ -122,7 +123,8 @@ def test_head_is_openai_projection_and_pre_logits_are_the_normed_cls_token():
     assert isinstance(head, torch.nn.Linear) and head.bias is None and head.weight.shape == (32, 64)
     assert head is model.head and model.pretrained_cfg["classifier"] == "head"
     core_keys = set(core.state_dict())
-    assert set(model.state_dict()) == core_keys - {"proj"} | {"head.weight"}  # OpenAI's names, proj as the head
+    # OpenAI's whole-CLIP names (visual.*), proj as the head
+    assert set(model.state_dict()) == {f"visual.{key}" for key in core_keys - {"proj"}} | {"head.weight"}
     assert set(openai_state_dict(model)) == core_keys
     torch.testing.assert_close(openai_state_dict(model)["proj"], head.weight.t(), rtol=0, atol=0)
 
@@ -153,7 +155,7 @@ def test_num_classes_kwarg_builds_the_classifier_over_pretrained_weights(referen
     model = timm.create_model(TINY_NAME, num_classes=7, pretrained=True, pretrained_cfg_overlay=dict(file=str(tiny_checkpoint)))
     assert model(IMAGES).shape == (2, 7) and model.head.weight.shape == (7, TINY["width"])
     assert model.pretrained_cfg["num_classes"] == TINY["output_dim"]
-    torch.testing.assert_close(model.ln_post.weight, reference_tiny_clip.visual.ln_post.weight)
+    torch.testing.assert_close(model.visual.ln_post.weight, reference_tiny_clip.visual.ln_post.weight)
     projection = timm.create_model(
         TINY_NAME, num_classes=TINY["output_dim"], pretrained=True, pretrained_cfg_overlay=dict(file=str(tiny_checkpoint))
     )
@@ -170,17 +172,17 @@ def test_device_and_dtype_kwargs():
 
 def test_no_weight_decay_and_grad_checkpointing_flag():
     model = tiny_model()
-    assert model.no_weight_decay() == {"class_embedding", "positional_embedding"}
+    assert model.no_weight_decay() == {"visual.class_embedding", "visual.positional_embedding"}
     model.set_grad_checkpointing()
-    assert model.transformer.grad_checkpointing and model.grad_checkpointing
+    assert model.visual.transformer.grad_checkpointing and model.grad_checkpointing
     model.set_grad_checkpointing(False)
-    assert not model.transformer.grad_checkpointing
+    assert not model.visual.transformer.grad_checkpointing
 
 
 def test_forward_intermediates_match_the_core_hidden_states():
     model = tiny_model()
     with torch.no_grad():
-        hidden = model.forward_tokens(IMAGES, output_hidden_states=True).hidden_states
+        hidden = model.visual.encode(IMAGES, hidden_states=True).hidden_states
         final, maps = model.forward_intermediates(IMAGES)
         nlc = model.forward_intermediates(IMAGES, indices=[-1], output_fmt="NLC", norm=True, intermediates_only=True)
         pairs = model.forward_intermediates(IMAGES, indices=1, return_prefix_tokens=True, intermediates_only=True)
@@ -207,8 +209,8 @@ def test_prune_intermediate_layers_drops_later_blocks_norm_and_projection():
     with torch.no_grad():
         expected = model.forward_intermediates(IMAGES, indices=[0], intermediates_only=True)
     assert model.prune_intermediate_layers([0], prune_norm=True) == [0]
-    assert len(model.transformer.resblocks) == 1
-    assert not any(k.startswith(("head", "ln_post", "transformer.resblocks.1")) for k in model.state_dict())
+    assert len(model.visual.transformer.resblocks) == 1
+    assert not any(k.startswith(("head", "visual.ln_post", "visual.transformer.resblocks.1")) for k in model.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(model.forward_intermediates(IMAGES, indices=[0], intermediates_only=True), expected)
         assert model(IMAGES).shape == (2, TINY["width"])  # CLS token of the last kept block, no projection
@@ -228,7 +230,7 @@ def test_features_only_returns_per_block_maps(reference_tiny_clip, tiny_checkpoi
     core.load_state_dict(visual_state_dict(reference_tiny_clip))
     with torch.no_grad():
         maps = features(IMAGES)
-        hidden = core.forward_tokens(IMAGES, output_hidden_states=True).hidden_states
+        hidden = core.encode(IMAGES, hidden_states=True).hidden_states
     assert [tuple(m.shape) for m in maps] == [(2, TINY["width"], 4, 4)] * 2
     for block, feature_map in enumerate(maps):
         torch.testing.assert_close(feature_map, hidden[block + 1][:, 1:].reshape(2, 4, 4, -1).permute(0, 3, 1, 2))
@@ -240,11 +242,11 @@ def test_img_size_other_than_native_resamples_the_pretrained_positional_embeddin
     model = timm.create_model(
         TINY_NAME, img_size=48, pretrained=True, pretrained_cfg_overlay=dict(file=str(tiny_checkpoint))
     ).eval()
-    assert model.grid_size == 6 and model.positional_embedding.shape == (1 + 36, TINY["width"])
+    assert model.visual.geometry.grid_size == 6 and model.visual.positional_embedding.shape == (1 + 36, TINY["width"])
     source = reference_tiny_clip.visual.positional_embedding.detach()
     expected = resample_abs_pos_embed(source[None], new_size=[6, 6], old_size=[4, 4], num_prefix_tokens=1)[0]
-    torch.testing.assert_close(model.positional_embedding.detach(), expected)
-    torch.testing.assert_close(model.conv1.weight, reference_tiny_clip.visual.conv1.weight)
+    torch.testing.assert_close(model.visual.positional_embedding.detach(), expected)
+    torch.testing.assert_close(model.visual.conv1.weight, reference_tiny_clip.visual.conv1.weight)
     with torch.no_grad():
         assert model(torch.randn(2, 3, 48, 48)).shape == (2, TINY["output_dim"])
     assert timm.models.get_model_input_config(model)["input_size"] == (3, 48, 48)
@@ -254,7 +256,7 @@ def test_img_size_other_than_native_resamples_the_pretrained_positional_embeddin
 
 def test_patch_size_override_resamples_the_pretrained_patch_kernel(tiny_checkpoint):
     model = timm.create_model(TINY_NAME, patch_size=4, pretrained=True, pretrained_cfg_overlay=dict(file=str(tiny_checkpoint)))
-    assert model.conv1.weight.shape == (TINY["width"], 3, 4, 4) and model.grid_size == 8
+    assert model.visual.conv1.weight.shape == (TINY["width"], 3, 4, 4) and model.visual.geometry.grid_size == 8
     assert model(IMAGES).shape == (2, TINY["output_dim"])
 
 
@@ -262,8 +264,8 @@ def test_dynamic_img_size_runs_other_shapes_like_the_core_interpolation():
     model = tiny_model(dynamic_img_size=True)
     images = torch.randn(2, 3, 40, 56)
     with torch.no_grad():
-        tokens = model.forward_tokens(images, interpolate_pos_encoding=True).last_hidden_state
-        torch.testing.assert_close(model(images), model.project(tokens))
+        embedding = model.visual.encode(images, interpolate_pos_encoding=True).image_embeds
+        torch.testing.assert_close(model(images), model.head(embedding))
         maps = model.forward_intermediates(images, indices=1, intermediates_only=True)
     assert maps[0].shape == (2, TINY["width"], 5, 7)
     assert not timm.models.get_model_input_config(model)["fixed_input_size"]
@@ -271,7 +273,7 @@ def test_dynamic_img_size_runs_other_shapes_like_the_core_interpolation():
 
 def test_in_chans_adapts_pretrained_conv_weights_as_timm_does(reference_tiny_clip, tiny_checkpoint):
     model = timm.create_model(TINY_NAME, in_chans=1, pretrained=True, pretrained_cfg_overlay=dict(file=str(tiny_checkpoint)))
-    torch.testing.assert_close(model.conv1.weight, reference_tiny_clip.visual.conv1.weight.sum(dim=1, keepdim=True))
+    torch.testing.assert_close(model.visual.conv1.weight, reference_tiny_clip.visual.conv1.weight.sum(dim=1, keepdim=True))
     assert model(torch.randn(2, 1, 32, 32)).shape == (2, TINY["output_dim"])
     assert timm.data.resolve_model_data_config(model)["input_size"] == (3, 32, 32)  # source preprocessing
     assert timm.models.get_model_input_config(model)["input_size"] == (1, 32, 32)
@@ -285,7 +287,7 @@ def test_layer_decay_optimizer_groups_follow_the_blocks():
     grouped = [p for group in optimizer.param_groups for p in group["params"]]
     assert len(grouped) == len(list(model.parameters()))
     no_decay = {id(p) for g in optimizer.param_groups if g["weight_decay"] == 0 for p in g["params"]}
-    assert id(model.positional_embedding) in no_decay and id(model.head.weight) not in no_decay
+    assert id(model.visual.positional_embedding) in no_decay and id(model.head.weight) not in no_decay
 
 
 def test_training_step_with_new_classifier_and_grad_checkpointing_reduces_the_loss():
@@ -364,7 +366,7 @@ def test_fp16_openai_archive_through_file_overlay_reproduces_encode_image(name, 
     model = timm.create_model(
         entry_name, pretrained=True, layers=geometry["layers"], pretrained_cfg_overlay=dict(file=str(archive))
     ).eval()
-    assert model.conv1.weight.dtype == torch.float32
+    assert model.visual.conv1.weight.dtype == torch.float32
     side = geometry["input_resolution"]
     images = torch.randn(2, 3, side, side)
     with torch.no_grad():
@@ -394,16 +396,17 @@ def test_pretrained_tag_downloads_by_url_and_checks_sha256(tiny_checkpoint, file
     reference.load_state_dict(pretrained_filter_fn(visual_state_dict(reference_clip(**TINY)), reference))
     with torch.no_grad():
         torch.testing.assert_close(model(IMAGES), reference(IMAGES))
-    assert (cache / "tiny.pt").is_file()
+    assert (cache / "checkpoints" / "tiny.pt").is_file()  # vit_zoo.download's cache, SHA-256 checked
 
     bad = dict(
         good, name="vit_zoo_served_corrupt", pretrained=dict(mirror=dict(url=f"{file_server.url}/tiny.pt", sha256="0" * 64))
     )
     vit_zoo.register_config(bad)
     other_cache = tmp_path / "other_cache"
-    with pytest.raises(CheckpointError, match=f"SHA-256 {sha256}, expected 0{{64}}.*deleted"):
+    with pytest.raises(DownloadError, match=f"SHA-256 {sha256}, expected 0{{64}}.*discarded"):
         timm.create_model("vit_zoo_served_corrupt.mirror", pretrained=True, cache_dir=other_cache)
-    assert not (other_cache / "tiny.pt").exists()
+    assert not (other_cache / "checkpoints" / "tiny.pt").exists()
+    assert not (other_cache / "checkpoints" / "tiny.pt.part").exists()
 
 
 def test_url_overlay_in_openai_layout_is_checked_against_its_folder_name(tiny_checkpoint, file_server, tmp_path):
@@ -414,7 +417,7 @@ def test_url_overlay_in_openai_layout_is_checked_against_its_folder_name(tiny_ch
         TINY_NAME, pretrained=True, pretrained_cfg_overlay=dict(url=file_server.url + right), cache_dir=tmp_path
     )
     torch.testing.assert_close(model.head.weight, reference_clip(**TINY).visual.proj.t())
-    with pytest.raises(CheckpointError, match="SHA-256"):
+    with pytest.raises(DownloadError, match="SHA-256"):
         timm.create_model(
             TINY_NAME,
             pretrained=True,
@@ -444,7 +447,7 @@ def test_local_dir_folder_with_timm_config_dict_round_trips(num_classes, tmp_pat
     images = torch.randn(2, 3, 48, 48)
     with torch.no_grad():
         torch.testing.assert_close(loaded(images), model(images))
-    assert tuple(timm.data.resolve_data_config({}, model=loaded)["mean"]) == OPENAI_MEAN  # JSON: a list
+    assert tuple(timm.data.resolve_data_config({}, model=loaded)["mean"]) == OPENAI_CLIP_MEAN  # JSON: a list
 
 
 def test_timm_config_dict_of_an_entry_describes_the_openai_weights(tmp_path):
@@ -580,7 +583,7 @@ def test_pretrained_without_weights_or_with_a_missing_file_says_so(tmp_path):
     with pytest.raises(RuntimeError, match=f"No pretrained weights exist for {TINY_NAME}"):
         timm.create_model(TINY_NAME, pretrained=True)
     missing = tmp_path / "missing.pt"
-    with pytest.raises(CheckpointError, match=f"{missing}: no such file"):
+    with pytest.raises(CheckpointError, match=f"{missing} is missing"):
         timm.create_model(TINY_NAME, pretrained=True, pretrained_cfg_overlay=dict(file=str(missing)))
 
 

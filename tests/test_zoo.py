@@ -2,6 +2,7 @@
 
 import pytest
 import yaml
+from timm.data import OPENAI_CLIP_MEAN
 
 from vit_zoo import zoo
 
@@ -22,7 +23,7 @@ def test_builtin_openai_variants(name):
     assert tuple(entry.model[k] for k in GEOMETRY_KEYS) == tuple(geometry)
     source = entry.pretrained["openai"]
     assert source.license == "mit" and source.sha256 in source.url and source.url.endswith(".pt")
-    assert entry.preprocessing.mean == zoo.OPENAI_MEAN and entry.preprocessing.interpolation == "bicubic"
+    assert entry.preprocessing.mean == OPENAI_CLIP_MEAN and entry.preprocessing.interpolation == "bicubic"
     assert entry.config().width == entry.model["width"]
 
 

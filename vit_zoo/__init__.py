@@ -22,9 +22,11 @@ _EXPORTS = {
     "FolderError": "errors",
     "HubError": "errors",
     "OutputError": "errors",
+    "OutputExistsError": "errors",
     "UnknownVariantError": "errors",
     "ZooConfigError": "errors",
     "Geometry": "spec",
+    "TowerOutput": "model",
     "VisionTransformer": "model",
     "VitZooConfig": "config",
     "VitZooForImageClassification": "modeling",
@@ -36,7 +38,7 @@ _EXPORTS = {
     "list_entries": "zoo",
     "register_config": "zoo",
     "unregister_config": "zoo",
-    "check_folder": "folder",
+    "check_folder": "folder_check",
     "save_folder": "folder",
     "save_model_folder": "folder",
     "convert_checkpoint": "convert",
@@ -61,13 +63,15 @@ if TYPE_CHECKING:  # what type checkers and the API reference see
         FolderError,
         HubError,
         OutputError,
+        OutputExistsError,
         UnknownVariantError,
         ZooConfigError,
     )
-    from .folder import check_folder, save_folder, save_model_folder
+    from .folder import save_folder, save_model_folder
+    from .folder_check import check_folder
     from .hub import pull, push_folder, push_to_hub
     from .image_processing import image_processor_for
-    from .model import VisionTransformer
+    from .model import TowerOutput, VisionTransformer
     from .modeling import VitZooForImageClassification, VitZooModel, VitZooModelOutput
     from .readers import load_checkpoint
     from .spec import Geometry

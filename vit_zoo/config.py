@@ -86,8 +86,8 @@ class VitZooConfig(PreTrainedConfig):
 
     @property
     def intermediate_size(self) -> int:
-        """The MLP's hidden size, ``int(width * mlp_ratio)`` (set ``mlp_ratio`` to change it)."""
-        return int(self.width * self.mlp_ratio)
+        """The MLP's hidden size, ``Geometry.hidden`` (set ``mlp_ratio`` to change it)."""
+        return self.geometry.hidden
 
     @property
     def geometry(self) -> Geometry:

@@ -13,11 +13,12 @@ from typing import Any
 
 import torch
 
+from .card import Provenance
 from .config import VitZooConfig
 from .download import download_pretrained, pretrained_source, sha256_of
-from .errors import CheckpointError
-from .folder import DEFAULT_MAX_SHARD_SIZE, Provenance, save_folder, write_atomically
-from .model import VisionTransformer
+from .errors import CheckpointError, OutputExistsError
+from .folder import DEFAULT_MAX_SHARD_SIZE, save_folder
+from .outputs import write_atomically
 from .readers import load_checkpoint
 from .spec import ACTIVATIONS, DTYPE_NAMES
 from .state_dicts import (
@@ -66,12 +67,13 @@ def convert_checkpoint(
 
     Raises:
         CheckpointError: bad source, geometry, dtype or activation; NaN or Inf weights (in the source, or made by
-            converting to a narrower ``dtype``); ``output_dir`` exists.
+            converting to a narrower ``dtype``).
+        OutputExistsError: ``output_dir`` exists.
         OutputError: ``output_dir`` cannot be written (read-only, disk full).
     """
     output = Path(output_dir)
     if output.exists() or output.is_symlink():
-        raise CheckpointError(f"output {output} already exists; choose a new folder or remove it")
+        raise OutputExistsError(f"output {output} already exists; choose a new folder or remove it")
     target_dtype = _parse_dtype(dtype)
     if activation is not None and activation not in ACTIVATIONS:
         raise CheckpointError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
@@ -89,15 +91,16 @@ def convert_checkpoint(
     overrides: dict[str, Any] = {} if activation is None else {"activation": activation}
     config = entry.config(**overrides) if entry else VitZooConfig(**geometry, **overrides)
     check_state_dict(tower, config.geometry)
-    refuse_non_finite(tower, "the checkpoint is damaged (a diverged training run or a corrupt file); convert an intact copy")
+    refuse_non_finite(
+        tower.items(), "the checkpoint is damaged (a diverged training run or a corrupt file); convert an intact copy"
+    )
     source_dtype = _dtype_name(tower)
     if target_dtype is not None:
         tower = {key: value.to(target_dtype) for key, value in tower.items()}
         refuse_non_finite(
-            tower,
+            tower.items(),
             f"values beyond the range of {_dtype_name(tower)} became Inf in the conversion; convert to float32 or bfloat16",
         )
-    _verify_loads(tower, config)
     provenance = Provenance(
         source=release.url if release and release.url else path.name,
         sha256=sha256,
@@ -148,13 +151,6 @@ def _release_with_sha256(sha256: str) -> tuple[ZooEntry | None, PretrainedSource
 def _dtype_name(tensors: Mapping[str, torch.Tensor]) -> str:
     names = sorted({str(t.dtype).removeprefix("torch.") for t in tensors.values()})
     return names[0] if len(names) == 1 else "mixed (" + ", ".join(names) + ")"
-
-
-def _verify_loads(tower: Mapping[str, torch.Tensor], config: VitZooConfig) -> None:
-    """Load into a ``VisionTransformer`` with ``strict=True`` without copying (meta model, ``assign=True``)."""
-    with torch.device("meta"):
-        model = VisionTransformer(**config.geometry)
-    model.load_state_dict(tower, strict=True, assign=True)
 
 
 def _command(source, output: Path, dtype, name, activation) -> str:

@@ -15,6 +15,7 @@ import base64
 import hashlib
 import http.client
 import os
+import re
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -77,9 +78,28 @@ def download_pretrained(
     """
     source = pretrained_source(name)
     assert source.url and source.sha256  # pretrained_source returns downloadable sources only
-    url = _mirrored(source.url, base_url or os.environ.get(BASE_URL_ENV))
+    return download_url(source.url, source.sha256, cache_dir, base_url=base_url, progress=progress)
+
+
+def download_url(
+    url: str,
+    sha256: str,
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    base_url: str | None = None,
+    progress: bool | None = None,
+) -> Path:
+    """``url`` (an OpenAI download is fetched from the mirror ``base_url`` / ``$VIT_ZOO_OPENAI_BASE_URL`` when one
+    is set) cached as ``<cache_dir>/checkpoints/<file name>`` once its SHA-256 is ``sha256``."""
+    url = _mirrored(url, base_url or os.environ.get(BASE_URL_ENV))
     folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    return fetch_verified(url, source.sha256, folder / "checkpoints" / PurePosixPath(urlparse(url).path).name, progress)
+    return fetch_verified(url, sha256, folder / "checkpoints" / PurePosixPath(urlparse(url).path).name, progress)
+
+
+def sha256_in_url(url: str) -> str | None:
+    """The SHA-256 an OpenAI-style URL names in its folder (``.../<sha256>/<file>``), or ``None``."""
+    folder = PurePosixPath(urlparse(url).path).parent.name
+    return folder if re.fullmatch(r"[0-9a-f]{64}", folder) else None
 
 
 def _mirrored(url: str, base_url: str | None) -> str:

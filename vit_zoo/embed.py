@@ -21,11 +21,12 @@ from tqdm.auto import tqdm
 from .convert import DTYPES, convert_checkpoint
 from .download import default_cache_dir
 from .errors import UnknownVariantError, first_line
-from .folder import check_folder, write_atomically
+from .folder_check import check_folder
 from .hub import pull
 from .image_processing import load_image_processor
 from .model import VisionTransformer
 from .modeling import VitZooModel
+from .outputs import write_atomically
 from .visualize import overlay, overlay_grid, select_attention
 from .zoo import get_entry
 

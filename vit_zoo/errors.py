@@ -1,7 +1,8 @@
 """Every exception vit_zoo raises on purpose, and the one way to quote another exception in one line.
 
-Each message is one line naming the file or field at fault and the fix; the CLI prints it as is.
-``config.py``, ``model.py`` and ``modeling.py`` travel as remote code and so raise plain ``ValueError``s.
+Each message is one line naming the file or field at fault and the fix; the CLI prints it as is. Bad input (a
+file, folder, config or argument that cannot be used) is a ``ValueError``; what the environment did (a disk, the
+network, the Hub) is an ``OSError`` or ``HubError``. This file travels as remote code with ``spec.py``.
 """
 
 from __future__ import annotations
@@ -30,15 +31,19 @@ class DownloadError(OSError):
 
 
 class OutputError(OSError):
-    """An output file or folder cannot be written (read-only, disk full, already there); nothing was left."""
+    """An output file or folder cannot be written (read-only, disk full); nothing was left."""
+
+
+class OutputExistsError(ValueError):
+    """An output file or folder is already there; nothing was written."""
 
 
 class HubError(RuntimeError):
-    """A push or pull failed; the message says why and what to do."""
+    """A push or pull failed on the Hub's side (network, token, repo); the message says why and what to do."""
 
 
-class FolderError(HubError):
-    """A folder is not a complete vit_zoo folder (what push and pull move), or cannot be written as one."""
+class FolderError(ValueError):
+    """A folder is not a complete vit_zoo folder (what push, pull and embed trust)."""
 
 
 class CliError(Exception):

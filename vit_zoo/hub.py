@@ -24,18 +24,13 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from .errors import FolderError, HubError, first_line
-from .folder import (
-    REPO_ID_PLACEHOLDER,
-    check_folder,
-    check_model_type,
-    folder_files,
-    is_folder_file,
-    save_model_folder,
-    write_atomically,
-)
+from .card import REPO_ID_PLACEHOLDER
+from .errors import FolderError, HubError, OutputExistsError, first_line
+from .folder import save_model_folder
+from .folder_check import check_folder, check_model_type, folder_files, is_folder_file
 from .model import VisionTransformer
 from .modeling import VitZooPreTrainedModel
+from .outputs import write_atomically
 from .zoo import ZooEntry
 
 __all__ = ["pull", "push_folder", "push_to_hub"]
@@ -204,7 +199,7 @@ def pull(
     if output is None:
         return folder
     if Path(output).exists():
-        raise HubError(f"{output} already exists; choose a new --output folder or remove it")
+        raise OutputExistsError(f"{output} already exists; choose a new --output folder or remove it")
     return write_atomically(output, lambda staging: _copy_files(folder, folder_files(folder), staging))
 
 

@@ -9,17 +9,17 @@ depend on the backend: ``AutoImageProcessor`` picks the torchvision one when tor
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
 from typing import Any
 
 from transformers import CLIPImageProcessor, CLIPImageProcessorPil
-from transformers.image_utils import PILImageResampling
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling
 
 from .config import VitZooConfig
 from .errors import shown
+from .files import read_json_object
 from .zoo import Preprocessing, ZooEntry, get_entry
 
 RESAMPLING = {
@@ -64,35 +64,17 @@ def image_processor_for(
             f"CLIPImageProcessor prepares RGB images, but this variant takes {geometry.in_channels} channels; "
             f"prepare its pixel_values yourself"
         )
-    if len(preprocessing.mean) != 3 or len(preprocessing.std) != 3:
-        raise ValueError(f"mean and std need one value per RGB channel, got mean={preprocessing.mean} std={preprocessing.std}")
+    mean, std = preprocessing.mean or OPENAI_CLIP_MEAN, preprocessing.std or OPENAI_CLIP_STD
+    if len(mean) != 3 or len(std) != 3:
+        raise ValueError(f"mean and std need one value per RGB channel, got mean={mean} std={std}")
     resolution = geometry.input_resolution
     return BACKENDS[backend](
         size={"shortest_edge": math.floor(resolution / preprocessing.crop_pct)},
         crop_size={"height": resolution, "width": resolution},
         resample=RESAMPLING[preprocessing.interpolation],
-        image_mean=list(preprocessing.mean),
-        image_std=list(preprocessing.std),
+        image_mean=list(mean),
+        image_std=list(std),
     )
-
-
-def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
-    """A JSON file holding an object; ``ValueError`` naming the file when it is missing, not UTF-8, not JSON or
-    not an object."""
-    path = Path(path)
-    try:
-        settings = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ValueError(f"{path} is missing; convert or pull the model again") from None
-    except UnicodeDecodeError:
-        raise ValueError(f"{path} is not UTF-8 text; convert or pull the model again") from None
-    except ValueError as error:
-        raise ValueError(f"{path} is not valid JSON ({error}); convert or pull the model again") from None
-    except OSError as error:
-        raise ValueError(f"{path} cannot be read ({error.strerror or error})") from None
-    if not isinstance(settings, dict):
-        raise ValueError(f"{path} holds a JSON {type(settings).__name__}, not an object; convert or pull the model again")
-    return settings
 
 
 def load_image_processor(path: str | os.PathLike) -> CLIPImageProcessorPil:

@@ -4,14 +4,17 @@ The parameter names are those of OpenAI CLIP's ``visual`` module, so an OpenAI `
 loads once the prefix is removed. Tokens are kept batch-first internally (OpenAI's code runs
 sequence-first through ``nn.MultiheadAttention``); the outputs are those of OpenAI's ``VisionTransformer``.
 
+``VisionTransformer.forward`` is OpenAI's call; ``VisionTransformer.encode`` is the one way in for everything
+else (timm, transformers, embed, export): it returns a ``TowerOutput`` holding what was asked for.
+
 This module knows nothing of timm, transformers or the Hub: adapters build on it. It also travels, as a
-flat file, inside saved model folders for ``trust_remote_code`` users, so it imports torch only.
+flat file, inside saved model folders for ``trust_remote_code`` users, so it imports torch only. No
+``from __future__ import annotations``: TorchScript (which timm's test suite runs) reads ``TowerOutput``'s
+annotations as types.
 """
 
-from __future__ import annotations
-
 import math
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +23,28 @@ from torch.utils.checkpoint import checkpoint
 
 from .spec import Geometry
 
-ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
+
+class TowerOutput(NamedTuple):
+    """What one pass through the tower computed; what was not asked for is ``None``. ``N = gh * gw`` patches.
+
+    A ``NamedTuple`` rather than a dataclass: TorchScript compiles it.
+
+    Attributes:
+        last_hidden_state: ``[b, 1 + N, width]``, the last block's tokens, CLS first, before ``ln_post``.
+        image_embeds: ``[b, output_dim]``, ``ln_post(CLS) @ proj`` (OpenAI's ``encode_image``); ``[b, width]``,
+            ``ln_post(CLS)``, for a tower built without ``proj``.
+        grid: ``(gh, gw)``, the patch grid of this pass.
+        attention_map: ``[layers, b, heads, gh, gw]``, each layer's CLS-query attention over the patches.
+        hidden_states: ``layers + 1`` tensors ``[b, 1 + N, width]``: after ``ln_pre``, then after each block.
+        attentions: ``layers`` tensors ``[b, heads, 1 + N, 1 + N]``, the softmax attention probabilities.
+    """
+
+    last_hidden_state: torch.Tensor
+    image_embeds: torch.Tensor
+    grid: tuple[int, int]
+    attention_map: torch.Tensor | None = None
+    hidden_states: list[torch.Tensor] | None = None
+    attentions: list[torch.Tensor] | None = None
 
 
 class LayerNorm(nn.LayerNorm):
@@ -55,15 +79,14 @@ class Mlp(nn.Module):
     """``c_proj(gelu(c_fc(x)))``, OpenAI's ``mlp`` (an ``nn.Sequential`` there; same parameter names).
 
     Plain ``nn.Linear`` layers: tools that rewrite linears (LoRA/PEFT, quantisers) see exactly what they
-    expect, and ``torch.compile`` sees the ``addmm`` -> pointwise -> ``addmm`` pattern it fuses and tunes
-    (bias in the GEMM, the activation in one kernel, or in the GEMM's epilogue with ``max-autotune``).
+    expect, and ``torch.compile`` sees the ``addmm`` -> pointwise -> ``addmm`` pattern it fuses and tunes.
     """
 
-    def __init__(self, width: int, hidden: int, activation: str = "quick_gelu") -> None:
+    def __init__(self, geometry: Geometry) -> None:
         super().__init__()
-        self.c_fc = nn.Linear(width, hidden)
-        self.gelu = QuickGELU() if activation == "quick_gelu" else nn.GELU()
-        self.c_proj = nn.Linear(hidden, width)
+        self.c_fc = nn.Linear(geometry.width, geometry.hidden)
+        self.gelu = QuickGELU() if geometry.activation == "quick_gelu" else nn.GELU()
+        self.c_proj = nn.Linear(geometry.hidden, geometry.width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x [..., width]`` -> ``[..., width]``."""
@@ -78,74 +101,50 @@ def softmax_in_fp32(scores: torch.Tensor) -> torch.Tensor:
 class Attention(nn.Module):
     """Multi-head self-attention with ``nn.MultiheadAttention``'s parameter names, batch-first.
 
-    Runs through ``F.scaled_dot_product_attention`` (``implementation="sdpa"``) or explicit
-    matmul-softmax (``"eager"``). Attention probabilities are computed only when asked: the CLS query
-    row alone for attention maps, the full matrix only when ``output_full_attention`` is set. With
-    ``cls_only`` only the CLS token attends (keys and values still come from every token).
+    Runs through ``F.scaled_dot_product_attention``, or explicit matmul-softmax when ``eager`` or when the full
+    probabilities are asked for. The CLS query's row of probabilities is computed alone when only it is asked for.
     """
 
     def __init__(self, width: int, heads: int) -> None:
         super().__init__()
         self.heads = heads
         self.head_dim = width // heads
-        self.implementation = "sdpa"
         self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
         self.in_proj_bias = nn.Parameter(torch.empty(3 * width))
         self.out_proj = nn.Linear(width, width)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
         nn.init.xavier_uniform_(self.in_proj_weight)
         nn.init.zeros_(self.in_proj_bias)
         nn.init.zeros_(self.out_proj.bias)
 
     def forward(
-        self,
-        x: torch.Tensor,
-        output_cls_attention: bool = False,
-        output_full_attention: bool = False,
-        cls_only: bool = False,
+        self, x: torch.Tensor, cls_attention: bool = False, full_attention: bool = False, eager: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """``x [b, n, width]`` -> ``(out [b, q, width], cls_attention [b, heads, n-1] | None,
-        attention [b, heads, q, n] | None)``, ``q = 1`` with ``cls_only``, else ``n``."""
+        """``x [b, n, width]`` -> ``(out [b, n, width], cls_attention [b, heads, n-1] | None,
+        attention [b, heads, n, n] | None)``."""
         width = x.shape[-1]
-        if cls_only:
-            queries = F.linear(x[:, :1], self.in_proj_weight[:width], self.in_proj_bias[:width])
-            keys_values = F.linear(x, self.in_proj_weight[width:], self.in_proj_bias[width:])
-            q = self._split_heads(queries)[0]  # indexed, not unpacked: TorchScript types it as a list
-            k, v = self._split_heads(keys_values)
-            cls_query, keys = queries[:, 0], keys_values[..., :width]
-        else:
-            projected = F.linear(x, self.in_proj_weight, self.in_proj_bias)
-            q, k, v = self._split_heads(projected)
-            cls_query, keys = projected[:, 0, :width], projected[..., width : 2 * width]
-        full_attention: torch.Tensor | None = None
-        cls_attention: torch.Tensor | None = None
-        if output_full_attention or self.implementation == "eager":
-            probs = self._probabilities(q, k)
-            out = probs @ v
-            full_attention = probs if output_full_attention else None
-            if output_cls_attention:
-                cls_attention = probs[:, :, 0, 1:]
+        projected = F.linear(x, self.in_proj_weight, self.in_proj_bias)
+        q, k, v = self._split_heads(projected)
+        probabilities: torch.Tensor | None = None
+        if full_attention or eager:
+            probabilities = softmax_in_fp32((q * (1.0 / math.sqrt(self.head_dim))) @ k.transpose(-2, -1))
+            out = probabilities @ v
         else:
             out = F.scaled_dot_product_attention(q, k, v)
-            if output_cls_attention:
-                cls_attention = self._cls_probabilities(cls_query, keys)[:, :, 1:]
+        cls_row: torch.Tensor | None = None
+        if cls_attention:
+            if probabilities is not None:
+                cls_row = probabilities[:, :, 0, 1:]
+            else:
+                cls_row = self._cls_probabilities(projected[:, 0, :width], projected[..., width : 2 * width])[:, :, 1:]
         out = self.out_proj(out.transpose(1, 2).flatten(2))
-        return out, cls_attention, full_attention
+        return out, cls_row, probabilities if full_attention else None
 
     def _split_heads(self, projected: torch.Tensor) -> list[torch.Tensor]:
-        """``[b, n, parts * width]`` -> ``parts`` strided views ``[b, heads, n, head_dim]`` (no copy; a tuple
+        """``[b, n, 3 * width]`` -> q, k, v as strided views ``[b, heads, n, head_dim]`` (no copy; a tuple
         in eager mode, which TorchScript types as a list)."""
-        batch, tokens, features = projected.shape
-        parts = features // (self.heads * self.head_dim)  # not -1: an empty batch leaves it ambiguous
-        views = projected.view(batch, tokens, parts, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        # a tuple in eager mode, a list to TorchScript
+        batch, tokens, _ = projected.shape
+        views = projected.view(batch, tokens, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         return views.unbind(0)  # type: ignore[return-value]
-
-    def _probabilities(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        scores = (q * (1.0 / math.sqrt(self.head_dim))) @ k.transpose(-2, -1)
-        return softmax_in_fp32(scores)
 
     def _cls_probabilities(self, cls_query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         """CLS query ``[b, width]`` over ``keys [b, n, width]`` -> probabilities ``[b, heads, n]``.
@@ -163,141 +162,64 @@ class Attention(nn.Module):
 
 
 class ResidualAttentionBlock(nn.Module):
-    """Pre-norm transformer block: ``x + attn(ln_1(x))``, then ``x + mlp(ln_2(x))``.
+    """Pre-norm transformer block: ``x + attn(ln_1(x))``, then ``x + mlp(ln_2(x))``."""
 
-    With ``cls_only`` the block computes the CLS token's output alone (``[b, 1, width]``), attending over
-    every token: all a projected embedding needs from the last block.
-    """
-
-    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, activation: str = "quick_gelu", eps: float = 1e-5) -> None:
+    def __init__(self, geometry: Geometry) -> None:
         super().__init__()
-        hidden = int(width * mlp_ratio)
-        self.attn = Attention(width, heads)
-        self.ln_1 = LayerNorm(width, eps=eps)
-        self.mlp = Mlp(width, hidden, activation)
-        self.ln_2 = LayerNorm(width, eps=eps)
+        self.attn = Attention(geometry.width, geometry.heads)
+        self.ln_1 = LayerNorm(geometry.width, eps=geometry.layer_norm_eps)
+        self.mlp = Mlp(geometry)
+        self.ln_2 = LayerNorm(geometry.width, eps=geometry.layer_norm_eps)
 
     def forward(
-        self,
-        x: torch.Tensor,
-        output_cls_attention: bool = False,
-        output_full_attention: bool = False,
-        cls_only: bool = False,
+        self, x: torch.Tensor, cls_attention: bool = False, full_attention: bool = False, eager: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        attended, cls_attention, full_attention = self.attn(self.ln_1(x), output_cls_attention, output_full_attention, cls_only)
-        x = (x[:, :1] if cls_only else x) + attended
+        """``x [b, n, width]`` -> ``(x, cls_attention, attention)`` as ``Attention`` gives them."""
+        attended, cls_row, probabilities = self.attn(self.ln_1(x), cls_attention, full_attention, eager)
+        x = x + attended
         x = x + self.mlp(self.ln_2(x))
-        return x, cls_attention, full_attention
+        return x, cls_row, probabilities
 
 
 class Transformer(nn.Module):
-    """A stack of ``layers`` residual attention blocks (``resblocks.N``), with optional checkpointing.
+    """The residual blocks; ``forward`` is the one loop over them. With ``grad_checkpointing`` set, each block
+    runs under torch's non-reentrant checkpoint while gradients are recorded."""
 
-    With ``grad_checkpointing`` set, each block runs through torch's non-reentrant checkpoint.
-
-    ``cls_only`` makes the last block compute the CLS token alone: ``last_hidden_state``
-    (and the last of ``hidden_states``) is then ``[b, 1, width]`` and the last of ``attentions``
-    ``[b, heads, 1, n]``; the CLS values are those of the full computation.
-    """
-
-    def __init__(
-        self,
-        width: int,
-        layers: int,
-        heads: int,
-        mlp_ratio: float = 4.0,
-        activation: str = "quick_gelu",
-        eps: float = 1e-5,
-    ) -> None:
+    def __init__(self, geometry: Geometry) -> None:
         super().__init__()
-        self.width = width
-        self.layers = layers
+        self.width = geometry.width
+        self.layers = geometry.layers
         self.grad_checkpointing = False
-        self.resblocks = nn.ModuleList(ResidualAttentionBlock(width, heads, mlp_ratio, activation, eps) for _ in range(layers))
+        self.resblocks = nn.ModuleList(ResidualAttentionBlock(geometry) for _ in range(geometry.layers))
 
-    @torch.jit.unused  # TorchScript runs forward_blocks
     def forward(
         self,
         x: torch.Tensor,
-        output_cls_attention: bool = False,
-        output_full_attention: bool = False,
-        output_hidden_states: bool = False,
-        cls_only: bool = False,
-    ) -> TransformerOutput:
-        hidden_states = [x] if output_hidden_states else None
-        cls_attentions: list[torch.Tensor] | None = [] if output_cls_attention else None
-        full_attentions: list[torch.Tensor] | None = [] if output_full_attention else None
-        last = len(self.resblocks) - 1
+        cls_attention: bool = False,
+        full_attention: bool = False,
+        hidden_states: bool = False,
+        eager: bool = False,
+        depth: int = -1,
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+        """Tokens ``[b, n, width]`` through the first ``depth`` blocks (all when negative) -> ``(tokens, hidden
+        states (the input first) if asked, each block's CLS attention row if asked, each block's attention
+        probabilities if asked)``."""
+        states: list[torch.Tensor] = [x] if hidden_states else []
+        cls_rows: list[torch.Tensor] = []
+        attentions: list[torch.Tensor] = []
         for index, block in enumerate(self.resblocks):
-            x, cls_attention, full_attention = self.run_block(
-                # ModuleList items are typed Module
-                block,  # type: ignore[arg-type]
-                x,
-                output_cls_attention,
-                output_full_attention,
-                cls_only and index == last,
-            )
-            if hidden_states is not None:
-                hidden_states.append(x)
-            if cls_attentions is not None:
-                assert cls_attention is not None  # the block returns what it was asked for
-                cls_attentions.append(cls_attention)
-            if full_attentions is not None:
-                assert full_attention is not None
-                full_attentions.append(full_attention)
-        return TransformerOutput(
-            last_hidden_state=x,
-            hidden_states=tuple(hidden_states) if hidden_states is not None else None,
-            cls_attentions=tuple(cls_attentions) if cls_attentions is not None else None,
-            attentions=tuple(full_attentions) if full_attentions is not None else None,
-        )
-
-    def forward_blocks(self, x: torch.Tensor, take_indices: list[int], last: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Tokens ``[b, n, width]`` through blocks ``0..last`` (checkpointed when set): the last output, and the
-        outputs of the blocks in ``take_indices``. Tokens only, and scriptable, unlike ``forward``."""
-        taken: list[torch.Tensor] = []
-        for index, block in enumerate(self.resblocks):
-            if index <= last:  # not `break`, and no run_block(block): TorchScript unrolls this loop
+            if depth < 0 or index < depth:  # not `break`: TorchScript unrolls this loop
                 if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
-                    x = checkpoint(block, x, use_reentrant=False)[0]
+                    x, cls_row, probabilities = checkpoint(block, x, cls_attention, full_attention, eager, use_reentrant=False)
                 else:
-                    x = block(x)[0]
-                if index in take_indices:
-                    taken.append(x)
-        return x, taken
-
-    def run_block(
-        self,
-        block: ResidualAttentionBlock,
-        x: torch.Tensor,
-        output_cls_attention: bool = False,
-        output_full_attention: bool = False,
-        cls_only: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """One block's ``(tokens, cls_attention, attention)``, under torch's non-reentrant checkpoint when
-        checkpointing."""
-        if self.grad_checkpointing and torch.is_grad_enabled():
-            return checkpoint(block, x, output_cls_attention, output_full_attention, cls_only, use_reentrant=False)
-        return block(x, output_cls_attention, output_full_attention, cls_only)
-
-
-@dataclass
-class TransformerOutput:
-    """What the tower computes before ``ln_post`` and ``proj``.
-
-    Attributes:
-        last_hidden_state: ``[b, 1 + grid*grid, width]``, CLS token first.
-        hidden_states: ``layers + 1`` tensors ``[b, 1 + grid*grid, width]`` (after ``ln_pre``, then
-            each block), when asked.
-        cls_attentions: ``layers`` tensors ``[b, heads, grid*grid]``, the CLS query's attention
-            over the patches, when asked.
-        attentions: ``layers`` tensors ``[b, heads, 1 + grid*grid, 1 + grid*grid]``, when asked.
-    """
-
-    last_hidden_state: torch.Tensor
-    hidden_states: tuple[torch.Tensor, ...] | None = None
-    cls_attentions: tuple[torch.Tensor, ...] | None = None
-    attentions: tuple[torch.Tensor, ...] | None = None
+                    x, cls_row, probabilities = block(x, cls_attention, full_attention, eager)
+                if hidden_states:
+                    states.append(x)
+                if cls_row is not None:
+                    cls_rows.append(cls_row)
+                if probabilities is not None:
+                    attentions.append(probabilities)
+        return x, states, cls_rows, attentions
 
 
 @torch.fx.wrap  # a leaf for FX tracers: the grid is data there, and the early return is control flow
@@ -314,28 +236,26 @@ def resample_positional_embedding(positional_embedding: torch.Tensor, grid_h: in
 
 
 @torch.fx.wrap  # one graph node for FX tracers, so the check still runs on the real tensors of a traced model
-def check_image_batch(
-    x: torch.Tensor, in_channels: int, input_resolution: int, patch_size: int, interpolate_pos_encoding: bool = False
-) -> None:
+def check_image_batch(x: torch.Tensor, channels: int, resolution: int, patch: int, interpolate_pos_encoding: bool) -> None:
     """Raise ``ValueError`` saying what was expected if ``x`` is not an image batch the tower takes."""
     if not isinstance(x, torch.Tensor):
-        raise ValueError(f"expected a torch.Tensor of images [batch, {in_channels}, H, W], got {type(x).__name__}")
+        raise ValueError(f"expected a torch.Tensor of images [batch, {channels}, H, W], got {type(x).__name__}")
     if x.ndim != 4:
         raise ValueError(
-            f"expected a 4D image batch [batch, {in_channels}, {input_resolution}, {input_resolution}], "
+            f"expected a 4D image batch [batch, {channels}, {resolution}, {resolution}], "
             f"got a {x.ndim}D tensor of shape {tuple(x.shape)}; add a batch dimension with x[None] for one image"
         )
     if not x.is_floating_point():
         raise ValueError(f"expected floating-point pixel values, got dtype {x.dtype}; normalise the images first")
-    if x.shape[1] != in_channels:
-        raise ValueError(f"expected {in_channels} channels, got {x.shape[1]} (input shape {tuple(x.shape)})")
+    if x.shape[1] != channels:
+        raise ValueError(f"expected {channels} channels, got {x.shape[1]} (input shape {tuple(x.shape)})")
     height, width = x.shape[-2:]
     if interpolate_pos_encoding:
-        if height < patch_size or width < patch_size:
-            raise ValueError(f"image size {height}x{width} is smaller than one {patch_size}px patch")
-    elif (height, width) != (input_resolution, input_resolution):
+        if height < patch or width < patch:
+            raise ValueError(f"image size {height}x{width} is smaller than one {patch}px patch")
+    elif (height, width) != (resolution, resolution):
         raise ValueError(
-            f"expected images of {input_resolution}x{input_resolution}, got {height}x{width}; "
+            f"expected images of {resolution}x{resolution}, got {height}x{width}; "
             f"resize them, or pass interpolate_pos_encoding=True to resample the positional embedding"
         )
 
@@ -356,10 +276,9 @@ class VisionTransformer(nn.Module):
         mlp_ratio: MLP hidden size as a multiple of ``width`` (OpenAI: 4).
         activation: ``"quick_gelu"`` (OpenAI) or ``"gelu"`` (open_clip's non-QuickGELU models).
         layer_norm_eps: LayerNorm epsilon (OpenAI: 1e-5).
+        projection: build ``proj``; without it (``proj is None``, which OpenAI's code allows) the embedding is the
+            ``width``-dim ``ln_post(CLS)``, for an adapter that holds the projection elsewhere (timm's ``head``).
     """
-
-    # read from `geometry`, which is no TorchScript type; scripted code does not need them
-    __jit_unused_properties__ = ["input_resolution", "patch_size", "in_channels", "output_dim", "grid_size"]
 
     def __init__(
         self,
@@ -374,134 +293,86 @@ class VisionTransformer(nn.Module):
         mlp_ratio: float = 4.0,
         activation: str = "quick_gelu",
         layer_norm_eps: float = 1e-5,
+        projection: bool = True,
     ) -> None:
         super().__init__()
-        self.geometry = Geometry(
-            input_resolution,
-            patch_size,
-            width,
-            layers,
-            heads,
-            output_dim,
-            in_channels,
-            mlp_ratio,
-            activation,
-            layer_norm_eps,
+        geometry = Geometry(
+            input_resolution, patch_size, width, layers, heads, output_dim, in_channels, mlp_ratio, activation, layer_norm_eps
         )
+        self.geometry = geometry  # no TorchScript type: scripted code never reads it
+        self.input_resolution, self.output_dim = input_resolution, output_dim  # OpenAI's attributes
         self.conv1 = nn.Conv2d(in_channels, width, kernel_size=patch_size, stride=patch_size, bias=False)
-
         scale = width**-0.5
         self.class_embedding = nn.Parameter(scale * torch.randn(width))
-        self.positional_embedding = nn.Parameter(scale * torch.randn((input_resolution // patch_size) ** 2 + 1, width))
+        self.positional_embedding = nn.Parameter(scale * torch.randn(geometry.grid_size**2 + 1, width))
         self.ln_pre = LayerNorm(width, eps=layer_norm_eps)
-        self.transformer = Transformer(width, layers, heads, mlp_ratio, activation, layer_norm_eps)
+        self.transformer = Transformer(geometry)
         self.ln_post = LayerNorm(width, eps=layer_norm_eps)
-        self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
+        self.proj = nn.Parameter(scale * torch.randn(width, output_dim)) if projection else None
 
-    @property
-    def input_resolution(self) -> int:
-        return self.geometry.input_resolution
+    def encode(
+        self,
+        x: torch.Tensor,
+        attention_map: bool = False,
+        hidden_states: bool = False,
+        attentions: bool = False,
+        interpolate_pos_encoding: bool = False,
+        eager: bool = False,
+        depth: int = -1,
+    ) -> TowerOutput:
+        """Run images ``x [b, in_channels, H, W]`` through the tower; see ``TowerOutput`` for what comes back.
 
-    @property
-    def patch_size(self) -> int:
-        return self.geometry.patch_size
+        Args:
+            attention_map: also return each layer's CLS attention over the patches.
+            hidden_states: also return the tokens after ``ln_pre`` and after each block.
+            attentions: also return every layer's full attention probabilities (explicit softmax).
+            interpolate_pos_encoding: accept other image sizes (multiples of ``patch_size`` are used whole) by
+                bicubically resampling the positional embedding; otherwise ``H == W == input_resolution``.
+            eager: explicit matmul-softmax attention instead of ``F.scaled_dot_product_attention``.
+            depth: run the first ``depth`` blocks only (all when negative).
 
-    @property
-    def in_channels(self) -> int:
-        return self.geometry.in_channels
-
-    @property
-    def output_dim(self) -> int:
-        return self.geometry.output_dim
-
-    @property
-    def grid_size(self) -> int:
-        return self.geometry.grid_size
-
-    def set_attention_implementation(self, implementation: str) -> None:
-        """Pick ``"sdpa"`` (default, fused kernels) or ``"eager"`` (explicit softmax) for every block."""
-        if implementation not in ATTENTION_IMPLEMENTATIONS:
-            raise ValueError(f"attention implementation must be one of {ATTENTION_IMPLEMENTATIONS}, got {implementation!r}")
-        for block in self.transformer.resblocks:
-            block.attn.implementation = implementation
-
-    def embed_patches(self, x: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
-        """Images ``[b, c, H, W]`` -> tokens after ``ln_pre`` ``[b, 1 + grid_h*grid_w, width]``."""
+        Raises:
+            ValueError: ``x`` is not a float image batch of the expected channels and size.
+        """
         if not torch.jit.is_scripting():  # the messages need Python; a scripted model relies on torch's own checks
-            check_image_batch(x, self.in_channels, self.input_resolution, self.patch_size, interpolate_pos_encoding)
-        x = self.conv1(x.to(self.conv1.weight.dtype))
+            geometry = self.geometry
+            check_image_batch(x, geometry.in_channels, geometry.input_resolution, geometry.patch_size, interpolate_pos_encoding)
+        patches = self.conv1(x.to(self.conv1.weight.dtype))
+        grid = (patches.shape[-2], patches.shape[-1])
         positional_embedding: torch.Tensor = self.positional_embedding
         if interpolate_pos_encoding:
-            positional_embedding = resample_positional_embedding(positional_embedding, x.shape[-2], x.shape[-1])
-        x = x.flatten(2).transpose(1, 2)
-        cls_token = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-        x = torch.cat([cls_token, x], dim=1) + positional_embedding.to(x.dtype)
-        return self.ln_pre(x)
+            positional_embedding = resample_positional_embedding(positional_embedding, grid[0], grid[1])
+        tokens = patches.flatten(2).transpose(1, 2)
+        cls_token = self.class_embedding.to(tokens.dtype).expand(tokens.shape[0], 1, -1)
+        tokens = self.ln_pre(torch.cat([cls_token, tokens], dim=1) + positional_embedding.to(tokens.dtype))
+        tokens, states, cls_rows, probabilities = self.transformer(tokens, attention_map, attentions, hidden_states, eager, depth)
+        image_embeds = self.ln_post(tokens[:, 0, :])
+        if self.proj is not None:
+            image_embeds = image_embeds @ self.proj.to(tokens.dtype)
+        return TowerOutput(
+            last_hidden_state=tokens,
+            image_embeds=image_embeds,
+            grid=grid,
+            attention_map=torch.stack(cls_rows).unflatten(-1, grid) if attention_map else None,
+            hidden_states=states if hidden_states else None,
+            attentions=probabilities if attentions else None,
+        )
 
-    def forward_tokens(
-        self,
-        x: torch.Tensor,
-        output_cls_attention: bool = False,
-        output_attentions: bool = False,
-        output_hidden_states: bool = False,
-        interpolate_pos_encoding: bool = False,
-        cls_only: bool = False,
-    ) -> TransformerOutput:
-        """Run the tower up to (not including) ``ln_post``; see ``TransformerOutput`` for shapes.
-
-        ``cls_only`` skips the last block's patch outputs (see ``Transformer``): enough for
-        ``project``, and cheaper by most of a block.
-        """
-        tokens = self.embed_patches(x, interpolate_pos_encoding)
-        return self.transformer(tokens, output_cls_attention, output_attentions, output_hidden_states, cls_only)
-
-    def project(self, last_hidden_state: torch.Tensor) -> torch.Tensor:
-        """CLS token of ``[b, n, width]`` -> ``ln_post`` -> ``proj`` -> ``[b, output_dim]``."""
-        return self.ln_post(last_hidden_state[:, 0, :]) @ self.proj.to(last_hidden_state.dtype)
-
+    @torch.jit.unused  # its tuple's length depends on the flags; scripted adapters call `encode`
     def forward(
-        self,
-        x: torch.Tensor,
-        output_all_features: bool = False,
-        output_attention_map: bool = False,
-        *,
-        output_hidden_states: bool = False,
-        output_attentions: bool = False,
-        interpolate_pos_encoding: bool = False,
-        return_tokens: bool = False,
-    ) -> tuple[torch.Tensor, ...] | tuple[torch.Tensor, TransformerOutput]:
+        self, x: torch.Tensor, output_all_features: bool = False, output_attention_map: bool = False
+    ) -> tuple[torch.Tensor, ...]:
         """Encode images ``x [b, in_channels, input_resolution, input_resolution]``.
 
-        Returns OpenAI's tuple: ``(cls_feature [b, output_dim],)``, followed by
-        ``patch_tokens [b, grid*grid, width]`` (last block's output, CLS excluded) if
-        ``output_all_features``, followed by ``attention_map [layers, b, heads, grid, grid]`` (each
-        layer's CLS-query attention over the patches) if ``output_attention_map``.
-
-        The keyword-only options serve adapters that need every token: with ``return_tokens`` the result is
-        ``(cls_feature, TransformerOutput)`` (``cls_attentions`` when ``output_attention_map``; ``hidden_states`` /
-        ``attentions`` when asked; other image sizes with ``interpolate_pos_encoding``). Running the tower through
-        ``forward`` lets module hooks on it fire (accelerate's offloading loads its own tensors in one).
+        Returns OpenAI's tuple: ``(cls_feature [b, output_dim],)``, followed by ``patch_tokens [b, grid*grid,
+        width]`` (the last block's output, CLS excluded, before ``ln_post``) if ``output_all_features``, followed by
+        ``attention_map [layers, b, heads, grid, grid]`` (each layer's CLS-query attention over the patches) if
+        ``output_attention_map``. ``encode`` gives more (hidden states, full attentions, other image sizes).
         """
-        out = self.forward_tokens(
-            x,
-            output_cls_attention=output_attention_map,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            interpolate_pos_encoding=interpolate_pos_encoding,
-        )
-        cls_feature = self.project(out.last_hidden_state)
-        if return_tokens:
-            return cls_feature, out
-        outputs: tuple[torch.Tensor, ...] = (cls_feature,)
+        out = self.encode(x, attention_map=output_attention_map)
+        outputs: tuple[torch.Tensor, ...] = (out.image_embeds,)
         if output_all_features:
             outputs += (out.last_hidden_state[:, 1:, :],)
-        if output_attention_map:
-            assert out.cls_attentions is not None  # asked for above
-            grid = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
-            outputs += (stack_attention_map(out.cls_attentions, grid),)
+        if out.attention_map is not None:
+            outputs += (out.attention_map,)
         return outputs
-
-
-def stack_attention_map(cls_attentions: tuple[torch.Tensor, ...], grid: tuple[int, int]) -> torch.Tensor:
-    """``layers`` tensors ``[b, heads, gh*gw]`` -> ``[layers, b, heads, gh, gw]``, as ``forward`` returns it."""
-    return torch.stack(cls_attentions).unflatten(-1, grid)

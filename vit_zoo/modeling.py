@@ -9,12 +9,14 @@ checkpoints go through ``vit_zoo.convert`` instead: their text tower's bare name
 
 Like ``config.py`` and ``model.py``, this file is copied flat into folders written by ``save_pretrained`` so
 that ``AutoModel.from_pretrained(folder, trust_remote_code=True)`` works without vit_zoo installed: it
-imports only torch, transformers and its siblings (``config.py``, ``model.py``, ``spec.py``).
+imports only torch, transformers and its siblings (``config.py``, ``model.py``, ``spec.py``, ``files.py``,
+``errors.py``).
 """
 
 from __future__ import annotations
 
 import copy
+import zipfile
 from dataclasses import dataclass
 from typing import cast
 
@@ -22,14 +24,17 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
+from transformers.integrations.accelerate import force_accelerate_hooks
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.utils import ModelOutput
 
 from .config import VitZooConfig
-from .model import Attention, ResidualAttentionBlock, TransformerOutput, VisionTransformer, stack_attention_map
-from .spec import block_indices, safetensors_names
+from .errors import first_line
+from .model import Attention, ResidualAttentionBlock, TowerOutput, VisionTransformer
+from .spec import check_weights_fit, read_weight_map, safetensors_header
 
+ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
 # from_pretrained's keywords that say where its files come from (transformers' cached_file takes them too)
 HUB_KWARGS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision", "subfolder")
 
@@ -93,8 +98,9 @@ class VitZooPreTrainedModel(PreTrainedModel):
         with torch.random.fork_rng(devices=[]):
             self.visual = VisionTransformer(**config.geometry)
         for block in self.visual.transformer.resblocks:
-            block.__class__ = VitZooBlock  # as FSDP2 re-classes the layers it wraps: the module itself is unchanged
-        self._attention_implementation: str | None = None  # what the core's blocks were last set to
+            # transformers' every_n_layers checkpointing counts GradientCheckpointingLayer instances: re-classed in
+            # place (as FSDP2 re-classes the layers it wraps), the block's parameters and computation stay the core's
+            block.__class__ = VitZooBlock
 
     def _init_weights(self, module: nn.Module) -> None:
         """OpenAI CLIP's initialisation, scaled by ``config.initializer_factor``; covers every parameter.
@@ -106,7 +112,8 @@ class VitZooPreTrainedModel(PreTrainedModel):
         width = self.config.width
         if isinstance(module, VisionTransformer):
             for parameter in (module.class_embedding, module.positional_embedding, module.proj):
-                init.normal_(parameter, std=width**-0.5 * factor)
+                if parameter is not None:
+                    init.normal_(parameter, std=width**-0.5 * factor)
         elif isinstance(module, nn.Conv2d):  # conv1: LeCun normal, unit-variance patch tokens
             init.normal_(module.weight, std=module.weight[0].numel() ** -0.5 * factor)
         elif isinstance(module, Attention):
@@ -129,17 +136,11 @@ class VitZooPreTrainedModel(PreTrainedModel):
                 return width**-0.5 * (2 * layers) ** -0.5
         return linear.in_features**-0.5
 
-    def _sync_attention_implementation(self) -> None:
-        """Apply ``config._attn_implementation`` ("sdpa" or "eager") to the core's blocks when it changed."""
-        implementation = self.config._attn_implementation
-        if implementation != self._attention_implementation:
-            self.visual.set_attention_implementation(implementation)
-            self._attention_implementation = implementation
-
     def get_input_embeddings(self) -> nn.Module:
         """The patch embedding (``visual.conv1``), as transformers' vision models return theirs."""
         return self.visual.conv1
 
+    @force_accelerate_hooks("visual")  # the tower runs through `encode`, not its forward: fire its offload hook
     def _encode(
         self,
         pixel_values: torch.Tensor,
@@ -147,29 +148,32 @@ class VitZooPreTrainedModel(PreTrainedModel):
         output_attentions: bool | None,
         output_hidden_states: bool | None,
         interpolate_pos_encoding: bool,
-    ) -> tuple[torch.Tensor, TransformerOutput]:
-        """``(image_embeds, tokens)`` from the tower's ``forward`` with transformers' flags (``None`` takes the
-        config's value); through ``forward``, so module hooks on the tower fire (accelerate's offloading)."""
-        self._sync_attention_implementation()
-        return self.visual(
+    ) -> TowerOutput:
+        """The tower's ``encode`` with transformers' flags (``None`` takes the config's value) and attention
+        implementation."""
+        implementation = self.config._attn_implementation
+        if implementation not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(f"attn_implementation must be one of {ATTENTION_IMPLEMENTATIONS}, got {implementation!r}")
+        return self.visual.encode(
             pixel_values,
-            output_attention_map=output_attention_map,
-            output_attentions=self.config.output_attentions if output_attentions is None else output_attentions,
-            output_hidden_states=self.config.output_hidden_states if output_hidden_states is None else output_hidden_states,
+            attention_map=output_attention_map,
+            hidden_states=bool(self.config.output_hidden_states if output_hidden_states is None else output_hidden_states),
+            attentions=bool(self.config.output_attentions if output_attentions is None else output_attentions),
             interpolate_pos_encoding=interpolate_pos_encoding,
-            return_tokens=True,
+            eager=implementation == "eager",
         )
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """``PreTrainedModel.from_pretrained``, refusing with a one-line ``ValueError`` a config that asks for more
-        blocks than the weights hold (compared from the safetensors header before anything is built: a config.json
-        claiming 20 000 layers must not build them), and naming a damaged weights file. Otherwise it loads as
+        """``PreTrainedModel.from_pretrained``, first comparing the config (the one given, else ``config.json``'s)
+        with the tensors the weights name, from their headers, before anything is built: a config asking for more
+        blocks than the weights hold, or for tensors of other shapes (20 000 layers, a 4096x MLP), is refused with a
+        one-line ``ValueError`` instead of being built and filled with random values. Otherwise it loads as
         transformers loads: tensors missing from the weights are initialised and reported, fewer layers than the
         weights hold truncate the tower."""
         source = pretrained_model_name_or_path
         if source is not None and "state_dict" not in kwargs:
-            cls._check_block_count(source, kwargs)
+            cls._check_weights(source, kwargs)
         try:
             return super().from_pretrained(source, *args, **kwargs)
         except Exception as error:
@@ -180,34 +184,22 @@ class VitZooPreTrainedModel(PreTrainedModel):
                 f"({str(error).strip().splitlines()[0]}); download or convert the model again"
             ) from error
 
-    @staticmethod
-    def _check_block_count(source, kwargs: dict) -> None:
-        """The config's ``layers`` (the one given, else ``config.json``'s) against the blocks the weights name
-        (safetensors header or index). Weights naming no block at all are left to transformers, which initialises
-        and reports every tensor."""
-        from transformers.utils import cached_file
-
-        hub_kwargs = {name: kwargs[name] for name in HUB_KWARGS if name in kwargs}
+    @classmethod
+    def _check_weights(cls, source, kwargs: dict) -> None:
         config = kwargs.get("config")
-        layers: object
-        if isinstance(config, VitZooConfig):
-            layers = config.layers
-        else:
+        hub_kwargs = {name: kwargs[name] for name in HUB_KWARGS if name in kwargs}
+        if not isinstance(config, VitZooConfig):
             settings, _ = VitZooConfig.get_config_dict(source, **hub_kwargs)
             if settings.get("model_type") != VitZooConfig.model_type:
                 return  # not a vit_zoo config.json: __init__ says so
-            layers = settings.get("layers")
-        for filename in ("model.safetensors.index.json", "model.safetensors"):
-            path = cached_file(source, filename, _raise_exceptions_for_missing_entries=False, **hub_kwargs)
-            names = safetensors_names(path) if path else None
-            if names is not None:
-                blocks = len(block_indices(names))
-                if blocks and isinstance(layers, int) and layers > blocks:
-                    raise ValueError(
-                        f"{source}: the config asks for layers={layers} but {filename} holds {blocks} blocks; "
-                        "download or convert the model again"
-                    )
-                return
+            config = VitZooConfig.from_dict(settings)
+        found = weight_shapes(source, hub_kwargs)
+        if found is not None:
+            filename, shapes = found
+            prefix = f"{cls.base_model_prefix}."
+            tower = {name.removeprefix(prefix): shape for name, shape in shapes.items()}
+            adapted = tower if kwargs.get("ignore_mismatched_sizes") else ()
+            check_weights_fit(config.geometry, tower, f"{source} ({filename})", partial=True, adapted=adapted)
 
     def save_pretrained(self, save_directory, *args, **kwargs) -> None:
         """``PreTrainedModel.save_pretrained``; the folder also carries ``config.py``, ``model.py`` and
@@ -261,21 +253,13 @@ class VitZooModel(VitZooPreTrainedModel):
             ValueError: ``pixel_values`` is not a float image batch of the expected channels and size.
         """
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        image_embeds, tokens = self._encode(
-            pixel_values, output_attention_map, output_attentions, output_hidden_states, interpolate_pos_encoding
-        )
-        attention_map = None
-        if output_attention_map:
-            patch_size = self.config.patch_size
-            grid = pixel_values.shape[-2] // patch_size, pixel_values.shape[-1] // patch_size
-            assert tokens.cls_attentions is not None  # asked for above
-            attention_map = stack_attention_map(tokens.cls_attentions, grid)
+        out = self._encode(pixel_values, output_attention_map, output_attentions, output_hidden_states, interpolate_pos_encoding)
         output = VitZooModelOutput(
-            image_embeds=image_embeds,
-            last_hidden_state=tokens.last_hidden_state,
-            attention_map=attention_map,
-            hidden_states=tokens.hidden_states,
-            attentions=tokens.attentions,
+            image_embeds=out.image_embeds,
+            last_hidden_state=out.last_hidden_state,
+            attention_map=out.attention_map,
+            hidden_states=_as_tuple(out.hidden_states),
+            attentions=_as_tuple(out.attentions),
         )
         return output if return_dict else output.to_tuple()
 
@@ -319,17 +303,65 @@ class VitZooForImageClassification(VitZooPreTrainedModel):
         ``VitZooModel`` gives them.
         """
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        image_embeds, tokens = self._encode(
-            pixel_values, False, output_attentions, output_hidden_states, interpolate_pos_encoding
-        )
-        logits = self.classifier(image_embeds)
+        out = self._encode(pixel_values, False, output_attentions, output_hidden_states, interpolate_pos_encoding)
+        logits = self.classifier(out.image_embeds)
         loss = None if labels is None else self.loss_function(labels, logits, self.config)
-        output = ImageClassifierOutput(loss=loss, logits=logits, hidden_states=tokens.hidden_states, attentions=tokens.attentions)
+        output = ImageClassifierOutput(
+            loss=loss, logits=logits, hidden_states=_as_tuple(out.hidden_states), attentions=_as_tuple(out.attentions)
+        )
         return output if return_dict else output.to_tuple()
 
 
 VitZooModel.register_for_auto_class("AutoModel")
 VitZooForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+
+
+def _as_tuple(tensors: list[torch.Tensor] | None) -> tuple[torch.Tensor, ...] | None:
+    """transformers' outputs hold per-layer tensors as tuples."""
+    return None if tensors is None else tuple(tensors)
+
+
+def weight_shapes(source, hub_kwargs: dict) -> tuple[str, dict[str, tuple[int, ...]]] | None:
+    """The file transformers loads the weights from and each tensor's shape, read without loading any tensor:
+    safetensors headers (a sharded index's shards too), ``torch.load`` onto the meta device for ``.bin`` files.
+    ``None`` when there are none (transformers then says what is missing)."""
+    from transformers.utils import cached_file
+
+    def fetch(name: str) -> str | None:
+        return cached_file(source, name, _raise_exceptions_for_missing_entries=False, **hub_kwargs)
+
+    for weights, index in (
+        ("model.safetensors", "model.safetensors.index.json"),
+        ("pytorch_model.bin", "pytorch_model.bin.index.json"),
+    ):
+        if (path := fetch(index)) is not None:
+            shards = sorted({str(shard) for shard in read_weight_map(path).values()})
+            files = [(shard, fetch(shard)) for shard in shards]
+        elif (path := fetch(weights)) is not None:
+            files = [(weights, path)]
+        else:
+            continue
+        shapes: dict[str, tuple[int, ...]] = {}
+        for name, shard_path in files:
+            if shard_path is None:
+                raise ValueError(f"{source}: {index} names {name}, which is missing; download or convert the model again")
+            shapes.update(_file_shapes(shard_path))
+        return weights, shapes
+    return None
+
+
+def _file_shapes(path: str) -> dict[str, tuple[int, ...]]:
+    if path.endswith(".safetensors"):
+        return {name: shape for name, (_, shape) in safetensors_header(path).items()}
+    try:  # onto the meta device: shapes without reading tensor data (mmap: not even the storages of a zip file)
+        tensors = torch.load(path, map_location="meta", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except Exception as error:  # noqa: BLE001 - any failure to parse is a damaged file
+        raise ValueError(
+            f"{path} is not a readable torch checkpoint ({first_line(error)}); download or convert the model again"
+        ) from None
+    if not isinstance(tensors, dict):
+        raise ValueError(f"{path} holds a {type(tensors).__name__}, not a state dict; download or convert the model again")
+    return {str(name): tuple(tensor.shape) for name, tensor in tensors.items() if isinstance(tensor, torch.Tensor)}
 
 
 def remote_auto_map() -> dict[str, str]:

@@ -21,7 +21,6 @@ import os
 import pickle
 import pickletools
 import re
-import stat
 import struct
 import warnings
 import zipfile
@@ -35,6 +34,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from .errors import CheckpointError, first_line, os_reason, shown
+from .files import regular_file_size
 
 EXPECTED = "expected an OpenAI CLIP .pt archive, a torch.save state dict or a .safetensors file"
 WRAPPER_KEYS = ("state_dict", "model")
@@ -84,27 +84,13 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return _unwrap(contents, path)
 
 
-def check_regular_file(path: Path) -> None:
-    """Raise ``CheckpointError`` unless ``path`` is a regular file: a folder, a pipe (``<(...)``, a FIFO, which would
-    block or be read once) or a device (``/dev/zero`` never ends) is refused before it is opened."""
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such file; {EXPECTED}") from None
-    except OSError as error:
-        raise CheckpointError(f"{path}: cannot read ({error.strerror or error})") from None
-    if stat.S_ISREG(mode):
-        return
-    if stat.S_ISDIR(mode):
-        raise CheckpointError(f"{path} is a folder, not a checkpoint file; {EXPECTED}")
-    kind = "a pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
-    raise CheckpointError(
-        f"{path} is {kind}, not a regular file; save the checkpoint to a file first (it is read in place, by offsets)"
-    )
-
-
 def _read_head(path: Path) -> bytes:
-    check_regular_file(path)
+    """The first bytes of ``path``; a folder, a pipe (``<(...)``, which would block or be read once) or a device
+    (``/dev/zero`` never ends) is refused before it is opened."""
+    try:
+        regular_file_size(path)
+    except ValueError as error:
+        raise CheckpointError(f"{first_line(error)}; {EXPECTED}") from None
     try:
         with path.open("rb") as file:
             head = file.read(16)

@@ -78,7 +78,8 @@ class _AfterImportFinder(importlib.abc.MetaPathFinder):
             del loader.exec_module  # this loader instance is this module's alone; back to its class's method
             self.run(fullname)
 
-        # this instance only, undone above
+        # importlib has no post-import hook: this loader instance (this module's alone) runs the callback after the
+        # module's own code, and goes back to its class's method above
         loader.exec_module = exec_then_register  # type: ignore[method-assign]
         return spec
 

@@ -15,15 +15,14 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 from transformers import CLIPVisionConfig
 
 from .config import VitZooConfig
 from .errors import CheckpointError
-from .model import VisionTransformer
-from .spec import SHAPE_FIELDS, Geometry, block_indices
+from .spec import SHAPE_FIELDS, Geometry, block_indices, check_weights_fit, listed, ranges
 from .zoo import ZooEntry
 
 __all__ = [
@@ -31,7 +30,6 @@ __all__ = [
     "check_state_dict",
     "infer_geometry",
     "refuse_non_finite",
-    "state_dict_differences",
     "to_hf_clip_state_dict",
     "to_hf_clip_vision_config",
     "to_vit_zoo_state_dict",
@@ -171,7 +169,7 @@ def to_hf_clip_vision_config(config: VitZooConfig) -> CLIPVisionConfig:
     """The transformers ``CLIPVisionConfig`` of the same model (for ``to_hf_clip_state_dict``'s weights)."""
     return CLIPVisionConfig(
         hidden_size=config.width,
-        intermediate_size=int(config.width * config.mlp_ratio),
+        intermediate_size=config.intermediate_size,
         num_hidden_layers=config.layers,
         num_attention_heads=config.heads,
         num_channels=config.in_channels,
@@ -240,21 +238,10 @@ def _count_layers(state_dict: Mapping[str, torch.Tensor]) -> int:
     missing = sorted(set(range(blocks[-1] + 1)) - set(blocks))
     if missing:
         raise CheckpointError(
-            f"transformer block(s) {_ranges(missing)} missing: the checkpoint has blocks {_ranges(blocks)}, "
+            f"transformer block(s) {ranges(missing)} missing: the checkpoint has blocks {ranges(blocks)}, "
             "a complete one numbers them 0..N-1"
         )
     return len(blocks)
-
-
-def _ranges(numbers: list[int]) -> str:
-    """``[0, 1, 2, 5]`` -> ``"0-2, 5"``."""
-    spans: list[str] = []
-    start: int | None = numbers[0]
-    for previous, current in zip(numbers, numbers[1:] + [None], strict=True):
-        if current != previous + 1:
-            spans.append(str(start) if start == previous else f"{start}-{previous}")
-            start = current
-    return ", ".join(spans)
 
 
 def _mlp_ratio(state_dict: Mapping[str, torch.Tensor], width: int) -> float:
@@ -268,51 +255,21 @@ def _mlp_ratio(state_dict: Mapping[str, torch.Tensor], width: int) -> float:
     return ratio
 
 
-def expected_shapes(geometry: Mapping) -> dict[str, torch.Size]:
-    """Every tensor name of a ``VisionTransformer(**geometry)`` with its shape (built on the meta device)."""
-    with torch.device("meta"):
-        return {name: tensor.shape for name, tensor in VisionTransformer(**geometry).state_dict().items()}
+def check_state_dict(state_dict: Mapping[str, torch.Tensor], geometry: Mapping, source: str = "the image tower") -> None:
+    """Raise ``CheckpointError`` unless ``state_dict`` has exactly the tensors and shapes of a
+    ``VisionTransformer(**geometry)`` (``spec.check_weights_fit``), all of them floating point."""
+    check_weights_fit(Geometry(**geometry), {name: tensor.shape for name, tensor in state_dict.items()}, source)
+    not_float = [f"{name} ({tensor.dtype})" for name, tensor in state_dict.items() if not tensor.is_floating_point()]
+    if not_float:
+        raise CheckpointError(f"{source}: not floating point: {listed(not_float)}; a vision tower's weights are floats")
 
 
-def state_dict_differences(
-    state_dict: Mapping[str, torch.Tensor],
-    expected: Mapping[str, torch.Size],
-    comparable: Callable[[str, torch.Size], torch.Size] = lambda name, shape: shape,
-) -> list[str]:
-    """What keeps ``state_dict`` from loading where ``expected`` shapes are wanted, one ``label: items`` per kind
-    (missing, unexpected, wrong shape, not floating point); empty when it fits. ``comparable`` says which part of
-    a shape must match (timm adapts conv1's input channels itself)."""
-    missing = [name for name in expected if name not in state_dict]
-    extra = [name for name in state_dict if name not in expected]
-    misshapen = [
-        f"{name} {list(state_dict[name].shape)} (expected {list(shape)})"
-        for name, shape in expected.items()
-        if name in state_dict and comparable(name, state_dict[name].shape) != comparable(name, shape)
-    ]
-    not_float = [f"{name} ({t.dtype})" for name, t in state_dict.items() if name in expected and not t.is_floating_point()]
-    kinds = (("missing", missing), ("unexpected", extra), ("wrong shape", misshapen), ("not floating point", not_float))
-    return [f"{label}: {_listed(items)}" for label, items in kinds if items]
-
-
-def check_state_dict(state_dict: Mapping[str, torch.Tensor], geometry: Mapping) -> None:
-    """Raise ``CheckpointError`` unless ``state_dict`` has exactly the tensors, shapes and (floating) dtypes
-    of a ``VisionTransformer(**geometry)``; the message lists what is missing, extra or misshapen."""
-    problems = state_dict_differences(state_dict, expected_shapes(geometry))
-    if problems:
-        described = ", ".join(f"{k}={geometry[k]}" for k in SHAPE_FIELDS if k in geometry)
-        raise CheckpointError(f"the image tower does not fit a ViT with {described}: " + "; ".join(problems))
-
-
-def _listed(items: list[str], shown: int = 4) -> str:
-    """``a, b, c, d and 3 more``."""
-    return ", ".join(items[:shown]) + (f" and {len(items) - shown} more" if len(items) > shown else "")
-
-
-def refuse_non_finite(tensors: Mapping[str, torch.Tensor], why: str) -> None:
-    """Raise ``CheckpointError`` naming the tensors that hold NaN or Inf (a NaN weight makes every embedding NaN)."""
-    non_finite = [name for name, tensor in tensors.items() if not torch.isfinite(tensor).all()]
+def refuse_non_finite(named_tensors: Iterable[tuple[str, torch.Tensor]], why: str) -> None:
+    """Raise ``CheckpointError`` naming the tensors that hold NaN or Inf (a NaN weight makes every embedding NaN).
+    ``named_tensors`` may read each tensor as it is reached: one is held at a time."""
+    non_finite = [name for name, tensor in named_tensors if not torch.isfinite(tensor).all()]
     if non_finite:
-        raise CheckpointError(f"NaN or Inf values in {_listed(non_finite)}: {why}")
+        raise CheckpointError(f"NaN or Inf values in {listed(non_finite)}: {why}")
 
 
 def check_entry_geometry(geometry: Mapping, entry: ZooEntry) -> None:

@@ -13,25 +13,22 @@ variant, built-in or registered later, gets
   ``timm.create_model`` (plain, ``hf-hub:`` and ``local-dir:`` names) and ``pretrained=True`` work as
   for timm's own models.
 
-The model is ``TimmVisionTransformer``, a subclass of the core ``VisionTransformer`` with the head semantics
-of timm's own CLIP entries (``vit_base_patch16_clip_224.openai``): OpenAI's projection IS the ``head``, a
-bias-free ``nn.Linear(width, output_dim)`` whose ``weight`` is ``proj`` transposed, so ``model(x)`` returns
-OpenAI's ``encode_image`` embedding; ``num_classes=0`` gives the ``width``-dim pre-logits (CLS after
-``ln_post``) and any other ``num_classes`` a fresh classifier in place of the projection. Its other state dict
-keys are OpenAI's visual names (``conv1.weight`` ...); ``pretrained_filter_fn`` turns ``proj`` into
-``head.weight`` and ``openai_state_dict`` turns it back, so saved folders keep OpenAI's ``proj``.
+The model is ``TimmVisionTransformer``: the core ``VisionTransformer`` under ``visual`` (as in transformers'
+classes) with the head semantics of timm's own CLIP entries (``vit_base_patch16_clip_224.openai``): OpenAI's
+projection IS the ``head``, so ``model(x)`` returns OpenAI's ``encode_image`` embedding. ``pretrained_filter_fn``
+turns ``proj`` into ``head.weight`` and ``openai_state_dict`` turns it back, so saved folders keep OpenAI's ``proj``.
+OpenAI's weights are fetched by ``vit_zoo.download`` (one cache, SHA-256 checked).
 """
 
 import contextlib
 import math
-import re
+import os
 import sys
 from collections.abc import Mapping, Sequence
-from pathlib import Path, PurePosixPath
 from typing import Any
-from urllib.parse import urlparse
 
 import torch
+from timm.data import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from timm.layers import resample_abs_pos_embed, resample_patch_embed
 from timm.models import (
     build_model_with_cfg,
@@ -45,12 +42,13 @@ from timm.models import (
 from timm.models._features import feature_take_indices
 from torch import nn
 
-from .download import sha256_of
-from .errors import CheckpointError, ZooConfigError
+from .download import download_url, sha256_in_url
+from .errors import CheckpointError, ZooConfigError, first_line
 from .model import VisionTransformer
+from .modeling import weight_shapes
 from .readers import load_checkpoint
-from .spec import GEOMETRY_FIELDS, SHAPE_FIELDS, Geometry, block_indices, safetensors_names
-from .state_dicts import infer_geometry, state_dict_differences, to_vit_zoo_state_dict
+from .spec import GEOMETRY_FIELDS, SHAPE_FIELDS, Geometry, check_weights_fit
+from .state_dicts import infer_geometry, to_vit_zoo_state_dict
 from .zoo import ZooEntry, get_entry, list_entries, on_register
 
 __all__ = ["TimmVisionTransformer", "openai_state_dict", "pretrained_cfgs", "pretrained_filter_fn", "timm_config_dict"]
@@ -107,12 +105,13 @@ def _check_num_classes(num_classes: int) -> None:
         raise ValueError(f"num_classes must be an int >= 0 (0: no classifier), got {num_classes!r}")
 
 
-class TimmVisionTransformer(VisionTransformer):
+class TimmVisionTransformer(nn.Module):
     """OpenAI CLIP's vision tower with timm's model interface and the head of timm's CLIP entries.
 
-    Parameter names are the core's (OpenAI's ``visual.*`` names without the prefix), except that the projection
-    is the classifier ``head``: ``head.weight`` is ``proj`` transposed (``pretrained_filter_fn`` and
-    ``openai_state_dict`` convert).
+    The core ``VisionTransformer`` is ``visual`` (built without ``proj``), as in transformers' classes; the
+    projection is the classifier ``head``: ``head.weight`` is ``proj`` transposed (``pretrained_filter_fn`` and
+    ``openai_state_dict`` convert). State-dict keys are those of OpenAI's whole CLIP (``visual.conv1.weight`` ...)
+    plus ``head.*``.
 
     - ``forward_features(x) -> [b, 1 + grid*grid, width]``: tokens after ``ln_post`` (CLS first), as
       timm's ViT returns normed tokens.
@@ -125,16 +124,15 @@ class TimmVisionTransformer(VisionTransformer):
 
     Args:
         img_size: side of the square input (an int, or ``(side, side)``).
-        patch_size: side of a square patch; the rest of the core's geometry (``width``, ``layers``, ``heads``,
-            ``output_dim``, ``mlp_ratio``, ``activation``, ``layer_norm_eps``) as in ``VisionTransformer``.
+        patch_size: side of a square patch.
         in_chans: image channels.
         num_classes: outputs of ``model(x)``; ``None`` means ``output_dim`` (the projection).
         dynamic_img_size: accept any image size at run time, resampling the positional embedding.
         drop_rate: dropout before ``head``.
         device: where to create the parameters (``dtype``: in which dtype).
+        geometry: the rest of the core's geometry (``width``, ``layers``, ``heads``, ``output_dim``, ``mlp_ratio``,
+            ``activation``, ``layer_norm_eps``) as in ``VisionTransformer``.
     """
-
-    __jit_unused_properties__ = [*VisionTransformer.__jit_unused_properties__, "in_chans"]
 
     def __init__(
         self,
@@ -143,77 +141,62 @@ class TimmVisionTransformer(VisionTransformer):
         in_chans: int = 3,
         num_classes: int | None = None,
         *,
-        width: int,
-        layers: int,
-        heads: int,
-        output_dim: int,
-        mlp_ratio: float = 4.0,
-        activation: str = "quick_gelu",
-        layer_norm_eps: float = 1e-5,
         dynamic_img_size: bool = False,
         drop_rate: float = 0.0,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        **geometry: Any,
     ) -> None:
+        super().__init__()
+        output_dim: int = geometry["output_dim"]
         num_classes = output_dim if num_classes is None else num_classes
         _check_num_classes(num_classes)
         with torch.device(device) if device is not None else contextlib.nullcontext():
-            super().__init__(
-                _square_size(img_size),
-                patch_size,
-                width,
-                layers,
-                heads,
-                output_dim,
-                in_chans,
-                mlp_ratio=mlp_ratio,
-                activation=activation,
-                layer_norm_eps=layer_norm_eps,
+            self.visual = VisionTransformer(
+                _square_size(img_size), patch_size, in_channels=in_chans, projection=False, **geometry
             )
-            del self.proj  # the projection is `head` here
-            self.model_args = timm_model_args(self.geometry)
+            width = self.visual.geometry.width
+            self.in_chans = in_chans
             self.num_features = self.head_hidden_size = width
             self.num_prefix_tokens = 1
             self.has_class_token = True
             self.dynamic_img_size = dynamic_img_size
             self.feature_info = [
-                dict(module=f"transformer.resblocks.{i}", num_chs=width, reduction=patch_size) for i in range(layers)
+                dict(module=f"visual.transformer.resblocks.{i}", num_chs=width, reduction=patch_size)
+                for i in range(self.visual.geometry.layers)
             ]
             self.head_drop = nn.Dropout(drop_rate)
             self.num_classes = num_classes
             self.head = self._new_head(num_classes, bias=num_classes != output_dim)
         if dtype is not None:
             self.to(dtype)
-
-    @property
-    def in_chans(self) -> int:
-        return self.in_channels
+        self.register_state_dict_post_hook(_contiguous_tensors)
 
     @property
     def grad_checkpointing(self) -> bool:
-        return self.transformer.grad_checkpointing
+        return self.visual.transformer.grad_checkpointing
 
     def _new_head(self, num_classes: int, bias: bool = True) -> nn.Module:
         if num_classes == 0:
             return nn.Identity()
-        weight = self.conv1.weight
+        weight = self.visual.conv1.weight
         head = nn.Linear(self.num_features, num_classes, bias=bias, device=weight.device, dtype=weight.dtype)
         if not bias:  # OpenAI's projection: proj's memory layout, so head(x) is the very matmul of x @ proj
             head.weight = nn.Parameter(head.weight.detach().t().contiguous().t())
         return head
 
     def no_weight_decay(self) -> set[str]:
-        return {"class_embedding", "positional_embedding"}
+        return {"visual.class_embedding", "visual.positional_embedding"}
 
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         """Layer groups for layer-wise learning-rate decay: stem, one group per block, then ln_post/head."""
         return dict(
-            stem=r"^conv1|^class_embedding|^positional_embedding|^ln_pre",
-            blocks=[(r"^transformer\.resblocks\.(\d+)", None), (r"^ln_post", (99999,))],
+            stem=r"^visual\.(?:conv1|class_embedding|positional_embedding|ln_pre)",
+            blocks=[(r"^visual\.transformer\.resblocks\.(\d+)", None), (r"^visual\.ln_post", (99999,))],
         )
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.transformer.grad_checkpointing = enable
+        self.visual.transformer.grad_checkpointing = enable
 
     def get_classifier(self) -> nn.Module:
         return self.head
@@ -227,24 +210,17 @@ class TimmVisionTransformer(VisionTransformer):
         self.head = self._new_head(num_classes)
         self.head.train(self.training)
 
-    def project(self, last_hidden_state: torch.Tensor) -> torch.Tensor:
-        """CLS token of ``[b, n, width]`` -> ``ln_post`` -> ``head``: the image embedding while ``head`` is the
-        projection, else the classifier's output."""
-        return self.head(self.ln_post(last_hidden_state[:, 0, :]))
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``[b, in_chans, H, W]`` -> tokens after ``ln_post`` ``[b, 1 + grid*grid, width]``."""
-        x = self.embed_patches(x, interpolate_pos_encoding=self.dynamic_img_size)
-        x, _ = self.transformer.forward_blocks(x, [], len(self.transformer.resblocks) - 1)
-        return self.ln_post(x)
+        tokens = self.visual.encode(x, interpolate_pos_encoding=self.dynamic_img_size).last_hidden_state
+        return self.visual.ln_post(tokens)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Tokens ``[b, n, width]`` -> the CLS token ``[b, width]`` (``pre_logits``) or ``[b, num_classes]``."""
         x = self.head_drop(x[:, 0])
         return x if pre_logits else self.head(x)
 
-    # timm's interface, not the core's tuple
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``[b, in_chans, H, W]`` -> ``[b, num_classes]`` (OpenAI's image embedding with the projection)."""
         return self.forward_head(self.forward_features(x))
 
@@ -276,43 +252,44 @@ class TimmVisionTransformer(VisionTransformer):
         """
         if output_fmt not in ("NCHW", "NLC"):
             raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
-        last = len(self.transformer.resblocks) - 1
-        take_indices, max_index = feature_take_indices(last + 1, indices)
-        tokens = self.embed_patches(x, interpolate_pos_encoding=self.dynamic_img_size)
-        tokens, intermediates = self.transformer.forward_blocks(tokens, take_indices, max_index if stop_early else last)
+        take_indices, max_index = feature_take_indices(len(self.visual.transformer.resblocks), indices)
+        out = self.visual.encode(
+            x, hidden_states=True, interpolate_pos_encoding=self.dynamic_img_size, depth=max_index + 1 if stop_early else -1
+        )
+        assert out.hidden_states is not None  # asked for
+        intermediates = [out.hidden_states[index + 1] for index in take_indices]  # [0] is the input of block 0
         if norm:
-            intermediates = [self.ln_post(y) for y in intermediates]
-
+            intermediates = [self.visual.ln_post(y) for y in intermediates]
         prefix_tokens = [y[:, :1] for y in intermediates]
         intermediates = [y[:, 1:] for y in intermediates]
         if output_fmt == "NCHW":
-            grid = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
-            intermediates = [y.unflatten(1, grid).permute(0, 3, 1, 2).contiguous() for y in intermediates]
+            intermediates = [y.unflatten(1, out.grid).permute(0, 3, 1, 2).contiguous() for y in intermediates]
 
         if output_dict:
             result: dict[str, Any] = {"image_intermediates": intermediates}
             if return_prefix_tokens:
                 result["image_intermediates_prefix"] = prefix_tokens
             if not intermediates_only:
-                result["image_features"] = self.ln_post(tokens)
+                result["image_features"] = self.visual.ln_post(out.last_hidden_state)
             return result
         if return_prefix_tokens:
             # timm's pairs
             intermediates = list(zip(intermediates, prefix_tokens, strict=True))  # type: ignore[arg-type]
         if intermediates_only:
             return intermediates
-        return self.ln_post(tokens), intermediates
+        return self.visual.ln_post(out.last_hidden_state), intermediates
 
     def prune_intermediate_layers(
         self, indices: int | list[int] = 1, prune_norm: bool = False, prune_head: bool = True
     ) -> list[int]:
         """Drop the blocks after the last index kept (and ``ln_post`` / ``head`` if asked)."""
-        take_indices, max_index = feature_take_indices(len(self.transformer.resblocks), indices)
-        self.transformer.resblocks = self.transformer.resblocks[: max_index + 1]
-        self.transformer.layers = len(self.transformer.resblocks)
+        transformer = self.visual.transformer
+        take_indices, max_index = feature_take_indices(len(transformer.resblocks), indices)
+        transformer.resblocks = transformer.resblocks[: max_index + 1]
+        transformer.layers = len(transformer.resblocks)
         if prune_norm:
             # timm's pruning replaces the norm
-            self.ln_post = nn.Identity()  # type: ignore[assignment]
+            self.visual.ln_post = nn.Identity()  # type: ignore[assignment]
         if prune_head:
             self.reset_classifier(0)
         return take_indices
@@ -321,46 +298,22 @@ class TimmVisionTransformer(VisionTransformer):
         """Load any checkpoint ``vit_zoo.readers.load_checkpoint`` reads (OpenAI TorchScript archive, torch
         pickle, safetensors; OpenAI, open_clip, HF CLIP or vit_zoo keys) through timm's ``load_pretrained``.
 
-        timm calls this for ``custom_load`` sources: a downloaded ``url`` (checked against the zoo's
-        SHA-256 first) or a local ``file``.
+        timm calls this for ``custom_load`` sources: OpenAI's archive (fetched and SHA-256 checked by
+        ``vit_zoo.download`` when the model is created) or a local ``file``.
         """
         cfg: dict[str, Any] = getattr(self, "pretrained_cfg", {})
-        if not cfg.get("file"):
-            _check_download(Path(checkpoint_path), cfg)
-        state_dict = load_checkpoint(checkpoint_path)
-        in_memory = {**cfg, "state_dict": state_dict, "custom_load": False, "source": None}
+        in_memory = {**cfg, "state_dict": load_checkpoint(checkpoint_path), "custom_load": False, "source": None}
         load_pretrained(
-            self,
-            pretrained_cfg=in_memory,
-            num_classes=self.num_classes,
-            in_chans=self.in_chans,
-            filter_fn=pretrained_filter_fn,
+            self, pretrained_cfg=in_memory, num_classes=self.num_classes, in_chans=self.in_chans, filter_fn=pretrained_filter_fn
         )
 
 
-def _expected_sha256(pretrained_cfg: Mapping[str, Any]) -> str | None:
-    """The SHA-256 the file downloaded from this cfg's ``url`` must have: the zoo's, for the zoo's URL, else
-    the folder name of an OpenAI-style URL (``.../<sha256>/<file>``); None if neither says."""
-    url = pretrained_cfg.get("url") or ""
-    with contextlib.suppress(KeyError):
-        source = get_entry(pretrained_cfg.get("architecture") or "").pretrained.get(pretrained_cfg.get("tag") or "")
-        if source is not None and source.url == url and source.sha256:
-            return source.sha256
-    folder = PurePosixPath(urlparse(url).path).parent.name
-    return folder if re.fullmatch(r"[0-9a-f]{64}", folder) else None
-
-
-def _check_download(path: Path, pretrained_cfg: Mapping[str, Any]) -> None:
-    expected = _expected_sha256(pretrained_cfg)
-    if expected is None:
-        return
-    found = sha256_of(path)
-    if found != expected:
-        path.unlink()
-        raise CheckpointError(
-            f"{pretrained_cfg.get('url')}: the downloaded file has SHA-256 {found}, expected {expected}; "
-            f"the corrupt copy ({path}) was deleted, try again"
-        )
+def _contiguous_tensors(module: nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
+    """The projection head keeps ``proj``'s layout (a transposed view); savers (safetensors, timm's save_for_hf)
+    take contiguous tensors."""
+    for name, tensor in state_dict.items():
+        if name.startswith(prefix) and not tensor.is_contiguous():
+            state_dict[name] = tensor.contiguous()
 
 
 def _weights_source(model: nn.Module) -> str:
@@ -375,9 +328,10 @@ def _kwargs_text(kwargs: Mapping[str, Any]) -> str:
 def _resampled(weights: dict[str, torch.Tensor], model: TimmVisionTransformer, source: str) -> dict[str, torch.Tensor]:
     """``weights`` with patch kernel and positional embedding fitted to the model's patch size and grid."""
     weights = dict(weights)
+    kernel = model.visual.conv1.weight.shape[-2:]
     conv = weights.get("conv1.weight")
-    if conv is not None and conv.ndim == 4 and conv.shape[-2:] != model.conv1.weight.shape[-2:]:
-        weights["conv1.weight"] = resample_patch_embed(conv, list(model.conv1.weight.shape[-2:]), verbose=True)
+    if conv is not None and conv.ndim == 4 and conv.shape[-2:] != kernel:
+        weights["conv1.weight"] = resample_patch_embed(conv, list(kernel), verbose=True)
     positional = weights.get("positional_embedding")
     if positional is None or positional.ndim != 2:
         return weights
@@ -386,7 +340,7 @@ def _resampled(weights: dict[str, torch.Tensor], model: TimmVisionTransformer, s
         raise CheckpointError(
             f"{source}: positional_embedding has {positional.shape[0]} rows, expected 1 + grid*grid (a square grid)"
         )
-    new_grid = model.grid_size
+    new_grid = model.visual.geometry.grid_size
     if old_grid != new_grid:
         weights["positional_embedding"] = resample_abs_pos_embed(
             positional[None],
@@ -398,47 +352,47 @@ def _resampled(weights: dict[str, torch.Tensor], model: TimmVisionTransformer, s
     return weights
 
 
-def _comparable(key: str, shape: torch.Size) -> torch.Size:
-    # conv1's input channels are adapted afterwards by timm (adapt_input_conv): leave them out
-    return shape[:1] + shape[2:] if key == "conv1.weight" else shape
-
-
 def _shape_args(geometry: Mapping[str, Any]) -> dict[str, Any]:
     """The fields of ``geometry`` that decide tensor shapes, in timm's keyword names."""
     return timm_model_args({name: geometry[name] for name in SHAPE_FIELDS})
 
 
 def _check_fits(
-    fitted: Mapping[str, torch.Tensor], original: Mapping[str, torch.Tensor], model: TimmVisionTransformer, source: str
+    weights: Mapping[str, torch.Tensor], geometry: Geometry, in_chans: int, source: str, name: str, adapted: tuple[str, ...]
 ) -> None:
-    """Raise ``CheckpointError`` unless ``fitted`` (``original`` after resampling) loads into ``model``."""
-    expected = {k: v.shape for k, v in model.state_dict().items() if not k.startswith("head.")}
-    differences = state_dict_differences(fitted, expected, _comparable)
-    if not differences:
-        return
-    name = getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)
-    message = f"{source} does not fit {name} built with {_kwargs_text(_shape_args(model.geometry))} ({'; '.join(differences)})"
+    """Raise ``CheckpointError`` unless ``weights`` (vit_zoo names) load into a timm model of ``geometry``, the
+    tensors of ``adapted`` aside; the message names the geometry the checkpoint holds and the zoo entries of it.
+    The input channels of ``conv1`` are timm's to adapt (``adapt_input_conv``)."""
+    shapes = {key: tuple(tensor.shape) for key, tensor in weights.items()}
+    conv = shapes.get("conv1.weight")
+    if conv is not None and len(conv) == 4:
+        shapes["conv1.weight"] = (conv[0], in_chans, *conv[2:])
     try:
-        found = infer_geometry(original)
-    except CheckpointError:
-        raise CheckpointError(message) from None
-    same_shapes = ("width", "layers", "output_dim", "mlp_ratio")
-    matches = [e.name for e in list_entries() if e.name != name and all(e.geometry[k] == found[k] for k in same_shapes)]
-    alternative = f", or use {' / '.join(matches)}" if matches else ""
-    raise CheckpointError(
-        f"{message}: the checkpoint holds a ViT with {_kwargs_text(_shape_args(found))}; pass that geometry as keyword "
-        f"arguments{alternative}"
-    )
+        check_weights_fit(
+            geometry, shapes, f"{source} ({name} built with {_kwargs_text(_shape_args(geometry))})", adapted=adapted
+        )
+    except CheckpointError as error:
+        try:
+            found = infer_geometry(weights)
+        except CheckpointError:
+            raise error from None
+        same_shapes = ("width", "layers", "output_dim", "mlp_ratio")
+        matches = [e.name for e in list_entries() if e.name != name and all(e.geometry[k] == found[k] for k in same_shapes)]
+        alternative = f", or use {' / '.join(matches)}" if matches else ""
+        raise CheckpointError(
+            f"{first_line(error)}: the checkpoint holds a ViT with {_kwargs_text(_shape_args(found))}; pass that geometry "
+            f"as keyword arguments{alternative}"
+        ) from None
 
 
 def pretrained_filter_fn(state_dict: Mapping[str, torch.Tensor], model: TimmVisionTransformer) -> dict[str, torch.Tensor]:
     """timm's ``pretrained_filter_fn``: any CLIP ViT state dict -> this model's keys and shapes.
 
-    Converts OpenAI / open_clip / HF CLIP / vit_zoo layouts with ``vit_zoo.state_dicts.to_vit_zoo_state_dict``
-    (keeping a saved ``head.*`` classifier), resamples the patch kernel and positional embedding with
-    timm's ``resample_patch_embed`` / ``resample_abs_pos_embed`` when ``patch_size`` or ``img_size``
-    differ, and raises ``CheckpointError`` naming the checkpoint's and the model's geometry when the rest
-    does not fit. Input-channel adaptation (``in_chans``) is timm's, applied after this function.
+    Converts OpenAI / open_clip / HF CLIP / vit_zoo layouts (and timm's own saves of these models) with
+    ``vit_zoo.state_dicts.to_vit_zoo_state_dict`` (keeping a saved ``head.*`` classifier), resamples the patch kernel
+    and positional embedding with timm's ``resample_patch_embed`` / ``resample_abs_pos_embed`` when ``patch_size``
+    or ``img_size`` differ, and raises ``CheckpointError`` naming the checkpoint's and the model's geometry when the
+    rest does not fit. Input-channel adaptation (``in_chans``) is timm's, applied after this function.
     """
     source = _weights_source(model)
     head = {k: v for k, v in state_dict.items() if k.startswith("head.")}
@@ -447,28 +401,32 @@ def pretrained_filter_fn(state_dict: Mapping[str, torch.Tensor], model: TimmVisi
     except CheckpointError as error:
         raise CheckpointError(f"{source}: {error}") from None
     fitted = _resampled(weights, model, source)
+    name = getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)
+    # timm's load_pretrained drops the projection unless num_classes == output_dim
+    _check_fits(fitted, model.visual.geometry, model.in_chans, source, name, adapted=("proj",))
     projection = fitted.pop("proj", None)
-    _check_fits(fitted, weights, model, source)
-    if projection is not None:  # timm's load_pretrained drops it unless num_classes == output_dim
-        fitted["head.weight"] = projection.t()
-    return {**fitted, **head}
+    tensors = {f"visual.{key}": tensor for key, tensor in fitted.items()}
+    if projection is not None:
+        tensors["head.weight"] = projection.t()
+    return {**tensors, **head}
 
 
 def openai_state_dict(model: TimmVisionTransformer) -> dict[str, torch.Tensor]:
-    """``model``'s tensors under OpenAI's names (``head.weight`` back to ``proj``), as saved folders hold them.
+    """``model``'s tensors under OpenAI's names (``visual.`` removed, ``head.weight`` back to ``proj``), as saved
+    folders hold them.
 
     Raises:
         ValueError: ``head`` is not OpenAI's projection (``num_classes != output_dim`` or ``reset_classifier``), so
             the tower has no ``proj`` that transformers or remote code could load.
     """
-    head = model.head
-    if not (isinstance(head, nn.Linear) and head.bias is None and head.out_features == model.output_dim):
+    head, output_dim = model.head, model.visual.geometry.output_dim
+    if not (isinstance(head, nn.Linear) and head.bias is None and head.out_features == output_dim):
         raise ValueError(
             f"this timm model's head is a {model.num_classes}-way classifier in place of OpenAI's projection, so it "
             f"has no `proj` for transformers or remote code; save it with timm.models.save_for_hf (timm loads that "
-            f"folder), or keep num_classes={model.output_dim} (the projection)"
+            f"folder), or keep num_classes={output_dim} (the projection)"
         )
-    tensors = model.state_dict()
+    tensors = {key.removeprefix("visual."): tensor for key, tensor in model.state_dict().items()}
     tensors["proj"] = tensors.pop("head.weight").t()
     return tensors
 
@@ -484,13 +442,13 @@ def pretrained_cfgs(entry: ZooEntry) -> dict[str, Any]:
     base = dict(
         input_size=(args["in_chans"], args["img_size"], args["img_size"]),
         fixed_input_size=True,
-        mean=tuple(entry.preprocessing.mean),
-        std=tuple(entry.preprocessing.std),
+        mean=tuple(entry.preprocessing.mean or OPENAI_CLIP_MEAN),
+        std=tuple(entry.preprocessing.std or OPENAI_CLIP_STD),
         interpolation=entry.preprocessing.interpolation,
         crop_pct=float(entry.preprocessing.crop_pct),
         crop_mode="center",
         num_classes=args["output_dim"],
-        first_conv="conv1",
+        first_conv="visual.conv1",
         classifier="head",
         description=entry.description or None,
     )
@@ -531,7 +489,7 @@ def timm_config_dict(source: TimmVisionTransformer | ZooEntry, tag: str | None =
     else:
         # a timm model attribute, not a submodule
         cfg = dict(source.pretrained_cfg)  # type: ignore[arg-type]
-        model_args = dict(source.model_args, num_classes=source.num_classes)
+        model_args = dict(timm_model_args(source.visual.geometry), num_classes=source.num_classes)
         if source.dynamic_img_size:
             model_args["dynamic_img_size"] = True
         num_features = source.num_features
@@ -566,12 +524,12 @@ def _create(entry: ZooEntry, pretrained: bool, kwargs: dict[str, Any]) -> TimmVi
     for key, value in _entry_model_args(entry).items():
         kwargs.setdefault(key, value)
     try:
-        _geometry_of(kwargs)
+        geometry = _geometry_of(kwargs)
     except ValueError as error:
         raise ValueError(f"{entry.name}: {error} (timm's img_size is input_resolution, in_chans in_channels)") from None
-    weights = _weights_to_load(cfg) if pretrained else None
-    if weights is not None:
-        _check_block_count(weights, kwargs["layers"])
+    if pretrained:
+        _fetch_release(cfg, entry, kwargs.get("cache_dir"))
+        _check_hub_weights(cfg, geometry, entry.name)
     out_indices = kwargs.pop("out_indices", min(3, kwargs["layers"]))
     return build_model_with_cfg(
         TimmVisionTransformer,
@@ -584,33 +542,41 @@ def _create(entry: ZooEntry, pretrained: bool, kwargs: dict[str, Any]) -> TimmVi
     )
 
 
-def _weights_to_load(cfg: Mapping[str, Any]) -> Path | None:
-    """The ``model.safetensors`` timm is about to load for a ``local-dir:`` folder or an ``hf-hub:`` repo (fetched
-    now into the Hub cache, where timm finds it next); ``None`` for other sources or when it cannot be had here
-    (timm's own loading then reports why)."""
+def _fetch_release(cfg: dict[str, Any], entry: ZooEntry, cache_dir: str | os.PathLike | None) -> None:
+    """OpenAI's weights come through ``vit_zoo.download`` (one cache, SHA-256 checked, ``$VIT_ZOO_OPENAI_BASE_URL``
+    honoured) rather than timm's downloader: a cfg ``url`` whose SHA-256 is known (a zoo release's, or the folder of
+    an OpenAI-style URL) is fetched now and handed to timm as its ``file``. Other URLs are timm's to fetch."""
+    url = cfg.get("url")
+    if not url or cfg.get("file") or cfg.get("source") in ("hf-hub", "local-dir") or cfg.get("state_dict") is not None:
+        return
+    release = next((source for source in entry.pretrained.values() if source.url == url and source.sha256), None)
+    sha256 = release.sha256 if release is not None else sha256_in_url(url)
+    if sha256 is not None:
+        cfg["file"] = str(download_url(url, sha256, cache_dir))
+
+
+def _check_hub_weights(cfg: Mapping[str, Any], geometry: Geometry, name: str) -> None:
+    """The weights of a ``local-dir:`` folder or an ``hf-hub:`` repo against ``model_args``' geometry, from their
+    headers, before anything is built (a config.json claiming 20 000 layers or a 4096x MLP must not build them).
+    The patch kernel, positional embedding and projection are left to ``pretrained_filter_fn``, which fits them."""
     if cfg.get("source") == "local-dir":
-        return Path(cfg["file"]) / "model.safetensors"
-    if cfg.get("source") == "hf-hub":
-        from huggingface_hub import hf_hub_download
-
+        source, hub_kwargs = str(cfg["file"]), {}
+    elif cfg.get("source") == "hf-hub":
         repo_id, _, revision = str(cfg["hf_hub_id"]).partition("@")
-        try:
-            return Path(hf_hub_download(repo_id, "model.safetensors", revision=revision or None))
-        except Exception:  # noqa: BLE001 - no such file, no network: timm's loader says so in its own words
-            return None
-    return None
-
-
-def _check_block_count(weights: Path, layers: int) -> None:
-    """``layers`` against the blocks the weights name, from the safetensors header, before anything is built (a
-    config.json claiming 20 000 layers must not build them)."""
-    names = safetensors_names(weights)
-    blocks = len(block_indices(names)) if names is not None else layers
-    if blocks != layers:
-        raise CheckpointError(
-            f"{weights}: the config's model_args say layers={layers} but the weights hold {blocks} blocks; "
-            "download or convert the model again"
-        )
+        source, hub_kwargs = repo_id, {"revision": revision or None}
+    else:
+        return
+    found = weight_shapes(source, hub_kwargs)
+    if found is None:
+        return  # no weights there: timm's loader says so in its own words
+    filename, shapes = found
+    on_meta = {key: torch.empty(shape, device="meta") for key, shape in shapes.items() if not key.startswith("head.")}
+    try:
+        weights = to_vit_zoo_state_dict(on_meta)
+    except CheckpointError as error:
+        raise CheckpointError(f"{source} ({filename}): {error}") from None
+    adapted = ("conv1.weight", "positional_embedding", "proj")
+    _check_fits(weights, geometry, geometry.in_channels, f"{source} ({filename})", name, adapted)
 
 
 def _entrypoint(entry: ZooEntry):

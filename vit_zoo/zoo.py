@@ -23,8 +23,6 @@ if TYPE_CHECKING:
     from .config import VitZooConfig
 
 CONFIGS_ENV = "VIT_ZOO_CONFIGS"
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 REQUIRED_MODEL_KEYS = tuple(field.name for field in fields(Geometry) if field.default is MISSING)
 TOP_KEYS = ("name", "description", "model", "preprocessing", "pretrained")
@@ -33,10 +31,11 @@ SOURCE_KEYS = ("openai_name", "url", "sha256", "license", "paper", "hf_hub_id")
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """How images are prepared: resize the shortest edge, center-crop, normalise."""
+    """How images are prepared: resize the shortest edge, center-crop, normalise. A ``mean`` or ``std`` of ``None`` is
+    OpenAI's CLIP statistics, as timm (``OPENAI_CLIP_MEAN``) and transformers ship them."""
 
-    mean: tuple[float, ...] = OPENAI_MEAN
-    std: tuple[float, ...] = OPENAI_STD
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
     interpolation: str = "bicubic"
     crop_pct: float = 1.0
 
