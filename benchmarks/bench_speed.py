@@ -14,9 +14,10 @@ dtype timed in the same rounds. One more forward per case runs under ``torch.pro
     python benchmarks/bench_speed.py --device cuda --dtype bfloat16 --batch-sizes 1 8 32 --compile \
         --compile-mode reduce-overhead --cases "timm compiled" "vit_zoo compiled"
 
-Writes ``speed_<device>.json``, ``speed_<device>.md``, ``speed_<device>_kernels.md`` (and
-``speed_<device>.png`` when matplotlib is installed) into ``--output-dir`` (default ``benchmarks/results``).
-``--plot RESULTS.json`` redraws the plot of a results file next to it.
+Writes ``speed_<device>.json`` (with the commit, date, command and load it ran under), ``speed_<device>.md``,
+``speed_<device>_kernels.md`` (and ``speed_<device>.png`` when matplotlib is installed) into ``--output-dir``
+(default ``benchmarks/results``), through ``speed_report.py``. ``--plot RESULTS.json`` redraws the plot of a
+results file next to it.
 """
 
 from __future__ import annotations
@@ -25,19 +26,23 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import statistics
+import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # benchmark this checkout's vit_zoo, installed or not
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import open_clip  # noqa: E402
+import speed_report  # noqa: E402
 import timm  # noqa: E402
 import transformers  # noqa: E402
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg  # noqa: E402
@@ -316,16 +321,29 @@ def cpu_flags() -> list[str]:
     return []
 
 
-def environment(args: argparse.Namespace) -> dict:
+def git_commit() -> str | None:
+    """This checkout's commit (``-dirty`` when vit_zoo/ or benchmarks/ has changes), else ``$VIT_ZOO_COMMIT``:
+    a copy of the tree without ``.git`` (a GPU machine's) names its commit through that variable."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
+        changes = subprocess.run(
+            ["git", "status", "--porcelain", "--", "vit_zoo", "benchmarks"], cwd=ROOT, capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return os.environ.get("VIT_ZOO_COMMIT")
+    return head.stdout.strip() + ("-dirty" if changes.stdout.strip() else "")
+
+
+def run_environment(device: str, command: str) -> dict:
+    """What every results file records of its run: device, commit, date, command, versions, load at the start."""
     return {
-        "device": args.device,
-        "device_name": device_name(args.device),
+        "device": device.split(":")[0],
+        "device_name": device_name(device),
         "cpu_flags": cpu_flags(),
         "threads": torch.get_num_threads(),
-        "batch_sizes": args.batch_sizes,
-        "warmup": args.warmup,
-        "rounds": args.rounds,
-        "compile": args.compile_mode if args.compile else None,
+        "commit": git_commit(),
+        "date": datetime.now(timezone.utc).date().isoformat(),
+        "command": command,
         "versions": {
             "python": platform.python_version(),
             "torch": torch.__version__,
@@ -335,6 +353,16 @@ def environment(args: argparse.Namespace) -> dict:
             "transformers": transformers.__version__,
         },
         "load_average_start": os.getloadavg(),
+    }
+
+
+def environment(args: argparse.Namespace) -> dict:
+    return {
+        **run_environment(args.device, shlex.join(["python", "benchmarks/bench_speed.py", *args.argv])),
+        "batch_sizes": args.batch_sizes,
+        "warmup": args.warmup,
+        "rounds": args.rounds,
+        "compile": args.compile_mode if args.compile else None,
     }
 
 
@@ -369,115 +397,6 @@ def run_model(entry: ZooEntry, dtype: torch.dtype, args: argparse.Namespace) -> 
                 "kernels": kernels,
             }
         )
-
-
-def markdown(results: list[dict], env: dict) -> str:
-    """One table per (model, dtype): images/s, ratio to timm, MFU, agreement; then map overheads."""
-    load = ", ".join(f"{v:.1f}" for v in env["load_average_start"])
-    load_end = ", ".join(f"{v:.1f}" for v in env["load_average_end"])
-    lines = [
-        f"Device: {env['device_name']} ({env['device']}, {env['threads']} threads), torch {env['versions']['torch']}, "
-        f"{env['rounds']} interleaved rounds after {env['warmup']} warmup calls; "
-        f"load average {load} at start, {load_end} at end.",
-        "",
-    ]
-    for result in results:
-        ceiling = result["matmul_ceiling"]
-        lines += [
-            f"### {title(result)}",
-            "",
-            f"{result['gflops_per_image']:.3g} GFLOP/image; matmul ceiling {ceiling['median_tflops']:.3g} TFLOP/s "
-            f"(median), {ceiling['best_tflops']:.3g} (best).",
-            "",
-            "| case | images/s (median) | × timm, paired median [quartiles] | MFU | rel. L2 error vs vit_zoo |",
-            "|---|---:|---:|---:|---:|",
-        ]
-        for name, case in result["cases"].items():
-            low, high = case["ratio_vs_timm_quartiles"]
-            ratio = f"{case['ratio_vs_timm']:.3f} [{low:.2f}–{high:.2f}]"
-            error = result["agreement"][name]
-            lines.append(f"| {name} | {case['images_per_s']:.4g} | {ratio} | {case['mfu']:.1%} | {error:.1e} |")
-        overheads = "; ".join(
-            f"{name} = {median:.3f}{overhead_quartiles(result, name)}"
-            for name, median in result["attention_map_overheads"].items()
-        )
-        attention_error = result["agreement"]["attention_map max|vit_zoo - hf_eager|"]
-        lines += [
-            "",
-            f"Time with attention maps ÷ time without (paired medians [quartiles]): {overheads}.",
-            f"Attention maps, max |vit_zoo − HF eager|: {attention_error:.1e}.",
-            "",
-        ]
-    return "\n".join(lines)
-
-
-def overhead_quartiles(result: dict, name: str) -> str:
-    low_high = result.get("attention_map_overhead_quartiles", {}).get(name)
-    return f" [{low_high[0]:.2f}–{low_high[1]:.2f}]" if low_high else ""
-
-
-def title(result: dict) -> str:
-    return f"{result['model']}, {result['dtype']}, batch {result['batch_size']}"
-
-
-def kernels_markdown(results: list[dict], env: dict) -> str:
-    """Per (model, dtype, batch) and case: the profiled forward's top kernels/operators by self time."""
-    unit = "CUDA kernel" if env["device"].startswith("cuda") else "CPU operator"
-    lines = [f"Top {unit}s by self time in one profiled forward per case ({env['device_name']}).", ""]
-    for result in results:
-        lines += [f"### {title(result)}", ""]
-        for case, kernels in result["kernels"].items():
-            lines += [f"**{case}**", "", f"| {unit} | calls | µs | share |", "|---|---:|---:|---:|"]
-            for kernel in kernels:
-                name = kernel["name"].replace("|", "\\|")
-                name = name if len(name) <= 100 else name[:97] + "..."
-                lines.append(f"| `{name}` | {kernel['calls']} | {kernel['us']:.0f} | {kernel['share']:.1%} |")
-            lines.append("")
-    return "\n".join(lines)
-
-
-def plot(results: list[dict], path: Path, caption: str = "") -> bool:
-    """Images/s per case, one panel per (model, dtype, batch), each bar labelled with its ratio to timm.
-
-    Reads only ``images_per_s`` and ``ratio_vs_timm`` of each case, so it also draws results files
-    reduced to those. Returns False (and writes nothing) without matplotlib.
-    """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    figure, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4.2), squeeze=False)
-    for ax, result in zip(axes[0], results, strict=True):
-        names = list(result["cases"])
-        rates = [result["cases"][name]["images_per_s"] for name in names]
-        colors = ["tab:blue" if name.startswith("vit_zoo") else "tab:gray" for name in names]
-        bars = ax.barh(names, rates, color=colors)
-        for bar, name in zip(bars, names, strict=True):
-            ratio = result["cases"][name].get("ratio_vs_timm")
-            if ratio is not None:
-                ax.annotate(f" {ratio:.2f}×", (bar.get_width(), bar.get_y() + bar.get_height() / 2), va="center", fontsize=8)
-        ax.set_title(title(result), fontsize=9)
-        ax.set_xlabel("images/s (× = paired ratio to timm eager)")
-        ax.set_xlim(0, max(rates) * 1.2)
-        ax.invert_yaxis()
-    if caption:
-        figure.suptitle(textwrap.fill(caption, width=int(12 * figure.get_figwidth())), fontsize=9)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return True
-
-
-def plot_file(path: Path) -> Path:
-    """Redraw the plot of a results JSON (``{"environment": {"caption": ...}?, "results": [...]}``) next to it."""
-    report = json.loads(path.read_text())
-    target = path.with_suffix(".png")
-    if not plot(report["results"], target, report.get("environment", {}).get("caption", "")):
-        raise SystemExit("--plot needs matplotlib (pip install matplotlib, or the docs extra)")
-    return target
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -523,6 +442,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output-dir", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--plot", type=Path, metavar="RESULTS_JSON", help="only redraw the plot of a results file")
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.plot:
         return args
     on_cuda = args.device.startswith("cuda")
@@ -554,7 +474,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             for result in run_model(entry, dtype, args):
                 results.append(result)
                 write_reports(results, env, args)  # after each case set: a run cut short keeps what it measured
-    print(markdown(results, env))
+    print(speed_report.full_tables(results, env))
     return results
 
 
@@ -562,10 +482,19 @@ def write_reports(results: list[dict], env: dict, args: argparse.Namespace) -> N
     env["load_average_end"] = os.getloadavg()
     args.output_dir.mkdir(parents=True, exist_ok=True)
     stem = args.output_dir / f"speed_{args.device.split(':')[0]}"
-    stem.with_suffix(".json").write_text(json.dumps({"environment": env, "results": results}, indent=2))
-    stem.with_suffix(".md").write_text(markdown(results, env) + "\n")
-    stem.with_name(stem.name + "_kernels.md").write_text(kernels_markdown(results, env) + "\n")
-    plot(results, stem.with_suffix(".png"))
+    report = {"benchmark": speed_report.SPEED, "environment": env, "results": results}
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(speed_report.full_tables(results, env) + "\n")
+    stem.with_name(stem.name + "_kernels.md").write_text(speed_report.kernel_tables(results, env) + "\n")
+    speed_report.plot(report, stem.with_suffix(".png"))
+
+
+def plot_file(path: Path) -> Path:
+    """Redraw the plot of a speed results file next to it."""
+    target = path.with_suffix(".png")
+    if not speed_report.plot(speed_report.load_kind(path, speed_report.SPEED), target):
+        raise SystemExit("--plot needs matplotlib (pip install matplotlib, or the docs extra)")
+    return target
 
 
 if __name__ == "__main__":

@@ -6,7 +6,10 @@ The same random weights (OpenAI's key names, QuickGELU, as OpenAI's release) go 
 ``openai/clip-vit-base-patch16``: quick_gelu) and open_clip's QuickGELU model, the reference: it is OpenAI's
 architecture under OpenAI's names. Prints the relative L2 error of each projected CLS embedding in fp32.
 
-    python benchmarks/compare_peers.py [--batch-size 4]
+    python benchmarks/compare_peers.py [--batch-size 4] [--output benchmarks/results/fidelity_cpu.json]
+
+``--output`` writes the errors with the commit, machine, date and load of the run (``speed_report.py`` shows
+them in RESULTS.md and the docs' comparison page).
 
 Random weights, not OpenAI's (which cannot be downloaded where this was written): with real weights the
 activations, and so the GELU/QuickGELU gap, differ.
@@ -15,13 +18,17 @@ activations, and so the GELU/QuickGELU gap, differ.
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shlex
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_speed import hf_model, open_clip_model, relative_error, timm_model  # noqa: E402
+from bench_speed import hf_model, open_clip_model, relative_error, run_environment, timm_model  # noqa: E402
+from speed_report import FIDELITY  # noqa: E402
 
 from vit_zoo import VisionTransformer, get_entry  # noqa: E402
 
@@ -30,7 +37,10 @@ from vit_zoo import VisionTransformer, get_entry  # noqa: E402
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--output", type=Path, help="also write the errors and where they were measured to this JSON file")
     args = parser.parse_args(argv)
+    command = shlex.join(["python", "benchmarks/compare_peers.py", *(sys.argv[1:] if argv is None else argv)])
+    environment = run_environment("cpu", command)
     geometry = {"in_channels": 3, "mlp_ratio": 4.0, "activation": "quick_gelu", "layer_norm_eps": 1e-5}
     geometry |= get_entry("ViT-B/16").model
     torch.manual_seed(0)
@@ -49,10 +59,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         .image_embeds,
     }
     errors = {name: relative_error(embedding, reference) for name, embedding in embeddings.items()}
-    print(f"ViT-B/16, random OpenAI-style weights, fp32, batch {args.batch_size}, torch {torch.__version__}")
-    print("relative L2 error of the projected CLS embedding against open_clip's QuickGELU model (OpenAI's):")
+    description = (
+        f"ViT-B/16 with the same random OpenAI-style weights in every library, fp32, batch {args.batch_size}: relative L2 "
+        "error of the projected CLS embedding against open_clip's QuickGELU model, which is OpenAI's architecture."
+    )
+    print(description)
     for name, error in errors.items():
         print(f"  {name:<66} {error:.1e}")
+    if args.output:
+        environment["load_average_end"] = os.getloadavg()
+        report = {"benchmark": FIDELITY, "environment": environment, "description": description, "errors": errors}
+        args.output.write_text(json.dumps(report, indent=2) + "\n")
     return errors
 
 

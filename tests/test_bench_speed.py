@@ -24,6 +24,10 @@ def test_tiny_run_writes_agreeing_results_per_batch_size(bench_speed, tmp_path):
     argv = ["--models", "vit_zoo_tiny_patch8_test_32", "--dtype", "float32", "--batch-sizes", "1", "3"]
     bench_speed.main([*argv, "--rounds", "2", "--warmup", "0", "--output-dir", str(tmp_path)])
     report = json.loads((tmp_path / "speed_cpu.json").read_text())
+    environment = report["environment"]
+    assert report["benchmark"] == "speed" and environment["commit"] and environment["date"]
+    assert environment["command"].startswith("python benchmarks/bench_speed.py --models vit_zoo_tiny_patch8_test_32")
+    assert len(environment["load_average_start"]) == len(environment["load_average_end"]) == 3
     assert [result["batch_size"] for result in report["results"]] == [1, 3]
     expected_cases = {"timm", "open_clip", "hf_sdpa", "hf_eager+attentions", "vit_zoo", "vit_zoo+attention_map"}
     for result in report["results"]:
@@ -64,7 +68,7 @@ def test_plot_redraws_a_results_file(bench_speed, tmp_path):
     results = tmp_path / "reported.json"
     cases = {"timm": {"images_per_s": 10.0, "ratio_vs_timm": 1.0}, "vit_zoo": {"images_per_s": 12.0}}
     record = {"model": "m", "dtype": "bfloat16", "batch_size": 4, "cases": cases}
-    results.write_text(json.dumps({"environment": {"caption": "reported"}, "results": [record]}))
+    results.write_text(json.dumps({"benchmark": "speed", "environment": {"device": "cuda"}, "results": [record]}))
     bench_speed.main(["--plot", str(results)])
     assert (tmp_path / "reported.png").read_bytes().startswith(b"\x89PNG")
 
