@@ -96,10 +96,12 @@ def source(environment: dict) -> str:
     return f"{machine(environment)}, {commit(environment)}, {date(environment)}, {load_average(environment)}"
 
 
-def provenance(environment: dict) -> list[str]:
-    """Markdown list items: where, on what code, under what load and with which command a run was measured."""
+def provenance(environment: dict, timed: bool = True) -> list[str]:
+    """Markdown list items: where, on what code, under what load and with which command a run was measured
+    (for a ``timed`` run, with a word on reading it when the machine was busy)."""
+    busy = _shared_machine(environment) if timed else ""
     lines = [f"- **Machine**: {machine(environment)}; {commit(environment)}; {date(environment)}."]
-    lines.append(f"- **Load**: {load_average(environment).removeprefix('load average ')}." + _shared_machine(environment))
+    lines.append(f"- **Load**: {load_average(environment).removeprefix('load average ')}.{busy}")
     versions = ", ".join(f"{name} {version}" for name, version in environment.get("versions", {}).items())
     if versions:
         lines.append(f"- **Versions**: {versions}.")
@@ -240,7 +242,7 @@ def _overhead_lines(result: dict) -> list[str]:
 
 def fidelity_table(report: dict) -> str:
     """A fidelity results file: provenance, what was compared, and each library's relative L2 error."""
-    lines = [*provenance(report["environment"]), "", report["description"], ""]
+    lines = [*provenance(report["environment"], timed=False), "", report["description"], ""]
     lines += ["| library | relative L2 error |", "|---|---:|"]
     lines += [f"| {library} | {format_error(error)} |" for library, error in report["errors"].items()]
     return "\n".join(lines) + "\n"

@@ -1,20 +1,30 @@
 """MkDocs hooks: pages hold markers such as ``<!-- vit-zoo:zoo-table -->`` that are replaced at build time.
 
-A marker counts only on a line of its own outside code fences, so a page can name one in inline code or in
-a code block (the Contributing page does) without the generated content landing there.
+Two kinds of marker, both counted only outside code blocks and inline code (so a page can name one, as the
+Contributing page does, without the generated content landing there):
 
-Everything a marker stands for is computed from the code and data in the repository (the zoo YAML files,
-the CLI parser, the benchmark results), so the site cannot drift from them. An unknown marker fails the
-build.
+- a *block* marker stands on a line of its own and becomes Markdown: ``zoo-table`` (from ``configs/*.yaml``),
+  ``cli-reference`` (from ``vit_zoo.cli.build_parser()``), ``benchmark-results`` (every file of
+  ``benchmarks/results``: where it was measured, its tables and its plot);
+- a *value* marker sits in a sentence or a table cell and becomes one number of a results file, formatted as
+  the tables format it: ``<!-- vit-zoo:ratio FILE MODEL CASE -->`` (× timm eager), ``rate`` (images/s),
+  ``overhead`` (the extra time of a case with attention maps), ``<!-- vit-zoo:fidelity FILE LIBRARY -->``
+  (relative L2 error) and ``<!-- vit-zoo:measured-on FILE -->`` (machine, commit, date, load). Arguments
+  with spaces are quoted (``"vit_zoo compiled"``); MODEL is a zoo name, or ``MODEL/DTYPE/BATCH`` where a file
+  holds several runs of one model.
+
+Everything a marker stands for is computed from the code and data in the repository, so the site cannot
+drift from them; the plots are drawn from the results files at build time. An unknown marker, or one naming
+a file, model or case that does not exist, fails the build.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import inspect
 import os
-import posixpath
 import re
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -23,12 +33,17 @@ from mkdocs.exceptions import PluginError
 from mkdocs.structure.files import File, Files
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # build the docs of this checkout, installed or not
-    sys.path.insert(0, str(ROOT))
-
 BENCHMARKS = ROOT / "benchmarks"
-BENCHMARK_ASSET_SUFFIXES = {".png", ".svg", ".jpg", ".jpeg", ".json", ".csv"}
-MARKER = re.compile(r"^[ \t]*<!--\s*vit-zoo:([a-z-]+)\s*-->[ \t]*$")
+for path in (ROOT, BENCHMARKS):  # build the docs of this checkout, installed or not; speed_report is a script
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+import speed_report  # noqa: E402
+
+SITE_RESULTS = "benchmarks/results/"  # where the site carries the results files and their plots
+BLOCK_MARKER = re.compile(r"^[ \t]*<!--\s*vit-zoo:([a-z-]+)\s*-->[ \t]*$")
+ANY_MARKER = re.compile(r"<!--\s*vit-zoo:([a-z-]+)(.*?)-->")
+CODE_SPAN = re.compile(r"(`+).+?\1")
 HELP_COLUMNS = "88"
 
 
@@ -125,100 +140,103 @@ def _lines_outside_fences(markdown: str) -> list[tuple[str, bool]]:
     return lines
 
 
-def _demote_headings(markdown: str) -> str:
-    """Shift ATX headings down one level (outside code fences) so an included file sits under the page title."""
-    return "\n".join(
-        "#" + line if outside and re.match(r"#{1,5} ", line) else line for line, outside in _lines_outside_fences(markdown)
-    )
+def benchmark_results(results_dir: Path = BENCHMARKS / "results") -> str:
+    """Every results file of ``benchmarks/results`` as a section, or a note when there is none."""
+    paths = speed_report.results_files(results_dir) if results_dir.is_dir() else []
+    if not paths:
+        return (
+            '!!! note "Not yet measured"\n'
+            "    This build found no results files in `benchmarks/results/`. The tables appear here once the\n"
+            "    benchmarks have been run and their results committed.\n"
+        )
+    return "\n".join(speed_report.section(path, SITE_RESULTS, heading="###", page_links=False) for path in paths)
 
 
-def _benchmark_assets(benchmarks: Path = BENCHMARKS) -> list[Path]:
-    if not benchmarks.is_dir():
-        return []
-    return sorted(p for p in benchmarks.rglob("*") if p.is_file() and p.suffix.lower() in BENCHMARK_ASSET_SUFFIXES)
-
-
-def _relink(markdown: str, benchmarks: Path = BENCHMARKS) -> str:
-    """Point RESULTS.md's relative links at the copies of ``benchmarks/`` files in the site; unlink the rest."""
-    assets = {path.relative_to(benchmarks).as_posix() for path in _benchmark_assets(benchmarks)}
-
-    def replace(match: re.Match) -> str:
-        label, target = match.group(1), match.group(2)
-        if re.match(r"[a-z][a-z0-9+.-]*:|#|/", target):
-            return match.group(0)
-        path, _, fragment = target.partition("#")
-        asset = posixpath.normpath(path)
-        if asset in assets:
-            return f"{label}(benchmarks/{asset}{'#' + fragment if fragment else ''})"
-        return label.lstrip("!")[1:-1]  # a file the site does not carry: keep the text only
-
-    return re.sub(r"(!?\[[^\]]*\])\(([^)\s]+)\)", replace, markdown)
-
-
-def _records_table(records: list[dict]) -> str:
-    columns = list(dict.fromkeys(key for record in records for key in record))
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for record in records:
-        lines.append("| " + " | ".join(_cell(record.get(column, "")) for column in columns) + " |")
-    return "\n".join(lines)
-
-
-def _cell(value) -> str:
-    if isinstance(value, float):
-        return f"{value:,.4g}" if abs(value) < 1000 else f"{value:,.0f}"
-    return str(value).replace("|", "\\|")
-
-
-def _json_results(path: Path) -> str:
-    data = json.loads(path.read_text(encoding="utf-8"))
-    records = data.get("results") if isinstance(data, dict) else data
-    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-        raise PluginError(f"{path}: expected a list of records (or {{'results': [...]}}) to render as a table")
-    meta = {k: v for k, v in data.items() if k != "results" and not isinstance(v, (dict, list))} if isinstance(data, dict) else {}
-    lines = [f"### `{path.name}`", ""]
-    lines += [f"- **{key}**: {value}" for key, value in meta.items()]
-    return "\n".join([*lines, "", _records_table(records), ""])
-
-
-def benchmark_results(benchmarks: Path = BENCHMARKS) -> str:
-    """``benchmarks/RESULTS.md`` if present, else tables of ``benchmarks/results/*.json``, else a note."""
-    results_md, results_dir = benchmarks / "RESULTS.md", benchmarks / "results"
-    if results_md.is_file():
-        return _relink(_demote_headings(results_md.read_text(encoding="utf-8")), benchmarks) + "\n"
-    json_files = sorted(results_dir.glob("*.json")) if results_dir.is_dir() else []
-    if json_files:
-        return "\n".join(_json_results(path) for path in json_files)
-    return (
-        '!!! note "Not yet measured"\n'
-        "    This build found no benchmark results (`benchmarks/RESULTS.md` or `benchmarks/results/*.json`).\n"
-        "    The tables appear here once the benchmarks have been run and their results committed.\n"
-    )
-
-
-GENERATORS: dict[str, Callable[[], str]] = {
+BLOCK_GENERATORS: dict[str, Callable[[], str]] = {
     "zoo-table": zoo_table,
     "cli-reference": cli_reference,
     "benchmark-results": benchmark_results,
 }
 
 
+def _speed(quantity: str) -> Callable[[str, str, str], str]:
+    def value(file: str, model: str, case: str) -> str:
+        return speed_report.speed_value(BENCHMARKS / "results" / file, quantity, model, case)
+
+    return value
+
+
+def _fidelity(file: str, library: str) -> str:
+    return speed_report.fidelity_value(BENCHMARKS / "results" / file, library)
+
+
+def _measured_on(file: str) -> str:
+    return speed_report.source(speed_report.load(BENCHMARKS / "results" / file)["environment"])
+
+
+VALUE_GENERATORS: dict[str, Callable[..., str]] = {
+    "ratio": _speed("ratio"),
+    "rate": _speed("rate"),
+    "overhead": _speed("overhead"),
+    "fidelity": _fidelity,
+    "measured-on": _measured_on,
+}
+
+
+def expand_value(name: str, arguments: str, where: str) -> str:
+    """The text a value marker stands for; ``PluginError`` naming the page when it cannot be computed."""
+    if name in BLOCK_GENERATORS:
+        raise PluginError(f"{where}: vit-zoo:{name} makes a block; put it on a line of its own")
+    if name not in VALUE_GENERATORS:
+        known = sorted([*BLOCK_GENERATORS, *VALUE_GENERATORS])
+        raise PluginError(f"{where}: unknown marker vit-zoo:{name}; known: {known}")
+    generator, values = VALUE_GENERATORS[name], shlex.split(arguments)
+    try:
+        inspect.signature(generator).bind(*values)
+    except TypeError:
+        wanted = " ".join(inspect.signature(generator).parameters).upper()
+        raise PluginError(f"{where}: vit-zoo:{name} takes {wanted}, got {arguments.strip()!r}") from None
+    try:
+        return generator(*values)
+    except speed_report.ReportError as error:
+        raise PluginError(f"{where}: vit-zoo:{name}: {error}") from None
+
+
+def expand_line(line: str, where: str) -> str:
+    """A line with every value marker outside inline code replaced by its value."""
+    parts, position = [], 0
+    for span in CODE_SPAN.finditer(line):
+        parts += [_expand_values(line[position : span.start()], where), span.group(0)]
+        position = span.end()
+    return "".join([*parts, _expand_values(line[position:], where)])
+
+
+def _expand_values(text: str, where: str) -> str:
+    return ANY_MARKER.sub(lambda match: expand_value(match.group(1), match.group(2), where), text)
+
+
 def on_files(files: Files, config) -> Files:
-    """Carry the benchmark plots and data into the site so the performance page can link them."""
-    for path in _benchmark_assets():
-        files.append(File.generated(config, path.relative_to(ROOT).as_posix(), abs_src_path=str(path)))
+    """Carry the results files into the site, with each speed results file's plot drawn from it."""
+    results_dir = BENCHMARKS / "results"
+    for path in speed_report.results_files(results_dir) if results_dir.is_dir() else []:
+        files.append(File.generated(config, SITE_RESULTS + path.name, abs_src_path=str(path)))
+        report = speed_report.load(path)
+        if report["benchmark"] == speed_report.SPEED:
+            files.append(File.generated(config, f"{SITE_RESULTS}{path.stem}.png", content=speed_report.png(report)))
     return files
 
 
 def on_page_markdown(markdown: str, page, config, files) -> str:
-    """Replace every ``<!-- vit-zoo:NAME -->`` marker with what ``GENERATORS[NAME]`` computes."""
+    """Replace every block marker with what ``BLOCK_GENERATORS[NAME]`` computes and every value marker with
+    its number."""
+    where = page.file.src_uri
 
     def generate(line: str, outside: bool) -> str:
-        match = MARKER.match(line) if outside else None
-        if match is None:
+        if not outside:
             return line
-        name = match.group(1)
-        if name not in GENERATORS:
-            raise PluginError(f"{page.file.src_uri}: unknown marker vit-zoo:{name}; known: {sorted(GENERATORS)}")
-        return GENERATORS[name]()
+        block = BLOCK_MARKER.match(line)
+        if block and block.group(1) in BLOCK_GENERATORS:
+            return BLOCK_GENERATORS[block.group(1)]()
+        return expand_line(line, where)
 
     return "\n".join(generate(line, outside) for line, outside in _lines_outside_fences(markdown)) + "\n"

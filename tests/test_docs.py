@@ -295,40 +295,110 @@ def _load_hooks():
     return hooks
 
 
-def test_performance_page_says_not_yet_measured_without_results(tmp_path: Path):
-    assert "Not yet measured" in _load_hooks().benchmark_results(tmp_path / "benchmarks")
+RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
+PAGES_WITH_MEASURED_NUMBERS = ("comparison.md", "performance.md")
+# A number typed into a page next to a unit of speed, time or error: it belongs in a results file.
+TYPED_MEASUREMENT = re.compile(r"\d[\d.,\u202f ]*\s?(×|%|images/s|img/s)|\d\.\de-\d")
 
 
-def test_performance_page_includes_results_md_with_links_to_the_site_copies(tmp_path: Path):
-    benchmarks = tmp_path / "benchmarks"
-    (benchmarks / "results").mkdir(parents=True)
-    (benchmarks / "results" / "cpu.json").write_text("[]")
-    (benchmarks / "plot.png").write_bytes(b"png")
-    (benchmarks / "RESULTS.md").write_text(
-        "# Results\n\n![plot](plot.png) [raw](results/cpu.json) [script](bench.py) [up](../README.md)\n\n"
-        "```bash\n# a comment, not a heading\n```\n\n## CPU\n| model | img/s |\n|---|---|\n| vit_zoo | 19.5 |\n"
+def _results(name: str) -> dict:
+    return json.loads((RESULTS_DIR / name).read_text())
+
+
+def _result(report: dict, model: str) -> dict:
+    (result,) = [r for r in report["results"] if r["model"] == model]
+    return result
+
+
+def _error(relative_l2: float) -> str:
+    return f"{relative_l2:.1e}".replace("e-0", "e-")
+
+
+def _page_text(site: Path, page: str) -> str:
+    return _text((site / page_url(page) / "index.html").read_text())
+
+
+def _table_row(site: Path, page: str, first_cell: str) -> list[str]:
+    rows = [row for row in _table_rows((site / page_url(page) / "index.html").read_text()) if row and row[0] == first_cell]
+    assert len(rows) == 1, f"{page} has {len(rows)} rows starting with {first_cell!r}"
+    return rows[0]
+
+
+@pytest.mark.parametrize("page", PAGES_WITH_MEASURED_NUMBERS)
+def test_measured_numbers_are_not_typed_into_the_pages(page: str):
+    """Speeds, times and errors on these pages come from value markers, so they cannot drift from the results."""
+    source = "\n".join(line for line, outside in _load_hooks()._lines_outside_fences((DOCS_DIR / page).read_text()) if outside)
+    typed = [match.group(0) for match in TYPED_MEASUREMENT.finditer(re.sub(r"<!--.*?-->", "", source))]
+    assert not typed, (
+        f"docs/{page} types measured numbers by hand: {typed}; use <!-- vit-zoo:ratio|rate|overhead|fidelity ... -->"
     )
-    markdown = _load_hooks().benchmark_results(benchmarks)
-    assert markdown.startswith("## Results")
-    assert "### CPU" in markdown and "# a comment, not a heading" in markdown
-    assert "![plot](benchmarks/plot.png)" in markdown and "[raw](benchmarks/results/cpu.json)" in markdown
-    assert "script" in markdown and "(bench.py)" not in markdown and "(../README.md)" not in markdown
-    assert "| vit_zoo | 19.5 |" in markdown
 
 
-def test_performance_page_renders_json_results_as_tables(tmp_path: Path):
-    results = tmp_path / "benchmarks" / "results"
-    results.mkdir(parents=True)
-    records = [{"model": "vit_zoo", "images_per_s": 19.53}, {"model": "timm", "images_per_s": 19.1, "mfu": 0.5}]
-    (results / "cpu.json").write_text(json.dumps({"device": "2-core CPU", "results": records}))
-    markdown = _load_hooks().benchmark_results(tmp_path / "benchmarks")
-    assert "- **device**: 2-core CPU" in markdown
-    assert "| model | images_per_s | mfu |" in markdown
-    assert "| vit_zoo | 19.53 |  |" in markdown and "| timm | 19.1 | 0.5 |" in markdown
+def test_comparison_table_shows_the_numbers_of_the_results_files(site: Path):
+    cpu = _result(_results("speed_cpu.json"), "vit_zoo_base_patch32_clip_224")["cases"]
+    speed = _table_row(site, "comparison.md", "Speed vs timm eager (B/32, CPU, fp32, batch 8)")
+    expected = [f"{cpu[case]['ratio_vs_timm']:.2f}×" for case in ("vit_zoo", "timm", "hf_sdpa")]
+    assert speed[1:] == expected
+    errors = _results("fidelity_cpu.json")["errors"]
+    fidelity = _table_row(site, "comparison.md", "Embedding vs OpenAI's architecture, fp32 (relative L2 error)")
+    gelu = "timm vit_base_patch16_clip_224 (the .openai tag's model, GELU)"
+    assert fidelity[1] == _error(errors["vit_zoo.VisionTransformer"]) and fidelity[2].startswith(_error(errors[gelu]))
+    overhead = _result(_results("speed_cpu.json"), "vit_zoo_base_patch32_clip_224")["attention_map_overheads"]
+    maps = _table_row(site, "comparison.md", "Attention maps")
+    assert f"{(overhead['vit_zoo+attention_map / vit_zoo'] - 1) * 100:+.1f} % time" in maps[1]
+    gpu = _result(_results("h200_2026-11-30_e331799.json"), "vit_zoo_base_patch16_clip_224")["cases"]
+    rates = [f"{gpu[case]['images_per_s']:,.0f}".replace(",", "\u202f") for case in ("hf_eager+attentions", "hf_sdpa")]
+    assert f"{rates[0]} images/s instead of {rates[1]}" in maps[3]
 
 
-def test_unknown_marker_fails_the_build():
+def test_every_results_file_is_on_the_performance_page_with_commit_machine_and_load(site: Path):
+    text = _page_text(site, "performance.md")
+    for path in sorted(RESULTS_DIR.glob("*.json")):
+        environment = json.loads(path.read_text())["environment"]
+        start = environment.get("load_average_start")
+        load = f"Load: {start[0]:.1f} at start" if start else "Load: not recorded"
+        for fact in (f"{environment['device_name']} (", f"commit {environment['commit']}", load, environment["date"]):
+            assert fact in text, f"the performance page does not say {fact!r} of {path.name}"
+    assert "Not yet measured" not in text
+
+
+def test_the_site_draws_each_speed_plot_from_its_results_file(site: Path):
+    for path in sorted(RESULTS_DIR.glob("*.json")):
+        if json.loads(path.read_text())["benchmark"] != "speed":
+            continue
+        plot = site / "benchmarks" / "results" / f"{path.stem}.png"
+        assert plot.read_bytes().startswith(b"\x89PNG"), plot
+        assert f'src="../benchmarks/results/{path.stem}.png"' in (site / "performance" / "index.html").read_text()
+
+
+def test_performance_page_says_not_yet_measured_without_results(tmp_path: Path):
+    assert "Not yet measured" in _load_hooks().benchmark_results(tmp_path / "results")
+
+
+def _page(src_uri: str = "x.md"):
+    return type("Page", (), {"file": type("F", (), {"src_uri": src_uri})()})()
+
+
+def test_value_markers_become_numbers_outside_code_only():
     hooks = _load_hooks()
-    page = type("Page", (), {"file": type("F", (), {"src_uri": "x.md"})()})()
-    with pytest.raises(Exception, match="unknown marker vit-zoo:nope"):
-        hooks.on_page_markdown("<!-- vit-zoo:nope -->", page, None, None)
+    marker = "<!-- vit-zoo:ratio speed_cpu.json vit_zoo_base_patch32_clip_224 timm -->"
+    page = f"Speed: {marker}.\n\nIn code: `{marker}`\n\n```text\n{marker}\n```\n"
+    expanded = hooks.on_page_markdown(page, _page(), None, None)
+    assert expanded.startswith("Speed: 1.00×.\n")
+    assert expanded.count(marker) == 2  # the inline code and the fenced block keep it as written
+
+
+@pytest.mark.parametrize(
+    "marker, message",
+    [
+        ("<!-- vit-zoo:nope -->", "x.md: unknown marker vit-zoo:nope"),
+        ("a <!-- vit-zoo:zoo-table --> b", "x.md: vit-zoo:zoo-table makes a block; put it on a line of its own"),
+        ("<!-- vit-zoo:ratio speed_cpu.json vit_zoo -->", "x.md: vit-zoo:ratio takes FILE MODEL CASE"),
+        ('<!-- vit-zoo:ratio speed_cpu.json vit_zoo_base_patch32_clip_224 "timm compiled" -->', "has no case 'timm compiled'"),
+        ("<!-- vit-zoo:rate speed_cpu.json vit_zoo_huge timm -->", "'vit_zoo_huge' matches 0 of the results"),
+        ("<!-- vit-zoo:fidelity missing.json vit_zoo -->", "missing.json: not a readable results file"),
+    ],
+)
+def test_a_marker_that_cannot_be_computed_fails_the_build(marker: str, message: str):
+    with pytest.raises(Exception, match=re.escape(message)):
+        _load_hooks().on_page_markdown(marker, _page(), None, None)
