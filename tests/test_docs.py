@@ -76,7 +76,7 @@ def _text(html_page: str) -> str:
 
 def _table_rows(html_page: str) -> list[list[str]]:
     """The cell texts of every table row of an HTML page."""
-    rows = re.findall(r"<tr>(.*?)</tr>", html_page, flags=re.S)
+    rows = re.findall(r"<tr\b[^>]*>(.*?)</tr>", html_page, flags=re.S)
     return [[_text(cell).strip() for cell in re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", row, flags=re.S)] for row in rows]
 
 
@@ -402,3 +402,29 @@ def test_value_markers_become_numbers_outside_code_only():
 def test_a_marker_that_cannot_be_computed_fails_the_build(marker: str, message: str):
     with pytest.raises(Exception, match=re.escape(message)):
         _load_hooks().on_page_markdown(marker, _page(), None, None)
+
+
+@pytest.mark.parametrize("page", [page for page in nav_pages() if page.startswith("reference/")])
+def test_api_reference_shows_no_raw_markdown(site: Path, page: str):
+    """Docstrings render: no backticks or *emphasis* left as characters (transformers' `(`torch.FloatTensor` of
+    shape ...)`, *optional*` style did, in the type column)."""
+    html_page = re.sub(r"<pre\b.*?</pre>", "", (site / page_url(page) / "index.html").read_text(), flags=re.S)
+    text = _text(html_page[html_page.index("<article") : html_page.index("</article>")])
+    raw = [match.group(0) for match in re.finditer(r".{0,30}(`|\*\w[\w ]*\*).{0,30}", text)]
+    assert not raw, f"{page} shows raw Markdown: {raw}"
+
+
+def test_model_output_reference_gives_each_field_its_shape(site: Path):
+    rows = {row[0]: row for row in _table_rows((site / "reference" / "modeling" / "index.html").read_text()) if row}
+    assert rows["image_embeds"][1] == "Tensor | None"
+    assert rows["image_embeds"][2].startswith("[batch, output_dim], the projected CLS embedding")
+    assert rows["attention_map"][2].startswith("[layers, batch, heads, grid_h, grid_w]")
+
+
+def test_table_code_is_wrapped_token_by_token_with_its_text_unchanged():
+    cell = '<td><code class="x">f(a=1, b="x-y")</code> <code><a>T</a></code></td>'
+    html_page = f"<p><code>a b</code></p><table><tr>{cell}</tr></table>"
+    wrapped = _load_hooks().keep_code_tokens_whole(html_page)
+    assert '<code class="x"><span class="vz-token">f(a=1,</span> <span class="vz-token">b="x-y")</span></code>' in wrapped
+    assert wrapped.startswith("<p><code>a b</code></p>") and "<code><a>T</a></code>" in wrapped
+    assert _text(wrapped) == _text(html_page)

@@ -127,17 +127,22 @@ def test_search_finds_trust_remote_code(browser, site_url):
     _screenshot(browser, "docs-search.png")
 
 
-# Pages whose tables hold long calls, messages or generated API tables: each is read at both widths.
+# Pages whose tables hold long calls, messages, generated results or API tables: each is read at both widths.
 TABLE_PAGES = (
     "timm.md",
     "hub.md",
     "transformers.md",
     "comparison.md",
+    "performance.md",
+    "convert.md",
     "contributing.md",
     "zoo.md",
+    "reference/index.md",
+    "reference/model.md",
     "reference/modeling.md",
     "reference/timm.md",
     "reference/config.md",
+    "reference/state_dicts.md",
 )
 WIDTHS = {"desktop": 1400, "phone": 390}
 CLIPPED_CELLS = """
@@ -164,6 +169,81 @@ def test_no_table_cell_is_clipped(browser, site_url, page, width):
     clipped = browser.execute_script(CLIPPED_CELLS)
     assert not clipped, f"{page} at {WIDTHS[width]} px cuts off the cells {clipped}"
     _screenshot_full_page(browser, f"docs-{page.replace('/', '-').removesuffix('.md')}-{WIDTHS[width]}.png")
+
+
+# Inline code in table cells that wraps over lines: every line break that falls between two characters that are
+# not spaces (inside a name, a path or a call's argument), shown as the code with "|" at the break.
+BROKEN_TOKENS = """
+const broken = [];
+for (const code of document.querySelectorAll("article td code, article th code")) {
+  if (code.getClientRects().length < 2) continue;
+  const characters = [];
+  const walker = document.createTreeWalker(code, NodeFilter.SHOW_TEXT);
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    for (let i = 0; i < node.length; i++) characters.push([node, i]);
+  }
+  const range = document.createRange();
+  let previous = null;
+  characters.forEach(([node, i], index) => {
+    range.setStart(node, i);
+    range.setEnd(node, i + 1);
+    const rect = range.getBoundingClientRect();
+    const character = node.data[i];
+    if (rect.width === 0 || /\\s/.test(character)) { previous = null; return; }
+    if (previous !== null && rect.top > previous + 1) {
+      const text = characters.map(([n, j]) => n.data[j]).join("");
+      broken.push(text.slice(0, index) + "|" + text.slice(index));
+    }
+    previous = rect.top;
+  });
+}
+return broken;
+"""
+
+
+@pytest.mark.parametrize("page", TABLE_PAGES)
+def test_no_name_in_a_table_breaks_across_lines(browser, site_url, page, width):
+    """Table code wraps at spaces only: `last_hidden_stat|e` at 1400 px, or a zoo name in seven pieces at
+    390 px, is a bug (the table scrolls sideways instead)."""
+    from selenium.webdriver.common.by import By
+
+    browser.get(urljoin(site_url, page_url(page)))
+    _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "article h1"), f"{page}: no heading")
+    broken = browser.execute_script(BROKEN_TOKENS)
+    assert not broken, f"{page} at {WIDTHS[width]} px breaks code in table cells mid-token: {broken}"
+
+
+ZOO_ROWS = """
+const table = Array.from(document.querySelectorAll("article table"))
+  .find(t => t.querySelector("th") && t.querySelector("th").textContent.trim() === "Name");
+return Array.from(table.querySelectorAll("tbody tr")).map(row => {
+  const name = row.querySelector("td code");
+  const style = getComputedStyle(row.querySelector("td"));
+  const padding = parseFloat(style.paddingTop) + parseFloat(style.paddingBottom);
+  const lines = (row.getBoundingClientRect().height - padding) / parseFloat(style.lineHeight);
+  return [name.textContent, name.getClientRects().length, lines];
+});
+"""
+
+
+def test_zoo_table_rows_stay_low_on_a_phone(browser, site_url):
+    """At 390 px each variant's name stays on one line and a row is at most two lines of text high (the
+    pretrained cell wraps once, at its space): the table scrolls sideways instead of breaking names into ~7
+    lines."""
+    from selenium.webdriver.common.by import By
+
+    browser.set_window_size(WIDTHS["phone"], 900)
+    try:
+        browser.get(urljoin(site_url, page_url("zoo.md")))
+        _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "article table"), "zoo.md: no table")
+        rows = browser.execute_script(ZOO_ROWS)
+        _screenshot(browser, "docs-zoo-390-rows.png")
+    finally:
+        browser.set_window_size(1280, 900)
+    assert len(rows) >= 5, rows
+    for name, name_lines, row_lines in rows:
+        assert name_lines == 1, f"{name} wraps over {name_lines} lines at {WIDTHS['phone']} px"
+        assert row_lines <= 2.2, f"the row of {name} is {row_lines:.1f} lines high at {WIDTHS['phone']} px"
 
 
 def test_contributing_page_names_the_markers_without_expanding_them(browser, site_url):

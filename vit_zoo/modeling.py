@@ -41,22 +41,18 @@ HUB_KWARGS = ("cache_dir", "force_download", "proxies", "local_files_only", "tok
 
 @dataclass
 class VitZooModelOutput(ModelOutput):
-    r"""What ``VitZooModel`` returns; ``N = grid_h * grid_w`` patches, CLS token first.
+    """What ``VitZooModel`` returns; ``N = grid_h * grid_w`` patches, CLS token first.
 
     Args:
-        image_embeds (`torch.FloatTensor` of shape `(batch_size, output_dim)`):
-            The projected CLS embedding (``ln_post`` then ``proj``), ``VisionTransformer``'s ``cls_feature``.
-        last_hidden_state (`torch.FloatTensor` of shape `(batch_size, N + 1, width)`):
-            The last block's tokens, before ``ln_post``.
-        attention_map (`torch.FloatTensor` of shape `(layers, batch_size, heads, grid_h, grid_w)`, *optional*):
-            Each layer's CLS-query attention over the patches (``VisionTransformer``'s format); returned with
-            ``output_attention_map=True``.
-        hidden_states (`tuple(torch.FloatTensor)`, *optional*):
-            ``layers + 1`` tensors of shape `(batch_size, N + 1, width)`: the tokens after ``ln_pre``, then
-            after each block; returned with ``output_hidden_states=True``.
-        attentions (`tuple(torch.FloatTensor)`, *optional*):
-            ``layers`` tensors of shape `(batch_size, heads, N + 1, N + 1)`, the softmax attention
-            probabilities; returned with ``output_attentions=True``.
+        image_embeds: ``[batch, output_dim]``, the projected CLS embedding (``ln_post`` then ``proj``):
+            ``VisionTransformer``'s first output, OpenAI's ``encode_image``.
+        last_hidden_state: ``[batch, N + 1, width]``, the last block's tokens, before ``ln_post``.
+        attention_map: ``[layers, batch, heads, grid_h, grid_w]``, each layer's CLS-query attention over the
+            patches (``VisionTransformer``'s format); with ``output_attention_map=True``, else ``None``.
+        hidden_states: ``layers + 1`` tensors ``[batch, N + 1, width]``: the tokens after ``ln_pre``, then after
+            each block; with ``output_hidden_states=True``, else ``None``.
+        attentions: ``layers`` tensors ``[batch, heads, N + 1, N + 1]``, the softmax attention probabilities;
+            with ``output_attentions=True``, else ``None``.
     """
 
     image_embeds: torch.Tensor | None = None
