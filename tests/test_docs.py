@@ -30,7 +30,7 @@ from docs_helpers import (
     python_blocks,
     user_pages,
 )
-from hub_server import WRITE_TOKEN, HubServer
+from hub_server import READ_TOKEN, WRITE_TOKEN, HubServer
 
 from conversion.offline_demo import BLOCK_VIT_ZOO
 from vit_zoo.cli import COMMANDS, build_parser
@@ -428,3 +428,89 @@ def test_table_code_is_wrapped_token_by_token_with_its_text_unchanged():
     assert '<code class="x"><span class="vz-token">f(a=1,</span> <span class="vz-token">b="x-y")</span></code>' in wrapped
     assert wrapped.startswith("<p><code>a b</code></p>") and "<code><a>T</a></code>" in wrapped
     assert _text(wrapped) == _text(html_page)
+
+
+def _documented_hub_messages() -> dict[str, str]:
+    """hub.md's error table: situation -> message as quoted (``...`` stands for a repo, path or detail)."""
+    rows = re.findall(r"^\| ([^|`]+?) \| (`+)(.+?)\2 \|$", (DOCS_DIR / "hub.md").read_text(), flags=re.M)
+    return {situation: message for situation, _, message in rows}
+
+
+def _hub_failure(situation: str, server, folder: Path, monkeypatch) -> Exception:
+    """Bring about one situation of hub.md's error table against the local Hub-protocol server; the error raised."""
+    from huggingface_hub import HfApi, constants
+
+    from vit_zoo import FolderError, HubError, pull, push_folder
+
+    def push(token=WRITE_TOKEN):
+        return push_folder(folder, "org/tiny", token=token)
+
+    def pull_other_model_type():
+        api = HfApi(endpoint=server.endpoint, token=WRITE_TOKEN)
+        api.create_repo("org/clip")
+        api.upload_file(path_or_fileobj=b'{"model_type": "clip"}', path_in_repo="config.json", repo_id="org/clip")
+        pull("org/clip")
+
+    def damage_and_push():
+        weights = folder / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:-100])
+        push()
+
+    def refuse_reading():
+        push()
+        server.fail_next("/api/models/org/tiny", status=403)
+        pull("org/tiny")
+
+    def fail_commit():
+        server.fail_next("/commit/", status=500)
+        push()
+
+    def go_offline():
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+        pull("org/tiny")
+
+    def unknown_revision():
+        push()
+        pull("org/tiny", revision="v9")
+
+    def push_to_a_stopped_hub():
+        server.stop()
+        push()
+
+    actions = {
+        "bad or missing token": lambda: push(token="hf_wrong"),
+        "token without write access (push)": lambda: (push(), push(token=READ_TOKEN)),
+        "the Hub refuses the token read access (pull)": refuse_reading,
+        "Hub down or unreachable": push_to_a_stopped_hub,
+        "Hub error": fail_commit,
+        "unknown or private repo": lambda: pull("org/missing"),
+        "unknown revision": unknown_revision,
+        "offline and not cached": go_offline,
+        "not a vit_zoo folder or repo": pull_other_model_type,
+        "damaged or truncated weights": damage_and_push,
+    }
+    assert situation in actions, f"hub.md documents {situation!r}: add how to bring it about to this test"
+    with pytest.raises((HubError, FolderError)) as raised:
+        actions[situation]()
+    return raised.value
+
+
+@pytest.mark.hub
+@pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
+@pytest.mark.parametrize("situation", sorted(_documented_hub_messages()))
+def test_hub_page_quotes_the_messages_the_code_prints(situation, hub_server, tmp_path, monkeypatch):
+    """Each row of hub.md's error table, brought about for real: the message is the one quoted, word for word
+    apart from the parts shown as ``...`` (with the local server's address read as huggingface.co's)."""
+    from vit_zoo import VisionTransformer, save_model_folder
+
+    geometry = dict(input_resolution=32, patch_size=8, width=64, layers=1, heads=4, output_dim=32)
+    folder = save_model_folder(VisionTransformer(**geometry), tmp_path / "model")
+    endpoint = hub_server.endpoint
+    message = str(_hub_failure(situation, hub_server, folder, monkeypatch)).replace(endpoint, "https://huggingface.co")
+    quoted = _documented_hub_messages()[situation]
+    pattern = ".+?".join(map(re.escape, quoted.split("...")))
+    assert re.fullmatch(pattern, message), f"hub.md quotes\n{quoted}\nthe code says\n{message}"
+
+
+def test_hub_page_documents_the_messages():
+    assert len(_documented_hub_messages()) == 10
