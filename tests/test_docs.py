@@ -514,3 +514,32 @@ def test_hub_page_quotes_the_messages_the_code_prints(situation, hub_server, tmp
 
 def test_hub_page_documents_the_messages():
     assert len(_documented_hub_messages()) == 10
+
+
+@pytest.mark.parametrize("page", ["architecture.md", "contributing.md"])
+def test_pages_name_every_file_that_travels_as_remote_code(page: str):
+    from vit_zoo.folder_check import REMOTE_CODE_FILES
+
+    text = (DOCS_DIR / page).read_text()
+    missing = [name for name in REMOTE_CODE_FILES if f"`{name}`" not in text]
+    assert not missing, f"docs/{page} does not name {missing} among the files copied into saved folders"
+
+
+@pytest.mark.parametrize("page", user_pages(), ids=_page_id)
+def test_install_lines_name_the_distribution_vit_zoo_clip(page: Path):
+    """`vit-zoo` on the package index is an unrelated (GPL) project: never send users there."""
+    text = page.read_text(encoding="utf-8")
+    assert "pypi.org/project/vit-zoo/" not in text
+    requirements = [word.strip("\"'") for line in re.findall(r"pip install([^\n`]*)", text) for word in line.split()]
+    wrong = [word for word in requirements if re.match(r"vit[-_]zoo(?![\w-])", word, flags=re.I)]
+    assert not wrong, f"{_page_id(page)} installs vit-zoo, not vit-zoo-clip: {wrong}"
+
+
+@pytest.mark.parametrize("page", doc_pages(), ids=_page_id)
+def test_agreement_with_openai_is_claimed_as_tested(page: Path):
+    """The embeddings agree with OpenAI's code to a relative error of 1e-5 (tests/test_model.py, test_convert.py),
+    not bit for bit: no page may say they are bit-exact."""
+    text = re.sub(r"\s+", " ", page.read_text(encoding="utf-8"))
+    sentences = [s for s in re.split(r"(?<=[.:;])\s", text) if re.search(r"bit[- ]exact|bit for bit", s, flags=re.I)]
+    claims = [s for s in sentences if re.search(r"OpenAI|encode_image", s)]
+    assert not claims, f"{_page_id(page)} claims bit-exact agreement with OpenAI: {claims}"
