@@ -543,3 +543,21 @@ def test_agreement_with_openai_is_claimed_as_tested(page: Path):
     sentences = [s for s in re.split(r"(?<=[.:;])\s", text) if re.search(r"bit[- ]exact|bit for bit", s, flags=re.I)]
     claims = [s for s in sentences if re.search(r"OpenAI|encode_image", s)]
     assert not claims, f"{_page_id(page)} claims bit-exact agreement with OpenAI: {claims}"
+
+
+def test_changelog_has_one_unreleased_section_and_dated_releases():
+    changelog = (REPO_ROOT / "CHANGELOG.md").read_text()
+    versions = re.findall(r"^## (.+)$", changelog, flags=re.M)
+    assert versions.count("[Unreleased]") == 1, versions
+    for heading in versions:
+        assert re.fullmatch(r"\[Unreleased\]|\[\d+\.\d+\.\d+\] - \d{4}-\d{2}-\d{2}", heading), f"CHANGELOG.md: {heading!r}"
+        assert re.search(rf"^{re.escape(heading)}: https://", changelog, flags=re.M), f"CHANGELOG.md: {heading} has no link"
+    unlinked = re.findall(r"(?<!\[)\b(?:issue|PR|pull request)\s*#?\d+|(?<![\w/\[])#\d+\b", changelog, flags=re.I)
+    assert not unlinked, f"CHANGELOG.md refers to {unlinked} without a link"
+
+
+def test_changelog_names_every_command_and_timm_entry():
+    changelog = (REPO_ROOT / "CHANGELOG.md").read_text()
+    missing = [f"vit-zoo {name}" for name, _, _ in COMMANDS if f"`vit-zoo {name}" not in changelog]
+    missing += [name for name in _openai_entry_names() if f"`{name}`" not in changelog]
+    assert not missing, f"CHANGELOG.md does not mention {missing}"
