@@ -11,8 +11,10 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._version import __version__
+from ._version import __version__, check_no_namesake
 from .registration import register_on_import
+
+check_no_namesake()
 
 # Public name -> the module that defines it.
 _EXPORTS = {

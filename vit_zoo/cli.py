@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ._version import __version__
+from ._version import DISTRIBUTION, __version__, check_no_namesake
 from .download import BASE_URL_ENV, CACHE_ENV
 from .errors import CliError, first_line
 from .spec import ACTIVATIONS, DTYPE_NAMES
@@ -81,6 +81,9 @@ def _add_convert_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help=f"download cache (default ${CACHE_ENV} or ~/.cache/vit_zoo; mirror: ${BASE_URL_ENV})",
     )
+    parser.add_argument(
+        "--note", metavar="TEXT", help="one line every user of the folder must see (e.g. 'random weights'), atop its card"
+    )
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="then push the folder to this Hub repo (one commit)")
     parser.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
     parser.add_argument("--token", help="with --push-to-hub: Hub token (default: HF_TOKEN or `hf auth login`)")
@@ -92,7 +95,13 @@ def _run_convert(args: argparse.Namespace) -> int:
     from .hub import push_folder
 
     output = convert_checkpoint(
-        args.source, args.output, dtype=args.dtype, name=args.name, activation=args.activation, cache_dir=args.cache_dir
+        args.source,
+        args.output,
+        dtype=args.dtype,
+        name=args.name,
+        activation=args.activation,
+        cache_dir=args.cache_dir,
+        note=args.note,
     )
     print(f"wrote {output}: " + ", ".join(sorted(path.name for path in output.iterdir())))
     if args.push_to_hub:
@@ -225,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vit-zoo", description="OpenAI CLIP vision towers for timm and transformers: convert, push, pull, embed."
     )
-    parser.add_argument("--version", action="version", version=f"vit-zoo {__version__}")
+    parser.add_argument("--version", action="version", version=f"{DISTRIBUTION} {__version__}")
     _add_common_arguments(parser, default=False)
     common = argparse.ArgumentParser(add_help=False)
     _add_common_arguments(common, default=argparse.SUPPRESS)
@@ -250,6 +259,11 @@ def _disable_progress_bars() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``vit-zoo`` console script; returns the exit code."""
+    try:
+        check_no_namesake()  # again: the namesake's __init__.py may be the one that ran
+    except ImportError as error:
+        print(f"vit-zoo: error: {error}", file=sys.stderr)
+        return EXIT_ERROR
     args = build_parser().parse_args(argv)
     args.progress = sys.stderr.isatty() and not args.quiet
     if not args.progress:
