@@ -48,6 +48,7 @@ _EXPORTS = {
     "pull": "hub",
     "push_folder": "hub",
     "push_to_hub": "hub",
+    "export": "export",
 }
 __all__ = sorted([*_EXPORTS, "__version__"])
 
@@ -64,6 +65,7 @@ if TYPE_CHECKING:  # what type checkers and the API reference see
         UnknownVariantError,
         ZooConfigError,
     )
+    from .export import export
     from .folder import check_folder, save_folder, save_model_folder
     from .hub import pull, push_folder, push_to_hub
     from .image_processing import image_processor_for
