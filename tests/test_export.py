@@ -297,6 +297,14 @@ def test_export_refuses_outputs_that_are_not_finite(tmp_path):
     assert not output.parent.exists()
 
 
+def test_a_model_too_big_for_one_onnx_file_is_refused_before_the_export(model_folder, tmp_path, capsys, monkeypatch):
+    tiny_bytes = VitZooConfig(**TINY).geometry.num_params * 4
+    monkeypatch.setattr(sys.modules["vit_zoo.export"], "ONNX_MAX_BYTES", tiny_bytes)  # the tiny tower plays a 2 GB one
+    result = call_main(capsys, "export", model_folder, "-o", tmp_path / "x.onnx")
+    assert_cli_error(result, "export", "more than one ONNX file holds (2 GB); export --dtype float16, or --format pt2")
+    assert listing(tmp_path) == []
+
+
 def test_vit_zoo_export_is_the_export_function_whichever_was_imported_first(model_folder, tmp_path):
     module = sys.modules["vit_zoo.export"]  # imported above as a module
     for export in (module, vit_zoo.export):

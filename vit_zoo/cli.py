@@ -18,7 +18,7 @@ from pathlib import Path
 from ._version import __version__
 from .download import BASE_URL_ENV, CACHE_ENV
 from .errors import CliError, first_line
-from .export import DEFAULT_OPSET, EXPORT_DTYPES, FORMATS
+from .export import DEFAULT_OPSET, EXPORT_DTYPES, FORMATS, export, output_names
 from .spec import ACTIVATIONS, DTYPE_NAMES
 from .zoo import list_entries, openai_names
 
@@ -220,8 +220,6 @@ def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run_export(args: argparse.Namespace) -> int:
     """Export a model to ONNX, torch.export or AOTInductor, with its attention map if asked; batch size dynamic."""
-    from .export import export, output_names
-
     output = export(
         args.model,
         args.output,

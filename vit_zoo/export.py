@@ -49,6 +49,7 @@ EXAMPLE_BATCH = 2  # traced with; batch 0 and 1 would be specialised into the gr
 CHECK_BATCH = 3  # checked with: the graph must take a batch size it was not traced with
 INSTALL_HINT = "pip install onnx onnxscript onnxruntime (the [export] extra)"
 PT2_METADATA_FILE = "vit_zoo.json"  # the pt2 archive's extra file holding the metadata
+ONNX_MAX_BYTES = 2**31  # protobuf's limit on one message: an ONNX file with its weights inside
 
 
 def output_names(patch_tokens: bool = False, attention_map: bool = False) -> tuple[str, ...]:
@@ -96,6 +97,8 @@ def export(
     folder = resolve_model_folder(str(model), cache_dir)
     if folder.resolve() in output.resolve().parents:
         raise ValueError(f"--output {output} is inside the model folder {folder}; write it elsewhere")
+    if format == "onnx":
+        _check_onnx_size(folder, dtype)
     tower, processor = load_model(folder, "cpu", dtype)
     names = output_names(patch_tokens, attention_map)
     metadata = artifact_metadata(str(model), folder, tower.geometry, processor, dtype, names)
@@ -136,6 +139,19 @@ def _check_opset(opset: int) -> int:
     if type(opset) is not int or not low <= opset <= high:
         raise ValueError(f"--opset must be an int from {low} to {high} (what the installed exporter writes), got {opset!r}")
     return opset
+
+
+def _check_onnx_size(folder: Path, dtype: str) -> None:
+    """One ONNX file holds at most 2 GB (protobuf's limit); vit-zoo writes no side files of weights."""
+    from .folder import read_config
+
+    geometry = read_config(folder / "config.json").geometry
+    size = geometry.num_params * (2 if dtype == "float16" else 4)
+    if size >= ONNX_MAX_BYTES:
+        raise ValueError(
+            f"{folder} has {size / 1e9:.1f} GB of {dtype} weights, more than one ONNX file holds (2 GB); "
+            "export --dtype float16, or --format pt2"
+        )
 
 
 def _check_cpp_compiler() -> None:
@@ -240,6 +256,7 @@ def _dynamic_batch() -> dict[str, dict[int, Any]]:
 def _write_onnx(traced: _Traced, output: Path, metadata: dict[str, str], opset: int | None) -> Path:
     import onnx
     import torch
+    from onnxscript import ir
 
     from .folder import write_atomically
 
@@ -254,12 +271,11 @@ def _write_onnx(traced: _Traced, output: Path, metadata: dict[str, str], opset: 
         verbose=False,
     )
     assert program is not None  # dynamo=True without a file returns the program
-    proto = program.model_proto
-    onnx.helper.set_model_props(proto, metadata)
-    onnx.checker.check_model(proto, full_check=True)
+    program.model.metadata_props.update(metadata)
 
     def write(staging: Path) -> None:
-        onnx.save_model(proto, staging)
+        ir.save(program.model, staging)  # one file (ONNXProgram.save would move weights past 2 GB to a side file)
+        onnx.checker.check_model(str(staging), full_check=True)
         _check_agreement(OnnxRuntimeModel(staging), traced, output)
 
     return write_atomically(output, write)
