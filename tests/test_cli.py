@@ -65,6 +65,9 @@ def image(tmp_path_factory) -> Path:
         (["embed", "model"], 2, "the following arguments are required: IMAGE_OR_DIR"),
         (["convert", "x.pt", "--output", "out", "--dtype", "float64"], 2, "invalid choice: 'float64'"),
         (["nope"], 2, "invalid choice: 'nope'"),
+        (["export", "--help"], 0, "--format {onnx,pt2,aoti}"),
+        (["export", "m", "--output", "x.onnx", "--format", "tflite"], 2, "invalid choice: 'tflite'"),
+        (["export", "m", "--output", "x.pt2"], 1, "--output must end in .onnx for --format onnx, got x.pt2"),
     ],
 )
 def test_help_list_and_argument_errors_import_no_heavy_library(args, code, output):

@@ -52,6 +52,8 @@ _EXPORTS = {
     "pull": "hub",
     "push_folder": "hub",
     "push_to_hub": "hub",
+    "export": "exporter",
+    "OnnxRuntimeModel": "exporter",
 }
 __all__ = sorted([*_EXPORTS, "__version__"])
 
@@ -69,6 +71,7 @@ if TYPE_CHECKING:  # what type checkers and the API reference see
         UnknownVariantError,
         ZooConfigError,
     )
+    from .exporter import OnnxRuntimeModel, export
     from .folder import save_folder, save_model_folder
     from .folder_check import check_folder
     from .hub import pull, push_folder, push_to_hub

@@ -18,6 +18,7 @@ from pathlib import Path
 from ._version import DISTRIBUTION, __version__, check_no_namesake
 from .download import BASE_URL_ENV, CACHE_ENV
 from .errors import CliError, first_line
+from .exporter import DEFAULT_OPSET, EXPORT_DTYPES, FORMATS, export, output_names
 from .spec import ACTIVATIONS, DTYPE_NAMES
 from .zoo import list_entries, openai_names
 
@@ -204,6 +205,45 @@ def _run_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="MODEL", help="vit_zoo folder, zoo or OpenAI name (ViT-B/32...), or Hub repo id")
+    parser.add_argument(
+        "--format",
+        default="onnx",
+        choices=FORMATS,
+        help="onnx (for onnxruntime; the default), pt2 (torch.export.save) or aoti (an AOTInductor package for this CPU)",
+    )
+    parser.add_argument(
+        "--output", "-o", required=True, metavar="FILE", help="file to create, .onnx or .pt2 (pt2, aoti); must not exist"
+    )
+    parser.add_argument(
+        "--attention-map", action="store_true", help="also output attention_map [layers, batch, heads, grid, grid]"
+    )
+    parser.add_argument("--patch-tokens", action="store_true", help="also output patch_tokens [batch, grid*grid, width]")
+    parser.add_argument(
+        "--dtype", default="float32", choices=EXPORT_DTYPES, help="of the weights, the input and the outputs (default float32)"
+    )
+    parser.add_argument("--opset", type=int, help=f"ONNX opset, --format onnx only (default {DEFAULT_OPSET})")
+    parser.add_argument("--cache-dir", metavar="DIR", help="where zoo names are downloaded and converted")
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    """Export a model to ONNX, torch.export or AOTInductor, with its attention map if asked; batch size dynamic."""
+    output = export(
+        args.model,
+        args.output,
+        format=args.format,
+        attention_map=args.attention_map,
+        patch_tokens=args.patch_tokens,
+        dtype=args.dtype,
+        opset=args.opset,
+        cache_dir=args.cache_dir,
+    )
+    outputs = ", ".join(output_names(args.patch_tokens, args.attention_map))
+    print(f"wrote {output} ({args.format}, {args.dtype}; pixel_values -> {outputs}; checked against eager torch)")
+    return 0
+
+
 def _count(number: int, noun: str) -> str:
     return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
@@ -215,6 +255,7 @@ COMMANDS: list[Command] = [
     ("push", _add_push_arguments, _run_push),
     ("pull", _add_pull_arguments, _run_pull),
     ("embed", _add_embed_arguments, _run_embed),
+    ("export", _add_export_arguments, _run_export),
 ]
 
 
@@ -232,7 +273,7 @@ def _add_common_arguments(parser: argparse.ArgumentParser, default: object) -> N
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="vit-zoo", description="OpenAI CLIP vision towers for timm and transformers: convert, push, pull, embed."
+        prog="vit-zoo", description="OpenAI CLIP vision towers for timm and transformers: convert, push, pull, embed, export."
     )
     parser.add_argument("--version", action="version", version=f"{DISTRIBUTION} {__version__}")
     _add_common_arguments(parser, default=False)
