@@ -88,7 +88,7 @@ def test_layout_reads_as_embedding_reader_reads_it_and_equals_the_single_file(mo
     code, stdout, err = call_main(capsys, "embed", model_folder, image_dir, "--output-dir", out, "--shard-size", 2, *flags)
     assert code == 0, err
     summary = f"embedded 21 images into {out} (2 skipped, reasons in {out / 'skipped'}): "
-    assert stdout == summary + "12 shards written, 0 already complete of 12\n"
+    assert re.fullmatch(re.escape(summary + "12 shards written, 0 already complete of 12; ") + r"[0-9.]+ images/s\n", stdout)
     assert err == ""
 
     embeddings, metadata = read_like_embedding_reader(out)
@@ -153,7 +153,7 @@ def test_job_arrays_together_equal_one_process(model_folder, image_dir, tmp_path
     assert call_main(capsys, *common, "--output-dir", tmp_path / "one")[0] == 0
     for job in range(3):
         code, out, err = call_main(capsys, *common, "--output-dir", tmp_path / "jobs", "--shard-index", job, "--num-shards", 3)
-        assert code == 0 and "3 shards written" in out, err
+        assert code == 0 and f"{3 if job < 2 else 2} shards written" in out, err
     assert files_of(tmp_path / "jobs") == files_of(tmp_path / "one")
 
 
@@ -170,7 +170,8 @@ def test_torchrun_ranks_together_equal_one_process(model_folder, image_dir, tmp_
     )
     assert result.returncode == 0, result.stderr
     summary = f"embedded 21 images into {tmp_path / 'ranks'} (2 skipped, reasons in {tmp_path / 'ranks' / 'skipped'}): "
-    assert result.stdout.splitlines() == [summary + "6 shards written, 0 already complete of 6"]  # rank 0, for all
+    assert len(result.stdout.splitlines()) == 1  # rank 0, for all ranks
+    assert result.stdout.startswith(summary + "6 shards written, 0 already complete of 6; ")
     assert files_of(tmp_path / "ranks") == files_of(tmp_path / "one")
 
 
@@ -232,8 +233,9 @@ def test_webdataset_tars_with_corrupt_members_and_a_broken_shard(model_folder, t
         ],
     )
     write_tar(shards / "data-1.tar", [{"__key__": f"k{i}", "png": png(i)} for i in range(4, 7)])
-    whole = write_tar(tmp_path / "whole.tar", [{"__key__": f"k{i}", "png": png(i, (200, 200))} for i in range(7, 10)])
-    (shards / "data-2.tar").write_bytes(whole.read_bytes()[: 512 * 3 + 20000])  # cut inside its second image
+    whole = write_tar(tmp_path / "whole.tar", [{"__key__": f"k{i}", "png": png(i)} for i in range(7, 10)])
+    second = tarfile.open(whole).getmembers()[1]
+    (shards / "data-2.tar").write_bytes(whole.read_bytes()[: second.offset_data + 100])  # cut inside its second image
     out = tmp_path / "out"
     code, stdout, err = call_main(
         capsys,
@@ -258,7 +260,7 @@ def test_webdataset_tars_with_corrupt_members_and_a_broken_shard(model_folder, t
     assert skipped["k2"] == "the sample has no image file (it holds: json)"
     assert skipped[f"file://{shards / 'data-2.tar'}"].startswith("the tar shard is broken: ")
 
-    pictures = [Image.open(io.BytesIO(data)) for data in (png(0), png(3, (50, 30)), png(4), png(5), png(6), png(7, (200, 200)))]
+    pictures = [Image.open(io.BytesIO(data)) for data in (png(0), png(3, (50, 30)), png(4), png(5), png(6), png(7))]
     expected = Embedder.from_folder(model_folder).embed_images(pictures, batch_size=1)
     np.testing.assert_allclose(embeddings, expected, rtol=1e-5, atol=1e-6)
 
@@ -275,7 +277,7 @@ def test_path_lists_in_text_csv_and_parquet(model_folder, image_dir, tmp_path, c
         output = tmp_path / f"{listing}.safetensors"
         code, out, err = call_main(capsys, "embed", model_folder, lists / listing, *flags, "-o", output, "--batch-size", 5)
         assert code == 0 and out.startswith("embedded 4 images into") and "(1 skipped)" in out, err
-        assert "missing.png: No such file or directory" in err
+        assert "missing.png: [Errno 2] No such file or directory" in err
         results.append(load_file(output)["embeddings"])
     np.testing.assert_array_equal(results[0], results[1])
     np.testing.assert_array_equal(results[0], results[2])

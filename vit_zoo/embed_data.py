@@ -197,27 +197,21 @@ class EmbedDataset(IterableDataset):
         return batch
 
     def _tar_batches(self, shard: int) -> Iterator[Batch]:
-        """The tar's samples in batches; a sample without an image, with a bad JSON or with a corrupt image is
-        skipped and recorded; a tar that breaks off is recorded as one skipped entry naming it, after what it held."""
+        """The tar's samples in batches; a sample without an image or with a corrupt one is skipped and recorded; a
+        tar that breaks off is recorded as one skipped entry naming it, after the samples it held."""
         assert isinstance(self.inputs, TarInputs)
         url = self.inputs.urls[shard]
+        errors: list[Exception] = []
         pending: list[tuple[Record, object]] = []
-        position = 0
-        samples = tar_samples(url)
-        while True:
-            try:
-                sample = next(samples, None)
-            except Exception as error:  # noqa: BLE001 - tarfile, fsspec and gzip raise many kinds
-                pending.append((Record(url, url, position=position), ValueError(f"the tar shard is broken: {first_line(error)}")))
-                sample = None
-            if sample is None:
-                yield self._batch(shard, True, pending)
-                return
+        for position, sample in enumerate(tar_samples(url, errors)):
             pending.append(_sample_source(sample, position))
-            position += 1
             if len(pending) == self.batch_size:
                 yield self._batch(shard, False, pending)
                 pending = []
+        if errors:
+            broken = ValueError(f"the tar shard is broken: {first_line(errors[0])}")
+            pending.append((Record(url, url, position=-1), broken))
+        yield self._batch(shard, True, pending)
 
 
 def _sample_source(sample: dict, position: int) -> tuple[Record, object]:
@@ -232,15 +226,22 @@ def _sample_source(sample: dict, position: int) -> tuple[Record, object]:
     return record, io.BytesIO(sample[suffix])
 
 
-def tar_samples(url: str) -> Iterator[dict]:
+def tar_samples(url: str, errors: list[Exception]) -> Iterator[dict]:
     """The samples of one webdataset tar (``__key__`` plus one entry per file suffix), read as a stream through
-    fsspec; webdataset's own grouping of members by key."""
+    fsspec and grouped by key as webdataset does. A tar that cannot be opened or breaks off ends the samples (the
+    last complete one included) and its error is appended to ``errors``."""
     import fsspec
     from webdataset.tariterators import group_by_keys, tar_file_iterator
 
-    with fsspec.open(url, "rb") as stream:
-        files = ({**member, "__url__": url} for member in tar_file_iterator(stream))
-        yield from group_by_keys(files)
+    def members() -> Iterator[dict]:
+        try:
+            with fsspec.open(url, "rb") as stream:
+                for member in tar_file_iterator(stream):
+                    yield {**member, "__url__": url}
+        except Exception as error:  # noqa: BLE001 - tarfile, fsspec and gzip raise many kinds
+            errors.append(error)
+
+    yield from group_by_keys(members())
 
 
 def make_loader(dataset: EmbedDataset, num_workers: int, pin_memory: bool = False) -> DataLoader:

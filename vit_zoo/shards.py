@@ -103,6 +103,7 @@ class ShardWriter:
         # as JSON gives it back (lists, not tuples), so that a rerun compares equal
         self.manifest = json.loads(json.dumps({"format": FORMAT, **manifest, "num_shards": num_shards}))
         self.width = len(str(max(num_shards - 1, 0)))
+        self.json_column = manifest.get("inputs", {}).get("kind") == "webdataset"  # every shard's table, one schema
 
     def name(self, kind: str, index: int, suffix: str) -> Path:
         """``DIR/<kind>/<kind>_<N>.<suffix>``, ``N`` zero-padded."""
@@ -170,7 +171,7 @@ class ShardWriter:
             if result.attention is not None:
                 put(self.name("attention", result.index, "npy"), _npy_writer(result.attention))
             put(self.name("img_emb", result.index, "npy"), _npy_writer(result.embeddings))
-            put(self.name("metadata", result.index, "parquet"), _parquet_writer(metadata_columns(result)))
+            put(self.name("metadata", result.index, "parquet"), _parquet_writer(metadata_columns(result, self.json_column)))
         if result.skipped:
             put(self.name("skipped", result.index, "parquet"), _parquet_writer(skipped_columns(result.skipped)))
         summary = {"shard": result.index, "embedded": len(result.embeddings), "skipped": len(result.skipped), "files": files}
@@ -178,16 +179,16 @@ class ShardWriter:
         write_atomically(self.name("done", result.index, "json"), lambda staging: staging.write_text(text), replace=True)
 
 
-def metadata_columns(result: ShardResult) -> dict[str, list]:
-    """The metadata table of a shard, one row per embedding: ``key``, ``image_path``, ``width``, ``height`` and, when
-    the inputs carry JSON (webdataset samples), ``json``."""
+def metadata_columns(result: ShardResult, json_column: bool = False) -> dict[str, list]:
+    """The metadata table of a shard, one row per embedding: ``key``, ``image_path``, ``width``, ``height`` and, with
+    ``json_column`` (webdataset inputs), ``json``: each sample's JSON text, or null."""
     columns: dict[str, list] = {
         "key": [utf8(record.key) for record in result.records],
         "image_path": [utf8(record.image_path) for record in result.records],
         "width": [width for width, _ in result.sizes],
         "height": [height for _, height in result.sizes],
     }
-    if any(record.json is not None for record in result.records):
+    if json_column:
         columns["json"] = [record.json for record in result.records]
     return columns
 
