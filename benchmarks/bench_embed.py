@@ -10,8 +10,8 @@ Three parts, each optional (``--parts``):
            ``vit_zoo``  vit_zoo.cli.main(["embed", ..., "--output-dir", ..., "--num-workers", N, "--batch-size", 64]);
            ``vit_zoo+attention`` the same with --attention-map (float16 arrays, no PNGs).
            Reported: median images/s and the medians of the per-round paired ratios with their quartiles.
-``scale``  ``--tiny-images`` 32x32 PNGs through the tiny test variant in a subprocess: images/s and the peak RSS
-           of the process tree (sampled every 0.2 s, with RSS at 10 %, 50 % and 90 % of the run to show it is flat).
+``scale``  ``--tiny-images`` 32x32 PNGs through the tiny test variant in a subprocess: images/s and the peak memory
+           of the process tree (PSS summed, sampled every 0.2 s; also at 10 %, 50 % and 90 % of the run: flat?).
 ``resume`` the same run killed with SIGKILL after half its shards, then rerun: the rerun's seconds, the shards it
            skipped and whether the result equals the uninterrupted run's bit for bit.
 
@@ -166,10 +166,12 @@ def _quartiles(values: list[float]) -> list[float]:
 
 
 def tree_rss(process: psutil.Process) -> int:
+    """The memory of a process and its loader workers: the sum of their PSS (proportional set size), so that the
+    pages the forked workers share with their parent (torch's libraries, the model) count once."""
     total = 0
     for member in [process, *process.children(recursive=True)]:
         try:
-            total += member.memory_info().rss
+            total += member.memory_full_info().pss
         except psutil.Error:
             pass
     return total
@@ -254,7 +256,7 @@ def markdown(report: dict) -> str:
         lines += [
             "",
             f"- {scale['images']} images of 32×32 (tiny variant, {scale['shards']} shards): {scale['images_per_s']} images/s, "
-            f"peak RSS of the process tree {scale['peak_rss_mb']} MB; RSS by progress {scale['rss_mb_by_progress']} MB",
+            f"peak memory of the process tree (PSS) {scale['peak_rss_mb']} MB; by progress {scale['rss_mb_by_progress']} MB",
         ]
         if "resume" in scale:
             resume = scale["resume"]

@@ -32,8 +32,9 @@ class Preprocess:
     The geometry is OpenAI's (torchvision's ``Resize`` + ``CenterCrop``): the shortest edge resized to
     ``size.shortest_edge`` in the file's own mode (PIL uses NEAREST for palette and 1-bit images), a centred
     ``crop_size`` square with torchvision's rounding, then RGB. Rescaling and normalising are the processor's own
-    (``processor.rescale``, ``processor.normalize``), so for RGB images the pixels equal
-    ``processor(images=...)``'s whenever its centre crop rounds as torchvision's does. Picklable, for loader workers.
+    (``processor.rescale``, ``processor.normalize``, elementwise), applied through a table of their results for
+    the 256 values of each channel, so for RGB images the pixels equal ``processor(images=...)``'s bit for bit
+    whenever its centre crop rounds as torchvision's does. Picklable, for loader workers.
     """
 
     def __init__(self, processor) -> None:
@@ -41,6 +42,9 @@ class Preprocess:
         self.shortest_edge = int(processor.size["shortest_edge"])
         self.crop = int(processor.crop_size["height"])
         self.resample = int(processor.resample)
+        levels = np.ascontiguousarray(np.broadcast_to(np.arange(256, dtype=np.uint8), (3, 1, 256)))
+        rescaled = processor.rescale(levels, processor.rescale_factor)
+        self.table = processor.normalize(rescaled, processor.image_mean, processor.image_std)[:, 0]  # [3, 256] float32
 
     def resized_size(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) after the shortest-edge resize, as transformers and torchvision compute it."""
@@ -67,11 +71,9 @@ class Preprocess:
         return image.resize(size, self.resample).crop((left, top, left + self.crop, top + self.crop)).convert("RGB")
 
     def normalize(self, rgb: Image.Image) -> torch.Tensor:
-        """An RGB image -> ``[3, h, w]`` float32, rescaled and normalised by the processor's own functions."""
-        channels_first = np.moveaxis(np.array(rgb), -1, 0)
-        processor = self.processor
-        rescaled = processor.rescale(channels_first, processor.rescale_factor)
-        return torch.from_numpy(np.ascontiguousarray(processor.normalize(rescaled, processor.image_mean, processor.image_std)))
+        """An RGB image -> ``[3, h, w]`` float32, rescaled and normalised as the processor does (its table)."""
+        pixels = np.asarray(rgb)
+        return torch.from_numpy(np.stack([self.table[channel][pixels[..., channel]] for channel in range(3)]))
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         """A decoded image -> ``pixel_values [3, crop, crop]``."""
