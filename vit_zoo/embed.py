@@ -359,12 +359,10 @@ def embed_to_folder(
     summary = RunSummary(shards_complete=len(complete))
     total = None if isinstance(inputs, TarInputs) else sum(_shard_length(inputs, s, options.shard_size) for s in pending)
     bar = Progress(total, progress)
-    names = _overlay_names(inputs, options)
     try:
         batches = _tracked(_loader(embedder, inputs, pending, options), bar) if pending else iter(())
-        for result in collect_shards(embedder.run(batches), embedder.model.geometry.output_dim):
-            if options.overlays is not None:
-                _draw_overlays(result, names, embedder, options, _overlay_writer)
+        embedded = _with_overlays(embedder.run(batches), inputs, embedder, options, _overlay_writer, [])
+        for result in collect_shards(embedded, embedder.model.geometry.output_dim):
             writer.write(result)
             summary.embedded += len(result.embeddings)
             summary.skipped += len(result.skipped)
@@ -390,16 +388,21 @@ def _overlay_writer(target: Path, save: Callable[[Path], None]) -> None:
     write_atomically(target, save, replace=True)
 
 
-def _draw_overlays(result: ShardResult, names, embedder: Embedder, options: RunOptions, write) -> list[Path]:
-    """Overlays of a shard's images (previews at a bounded size) into ``options.overlays``, through ``write``."""
-    assert options.overlays is not None and result.attention is not None and embedder.attention is not None
+def _with_overlays(embedded, inputs, embedder: Embedder, options: RunOptions, write, written: list[Path]):
+    """The embedded batches, each batch's overlays drawn into ``options.overlays`` through ``write`` as it passes
+    (appended to ``written``) and its previews dropped: memory stays bounded by a batch, not a shard."""
+    if options.overlays is None or embedder.attention is None:
+        yield from embedded
+        return
+    names = _overlay_names(inputs, options)
     crop_pct = embedder.preprocess.crop / embedder.preprocess.shortest_edge
-    layer = embedder.attention.layer
-    written = []
-    for record, preview, maps in zip(result.records, result.previews or [], result.attention):
-        name = names[record.position] if names is not None else _safe_name(record.key)
-        written += write_overlays(options.overlays, name, preview, torch.from_numpy(maps).float(), layer, crop_pct, write)
-    return written
+    for batch, embeddings, maps in embedded:
+        for record, preview, image_maps in zip(batch.records, batch.previews or [], maps if maps is not None else []):
+            name = names[record.position] if names is not None else _safe_name(record.key)
+            layers = torch.from_numpy(image_maps).float()
+            written += write_overlays(options.overlays, name, preview, layers, embedder.attention.layer, crop_pct, write)
+        batch.previews = None
+        yield batch, embeddings, maps
 
 
 def _safe_name(key: str) -> str:
@@ -423,13 +426,12 @@ def embed_to_file(
     with StagedFiles() as staged:
         try:
             embedded = embedder.run(_tracked(_loader(embedder, inputs, [0], single), bar))
-            result = next(collect_shards(embedded, embedder.model.geometry.output_dim))
+            drawn = _with_overlays(embedded, inputs, embedder, options, staged.stage, overlays)
+            result = next(collect_shards(drawn, embedder.model.geometry.output_dim))
         finally:
             bar.close()
         if not len(result.embeddings):
             raise ValueError(f"none of the {len(inputs)} inputs could be read as an image")
-        if options.overlays is not None:
-            overlays = _draw_overlays(result, _overlay_names(inputs, options), embedder, options, staged.stage)
         for target, write in _file_writers(output, result, model_name):
             staged.stage(target, write)
         staged.commit()

@@ -35,8 +35,7 @@ FORMAT = "vit-zoo-embed/1"
 @dataclass
 class ShardResult:
     """One shard's outputs: ``embeddings [n, output_dim]`` with their ``records`` and (width, height) ``sizes``, the
-    ``skipped`` inputs with their reasons, the reduced ``attention`` maps ``[n, ...]`` (or None) and the images'
-    bounded-size ``previews`` for overlays (when asked for)."""
+    ``skipped`` inputs with their reasons, the reduced ``attention`` maps ``[n, ...]`` (or None)."""
 
     index: int
     embeddings: np.ndarray
@@ -44,7 +43,6 @@ class ShardResult:
     sizes: list[tuple[int, int]] = field(default_factory=list)
     skipped: list[tuple[Record, str]] = field(default_factory=list)
     attention: np.ndarray | None = None
-    previews: list | None = None
 
 
 def collect_shards(embedded: Iterable[tuple[Batch, np.ndarray, np.ndarray | None]], output_dim: int) -> Iterator[ShardResult]:
@@ -67,7 +65,6 @@ def _merge(index: int, parts: list[tuple[Batch, np.ndarray, np.ndarray | None]],
         [size for batch, _, _ in parts for size in batch.sizes],
         [item for batch, _, _ in parts for item in batch.skipped],
         np.concatenate(maps) if maps else None,
-        [preview for batch, _, _ in parts for preview in batch.previews or []],
     )
 
 
