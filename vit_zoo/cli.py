@@ -318,6 +318,7 @@ def _embed(args: argparse.Namespace, inputs, outputs, file_inputs) -> int:
         device=device,
         dtype=args.dtype,
         compile=args.compile,
+        check=False,  # resolve_model_folder checked it
         normalize=args.normalize,
         embedding_dtype=args.embedding_dtype,
         attention=options.attention,

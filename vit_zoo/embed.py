@@ -145,11 +145,19 @@ class Embedder:
 
     @classmethod
     def from_folder(
-        cls, folder: str | os.PathLike, *, device: str = "cpu", dtype: str = "float32", compile: bool = False, **options
+        cls,
+        folder: str | os.PathLike,
+        *,
+        device: str = "cpu",
+        dtype: str = "float32",
+        compile: bool = False,
+        check: bool = True,
+        **options,
     ) -> Embedder:
-        """The ``Embedder`` of a vit_zoo folder (checked first), on ``device`` in ``dtype``; ``compile`` wraps the
-        forward in ``torch.compile``. ``options`` are ``Embedder``'s keyword arguments."""
-        model, processor = load_model(check_folder(folder), device, dtype)
+        """The ``Embedder`` of a vit_zoo folder, on ``device`` in ``dtype``; ``compile`` wraps the forward in
+        ``torch.compile``; ``check=False`` skips ``check_folder`` for a folder just checked. ``options`` are
+        ``Embedder``'s keyword arguments."""
+        model, processor = load_model(check_folder(folder) if check else Path(folder), device, dtype)
         embedder = cls(model, processor, **options)
         if compile:
             embedder.forward = torch.compile(model)
