@@ -157,6 +157,7 @@ def test_job_arrays_together_equal_one_process(model_folder, image_dir, tmp_path
     assert files_of(tmp_path / "jobs") == files_of(tmp_path / "one")
 
 
+@pytest.mark.slow
 def test_torchrun_ranks_together_equal_one_process(model_folder, image_dir, tmp_path, capsys):
     common = [model_folder, image_dir, "--shard-size", 4, "--batch-size", 2, "--num-workers", 1]
     assert call_main(capsys, "embed", *common, "--output-dir", tmp_path / "one")[0] == 0
