@@ -15,7 +15,8 @@ Three parts, each optional (``--parts``):
 ``resume`` the same run killed with SIGKILL after half its shards, then rerun: the rerun's seconds, the shards it
            skipped and whether the result equals the uninterrupted run's bit for bit.
 
-Results: ``benchmarks/results/embed_<device>.json`` and ``.md``. Example (the figures in RESULTS.md)::
+Results: ``benchmarks/results/embed_<device>.json`` and ``.md`` (``embed_<device>_<parts>.*`` for a subset).
+Example (the figures in RESULTS.md)::
 
     python benchmarks/bench_embed.py --device cpu --rounds 3
     python benchmarks/bench_embed.py --device cuda --dtype bfloat16 --images 4096 --workers 16 --parts speed
@@ -193,7 +194,7 @@ def embed_subprocess(folder: Path, images: Path, output: Path, args, kill_after_
             process.wait()
             break
         time.sleep(0.2)
-    stdout = process.communicate()[0] if process.returncode is not None else ""
+    stdout = process.communicate(timeout=60)[0]
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "samples": samples, "stdout": stdout.strip(), "returncode": process.returncode}
 
@@ -299,9 +300,11 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
     report["load"] = f"{load_start:.2f} at start, {os.getloadavg()[0]:.2f} at end"
     RESULTS.mkdir(parents=True, exist_ok=True)
-    device = "cpu" if args.device == "cpu" else "cuda"
-    (RESULTS / f"embed_{device}.json").write_text(json.dumps(report, indent=1) + "\n")
-    (RESULTS / f"embed_{device}.md").write_text(markdown(report))
+    name = f"embed_{'cpu' if args.device == 'cpu' else 'cuda'}"
+    if set(args.parts) != {"speed", "scale", "resume"}:  # a partial run does not overwrite a whole one
+        name += "_" + "-".join(sorted(args.parts))
+    (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n")
+    (RESULTS / f"{name}.md").write_text(markdown(report))
     print(markdown(report))
 
 

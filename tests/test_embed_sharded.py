@@ -13,6 +13,7 @@ import time
 
 import fsspec
 import numpy as np
+import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -192,8 +193,10 @@ def test_a_run_killed_mid_way_resumes_bit_identical_recomputing_only_unfinished_
     deadline = time.monotonic() + 300
     while not list(out.glob("done/*.json")) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
+    workers = psutil.Process(process.pid).children()
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
+    assert workers and psutil.wait_procs(workers, timeout=30)[1] == []  # its loader workers end with it
     done = sorted(path.name for path in out.glob("done/*.json"))
     assert 1 <= len(done) < 30, done  # killed after a shard completed and before the last
     complete = [name.removeprefix("done_").removesuffix(".json") for name in done]

@@ -9,6 +9,9 @@ resumed run therefore put every image in the same batch, so their embeddings agr
 from __future__ import annotations
 
 import io
+import os
+import signal
+import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +26,7 @@ from .errors import first_line
 
 MAX_IMAGE_PIXELS = 89_478_485  # PIL's own warning threshold (a 3 x 8-bit image of ~256 MB), read from the header
 MAX_RESIZED_PIXELS = 1 << 22  # after the shortest-edge resize: 48 MB as float32 RGB (a 224 px edge, aspect 83:1)
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 TAR_IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 
 
@@ -248,7 +252,7 @@ def tar_samples(url: str, errors: list[Exception]) -> Iterator[dict]:
 
 def make_loader(dataset: EmbedDataset, num_workers: int, pin_memory: bool = False) -> DataLoader:
     """A ``DataLoader`` over ``dataset``'s batches: ``num_workers`` processes (0: in this one), two batches
-    prefetched per worker, pinned memory for a GPU."""
+    prefetched per worker, pinned memory for a GPU; the workers end with this process, also when it is killed."""
     return DataLoader(
         dataset,
         batch_size=None,
@@ -256,4 +260,18 @@ def make_loader(dataset: EmbedDataset, num_workers: int, pin_memory: bool = Fals
         pin_memory=pin_memory,
         prefetch_factor=2 if num_workers and dataset.units() else None,
         persistent_workers=False,
+        worker_init_fn=_end_with_parent,
     )
+
+
+def _end_with_parent(worker_id: int) -> None:
+    """Have the kernel end this loader worker when its parent dies (Linux ``PR_SET_PDEATHSIG``): after a ``kill -9``
+    of the run, workers blocked on a full pipe otherwise linger, holding the run's stdout open."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
