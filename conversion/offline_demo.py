@@ -154,7 +154,7 @@ def run(workdir: Path) -> bool:
         str(image),
         "--output",
         str(workdir / "embeddings.safetensors"),
-        "--attention-map",
+        "--overlays",
         str(workdir / "attention"),
     ]
     print(f"OK: timm and transformers load the converted folder and agree; it is kept in {folder}")

@@ -59,7 +59,7 @@ def image(tmp_path_factory) -> Path:
         (["--help"], 0, "usage: vit-zoo"),
         (["list"], 0, "vit_zoo_base_patch16_clip_224"),
         (["list", "--names-only"], 0, "vit_zoo_large_patch14_clip_336"),
-        (["--version"], 0, "vit-zoo "),
+        (["--version"], 0, "vit-zoo-clip "),
         (["convert", "--help"], 0, "--dtype {float32,float16,bfloat16}"),
         (["convert"], 2, "the following arguments are required: SRC, --output"),
         (["embed", "model"], 2, "the following arguments are required: IMAGE_OR_DIR"),

@@ -261,7 +261,7 @@ GUIDE_FOR_COMMAND = {
     "convert": "convert.md",
     "push": "hub.md",
     "pull": "hub.md",
-    "embed": "attention-maps.md",
+    "embed": "embed.md",
     "export": "export.md",
 }
 
