@@ -15,8 +15,9 @@ Three parts, each optional (``--parts``):
 ``resume`` the same run killed with SIGKILL after half its shards, then rerun: the rerun's seconds, the shards it
            skipped and whether the result equals the uninterrupted run's bit for bit.
 
-Results: ``benchmarks/results/embed_<device>.json`` and ``.md`` (``embed_<device>_<parts>.*`` for a subset).
-Example (the figures in RESULTS.md)::
+Results: ``benchmarks/results/embed_<device>.json`` (``embed_<device>_<parts>.json`` for a subset), with the commit,
+machine, command and load of the run; ``python benchmarks/results_report.py`` then rewrites RESULTS.md, and the docs
+show it at their next build. Example (the figures in RESULTS.md)::
 
     python benchmarks/bench_embed.py --device cpu --rounds 3
     python benchmarks/bench_embed.py --device cuda --dtype bfloat16 --images 4096 --workers 16 --parts speed
@@ -27,7 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
+import shlex
 import shutil
 import signal
 import statistics
@@ -43,22 +44,29 @@ import torch
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
+sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]  # this checkout's vit_zoo, installed or not; the reports
 
-from reference import TINY  # noqa: E402
+import results_report  # noqa: E402
+from bench_speed import quartiles, run_environment  # noqa: E402
 
 from vit_zoo import VisionTransformer, cli, get_entry, save_model_folder  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
+B32 = "vit_zoo_base_patch32_clip_224"
+TINY = "vit_zoo_tiny_patch8_test_32"
+JPEG_SIZE, TINY_SIZE = (640, 480), 32
+ATTENTION_OVERHEAD = "vit_zoo+attention / vit_zoo"
+SPEED_BATCH, SCALE_BATCH = 64, 256
 
 
 def write_jpegs(folder: Path, count: int) -> Path:
     """``count`` 640x480 JPEGs (quality 90) of smooth random colour fields with fine noise, like photos to decode."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
+    width, height = JPEG_SIZE
     for index in range(count):
-        field = Image.fromarray(rng.integers(0, 256, (15, 20, 3), dtype=np.uint8)).resize((640, 480), Image.Resampling.BICUBIC)
-        noisy = np.clip(np.asarray(field, dtype=np.int16) + rng.integers(-12, 13, (480, 640, 3)), 0, 255).astype(np.uint8)
+        field = Image.fromarray(rng.integers(0, 256, (15, 20, 3), dtype=np.uint8)).resize(JPEG_SIZE, Image.Resampling.BICUBIC)
+        noisy = np.clip(np.asarray(field, dtype=np.int16) + rng.integers(-12, 13, (height, width, 3)), 0, 255).astype(np.uint8)
         Image.fromarray(noisy).save(folder / f"{index:06d}.jpg", quality=90)
     return folder
 
@@ -66,7 +74,7 @@ def write_jpegs(folder: Path, count: int) -> Path:
 def write_tiny_pngs(folder: Path, count: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
-    pixels = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
+    pixels = rng.integers(0, 256, (64, TINY_SIZE, TINY_SIZE, 3), dtype=np.uint8)
     for index in range(count):
         sub = folder / f"{index // 10_000:02d}"
         sub.mkdir(exist_ok=True)
@@ -77,7 +85,7 @@ def write_tiny_pngs(folder: Path, count: int) -> Path:
 def b32_folder(work: Path, layers: int) -> Path:
     """ViT-B/32 with ``layers`` blocks and random weights, saved as a vit_zoo folder (timm and vit_zoo load it)."""
     torch.manual_seed(0)
-    geometry = {**get_entry("ViT-B/32").model, "layers": layers}
+    geometry = {**get_entry(B32).model, "layers": layers}
     return save_model_folder(VisionTransformer(**geometry).eval(), work / f"b32-{layers}")
 
 
@@ -99,7 +107,7 @@ def run_timm(folder: Path, images: Path, output: Path, args) -> int:
             with Image.open(paths[index]) as image:
                 return transform(image.convert("RGB"))
 
-    loader = DataLoader(Images(), batch_size=64, num_workers=args.workers, pin_memory=args.device == "cuda")
+    loader = DataLoader(Images(), batch_size=SPEED_BATCH, num_workers=args.workers, pin_memory=args.device == "cuda")
     embeddings = []
     with torch.inference_mode():
         for batch in loader:
@@ -109,7 +117,7 @@ def run_timm(folder: Path, images: Path, output: Path, args) -> int:
 
 
 def run_vit_zoo(folder: Path, images: Path, output: Path, args, attention: bool = False) -> int:
-    command = ["embed", str(folder), str(images), "--output-dir", str(output), "--batch-size", "64", "--quiet"]
+    command = ["embed", str(folder), str(images), "--output-dir", str(output), "--batch-size", str(SPEED_BATCH), "--quiet"]
     command += ["--num-workers", str(args.workers), "--device", args.device, "--dtype", args.dtype]
     if attention:
         command.append("--attention-map")
@@ -119,13 +127,15 @@ def run_vit_zoo(folder: Path, images: Path, output: Path, args, attention: bool 
 
 
 def speed(work: Path, args) -> list[dict]:
+    """Per depth of ViT-B/32: each case's median rate and paired ratio to the timm script, and the extra time of
+    ``--attention-map`` over the plain run, as ``results_report`` reads them."""
     images = write_jpegs(work / "jpegs", args.images)
     cases = {
         "timm": lambda folder, out: run_timm(folder, images, out.with_suffix(".npy"), args),
         "vit_zoo": lambda folder, out: run_vit_zoo(folder, images, out, args),
         "vit_zoo+attention": lambda folder, out: run_vit_zoo(folder, images, out, args, attention=True),
     }
-    rows = []
+    results = []
     for layers in args.layers:
         folder = b32_folder(work, layers)
         seconds: dict[str, list[float]] = {name: [] for name in cases}
@@ -144,26 +154,26 @@ def speed(work: Path, args) -> list[dict]:
                     f"B/32 {layers} blocks, round {round_index + 1}: {name:<18} {args.images / seconds[name][-1]:7.2f} img/s",
                     flush=True,
                 )
+        summary = {}
         for name in cases:
-            ratios = [t_timm / t for t_timm, t in zip(seconds["timm"], seconds[name])]
-            rows.append(
-                {
-                    "model": f"B/32, {layers} blocks",
-                    "case": name,
-                    "images_per_s": round(args.images / statistics.median(seconds[name]), 2),
-                    "x_timm": _quartiles(ratios),
-                    "x_vit_zoo_time": _quartiles([t / t_plain for t, t_plain in zip(seconds[name], seconds["vit_zoo"])]),
-                    "seconds": [round(value, 2) for value in seconds[name]],
-                }
-            )
-    return rows
-
-
-def _quartiles(values: list[float]) -> list[float]:
-    if len(values) < 2:
-        return [round(values[0], 3)] * 3
-    low, median, high = statistics.quantiles(values, n=4, method="inclusive")
-    return [round(median, 3), round(low, 3), round(high, 3)]
+            low, ratio, high = quartiles([t_timm / t for t_timm, t in zip(seconds["timm"], seconds[name])])
+            summary[name] = {
+                "images_per_s": args.images / statistics.median(seconds[name]),
+                "ratio_vs_timm": ratio,
+                "ratio_vs_timm_quartiles": [low, high],
+                "seconds": seconds[name],
+            }
+        low, overhead, high = quartiles([t / t_plain for t, t_plain in zip(seconds["vit_zoo+attention"], seconds["vit_zoo"])])
+        results.append(
+            {
+                "model": B32,
+                "layers": layers,
+                "cases": summary,
+                "attention_map_overheads": {ATTENTION_OVERHEAD: overhead},
+                "attention_map_overhead_quartiles": {ATTENTION_OVERHEAD: [low, high]},
+            }
+        )
+    return results
 
 
 def tree_rss(process: psutil.Process) -> int:
@@ -182,7 +192,8 @@ def embed_subprocess(folder: Path, images: Path, output: Path, args, kill_after_
     """Run ``vit-zoo embed`` on the tiny images in a subprocess, sampling the process tree's RSS; with
     ``kill_after_shards``, SIGKILL it once that many shards are complete."""
     command = [sys.executable, "-m", "vit_zoo", "embed", str(folder), str(images), "--output-dir", str(output)]
-    command += ["--shard-size", str(args.shard_size), "--batch-size", "256", "--num-workers", str(args.workers), "--quiet"]
+    command += ["--shard-size", str(args.shard_size), "--batch-size", str(SCALE_BATCH), "--num-workers", str(args.workers)]
+    command.append("--quiet")
     start = time.perf_counter()
     process = subprocess.Popen(command, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, text=True)
     watched, samples = psutil.Process(process.pid), []
@@ -202,7 +213,7 @@ def embed_subprocess(folder: Path, images: Path, output: Path, args, kill_after_
 def scale_and_resume(work: Path, args) -> dict:
     images = write_tiny_pngs(work / "tiny-images", args.tiny_images)
     torch.manual_seed(0)
-    folder = save_model_folder(VisionTransformer(**TINY).eval(), work / "tiny")
+    folder = save_model_folder(VisionTransformer(**get_entry(TINY).model).eval(), work / "tiny")
     whole = embed_subprocess(folder, images, work / "whole", args)
     shards = -(-args.tiny_images // args.shard_size)
     peak = max(rss for _, rss, _ in whole["samples"])
@@ -211,12 +222,15 @@ def scale_and_resume(work: Path, args) -> dict:
         sample = min(whole["samples"], key=lambda s: abs(s[2] - fraction * shards))
         by_progress[f"{int(fraction * 100)}%"] = round(sample[1] / 2**20)
     result = {
+        "model": TINY,
+        "image_size": f"{TINY_SIZE}×{TINY_SIZE}",
+        "batch_size": SCALE_BATCH,
         "images": args.tiny_images,
         "shards": shards,
         "seconds": round(whole["seconds"], 1),
         "images_per_s": round(args.tiny_images / whole["seconds"], 1),
-        "peak_rss_mb": round(peak / 2**20),
-        "rss_mb_by_progress": by_progress,
+        "peak_memory_mb": round(peak / 2**20),
+        "memory_mb_by_progress": by_progress,
         "summary": whole["stdout"],
     }
     if "resume" in args.parts:
@@ -238,38 +252,7 @@ def _tree_bytes(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def markdown(report: dict) -> str:
-    lines = [f"# vit-zoo embed, {report['device']}", "", f"{report['machine']}; load average {report['load']}", ""]
-    if report.get("speed"):
-        lines += [
-            "| model | case | images/s | × timm (paired, [quartiles]) | time ÷ vit_zoo plain |",
-            "|---|---|---:|---:|---:|",
-        ]
-        for row in report["speed"]:
-            ratio, low, high = row["x_timm"]
-            time_ratio, time_low, time_high = row["x_vit_zoo_time"]
-            lines.append(
-                f"| {row['model']} | {row['case']} | {row['images_per_s']} | {ratio} [{low}–{high}] | "
-                f"{time_ratio} [{time_low}–{time_high}] |"
-            )
-    if report.get("scale"):
-        scale = report["scale"]
-        lines += [
-            "",
-            f"- {scale['images']} images of 32×32 (tiny variant, {scale['shards']} shards): {scale['images_per_s']} images/s, "
-            f"peak memory of the process tree (PSS) {scale['peak_rss_mb']} MB; by progress {scale['rss_mb_by_progress']} MB",
-        ]
-        if "resume" in scale:
-            resume = scale["resume"]
-            lines.append(
-                f"- killed with SIGKILL after {resume['killed_after_s']} s ({resume['complete_when_killed']} shards complete); "
-                f"the rerun took {resume['rerun_s']} s (`{resume['rerun_summary']}`); bit-identical to the uninterrupted "
-                f"run: {resume['bit_identical_to_uninterrupted']}"
-            )
-    return "\n".join(lines) + "\n"
-
-
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
@@ -281,31 +264,43 @@ def main() -> None:
     parser.add_argument("--tiny-images", type=int, default=100_000)
     parser.add_argument("--shard-size", type=int, default=5_000)
     parser.add_argument("--work", type=Path, help="keep the images and outputs here (default: a temporary folder)")
-    args = parser.parse_args()
-    report = {
-        "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"{args.dtype}, {args.workers} loader workers",
-        "load": None,
-    }
-    load_start = os.getloadavg()[0]
+    parser.add_argument("--output-dir", type=Path, default=RESULTS, help="where the results file goes")
+    return parser.parse_args(argv)
+
+
+def environment(args: argparse.Namespace, command: str) -> dict:
+    """The run's device, commit, date, command, versions and load (``bench_speed.run_environment``) and what every
+    case shared."""
+    env = run_environment(args.device, command) | {"dtype": args.dtype, "workers": args.workers}
+    if "speed" in args.parts:
+        env |= {"images": args.images, "image_size": "×".join(map(str, JPEG_SIZE)), "batch_size": SPEED_BATCH}
+        env["rounds"] = args.rounds
+    return env
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = parse_args(argv)
+    command = shlex.join(["python", "benchmarks/bench_embed.py", *(sys.argv[1:] if argv is None else argv)])
+    report = {"benchmark": results_report.EMBED, "environment": environment(args, command)}
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-embed-"))
     try:
         if "speed" in args.parts:
-            report["speed"] = speed(work, args)
+            report["results"] = speed(work, args)
         if "scale" in args.parts or "resume" in args.parts:
             report["scale"] = scale_and_resume(work, args)
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
-    report["load"] = f"{load_start:.2f} at start, {os.getloadavg()[0]:.2f} at end"
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    report["environment"]["load_average_end"] = os.getloadavg()
+    args.output_dir.mkdir(parents=True, exist_ok=True)
     name = f"embed_{'cpu' if args.device == 'cpu' else 'cuda'}"
     if set(args.parts) != {"speed", "scale", "resume"}:  # a partial run does not overwrite a whole one
         name += "_" + "-".join(sorted(args.parts))
-    (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n")
-    (RESULTS / f"{name}.md").write_text(markdown(report))
-    print(markdown(report))
+    path = args.output_dir / f"{name}.json"
+    path.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
+    print(results_report.section(path, ""))
+    print(f"wrote {path}; python benchmarks/results_report.py puts it into RESULTS.md")
+    return path
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ temporary folder, then:
    export call (tracing, conversion, compiling, writing and the built-in check against eager torch) and of the
    whole process (with the imports), and the file's size.
 2. The cases run in this process on ``--threads`` threads at batch ``--batch-size``: eager torch (``model(x)`` and
-   ``model(x, output_attention_map=True)``), ``vit_zoo.export.OnnxRuntimeModel`` on each ONNX file (idle threads
+   ``model(x, output_attention_map=True)``), ``vit_zoo.OnnxRuntimeModel`` on each ONNX file (idle threads
    not spinning) and the AOTInductor package. Every output is checked against eager torch first (relative L2 error
    at most 1e-5). Then the cases are timed interleaved, in a rotating order, ``--rounds`` times after ``--warmup``
    calls each; each case's speed-up is the median of the per-round paired ratios ``t_eager / t_case`` against the
@@ -17,8 +17,9 @@ temporary folder, then:
     python benchmarks/bench_export.py                                   # B/32 and B/16, 2 threads, batch 8
     python benchmarks/bench_export.py --models ViT-B/32 --formats onnx  # no AOTInductor compile
 
-Writes ``export_cpu.json`` (every sample, versions, CPU, load average at start and end) and ``export_cpu.md``
-(the tables, included by docs/export.md) into ``--output-dir`` (default ``benchmarks/results``).
+Writes ``export_cpu.json`` (every sample, with the commit, CPU, command, versions and load average of the run) into
+``--output-dir`` (default ``benchmarks/results``); ``python benchmarks/results_report.py`` then rewrites RESULTS.md,
+and docs/export.md shows it at the next docs build.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -38,11 +39,11 @@ import onnxruntime
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # benchmark this checkout's vit_zoo, installed or not
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]  # this checkout's vit_zoo, installed or not; the reports
 
-from bench_speed import cpu_flags, device_name, paired, quartiles, relative_error, time_cases  # noqa: E402
+import results_report  # noqa: E402
+from bench_speed import paired, quartiles, relative_error, run_environment, time_cases  # noqa: E402
 
-import vit_zoo  # noqa: E402
 from vit_zoo import (  # noqa: E402
     OnnxRuntimeModel,  # noqa: E402
     VitZooModel,
@@ -148,31 +149,6 @@ def run_model(name: str, args: argparse.Namespace, work: Path) -> dict:
     return {"model": entry.name, "cases": summary, "exports": exports}
 
 
-def markdown(results: list[dict], env: dict) -> str:
-    lines = [
-        f"{env['device_name']}, {env['threads']} threads, torch {env['versions']['torch']}, onnxruntime "
-        f"{env['versions']['onnxruntime']}, fp32, batch {env['batch_size']}, random weights; {env['rounds']} interleaved "
-        f"rounds after {env['warmup']} warm-up calls; load average {env['load_average_start'][0]:.1f} at the start, "
-        f"{env['load_average_end'][0]:.1f} at the end (1-minute).",
-        "",
-        "| model | case | img/s | × eager torch [quartiles] | max rel. error |",
-        "|---|---|---:|---:|---:|",
-    ]
-    for result in results:
-        for case, row in result["cases"].items():
-            low, high = row["vs_eager_quartiles"]
-            ratio = f"{row['vs_eager']:.3f} [{low:.2f}–{high:.2f}]" if row["baseline"] else "—"
-            error = f"{row['max_relative_error']:.1e}" if row["baseline"] else "—"
-            lines.append(f"| {result['model']} | {case} | {row['images_per_s']:.2f} | {ratio} | {error} |")
-    lines += ["", "| model | export | seconds (export call) | seconds (process) | file MB |", "|---|---|---:|---:|---:|"]
-    for result in results:
-        for case, row in result["exports"].items():
-            lines.append(
-                f"| {result['model']} | {case} | {row['export_s']:.1f} | {row['process_s']:.1f} | {row['file_mb']:.0f} |"
-            )
-    return "\n".join(lines) + "\n"
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["ViT-B/32", "ViT-B/16"], help="zoo or OpenAI names")
@@ -188,29 +164,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    env = {
-        "device_name": device_name("cpu"),
-        "cpu_flags": cpu_flags(),
-        "threads": args.threads,
-        "batch_size": args.batch_size,
-        "rounds": args.rounds,
-        "warmup": args.warmup,
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "onnxruntime": onnxruntime.__version__,
-            "vit_zoo": vit_zoo.__version__,
-        },
-        "load_average_start": os.getloadavg(),
-    }
+    command = shlex.join(["python", "benchmarks/bench_export.py", *(sys.argv[1:] if argv is None else argv)])
+    env = run_environment("cpu", command) | {"batch_size": args.batch_size, "rounds": args.rounds, "warmup": args.warmup}
+    env["versions"]["onnxruntime"] = onnxruntime.__version__
     with tempfile.TemporaryDirectory(prefix="bench-export-") as work:
         results = [run_model(name, args, Path(work)) for name in args.models]
     env["load_average_end"] = os.getloadavg()
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / "export_cpu.json").write_text(json.dumps({"environment": env, "results": results}, indent=1))
-    table = markdown(results, env)
-    (args.output_dir / "export_cpu.md").write_text(table)
-    print(table)
+    path = args.output_dir / "export_cpu.json"
+    report = {"benchmark": results_report.EXPORT, "environment": env, "results": results}
+    path.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
+    print(results_report.section(path, ""))
+    print(f"wrote {path}; python benchmarks/results_report.py puts it into RESULTS.md")
     return results
 
 

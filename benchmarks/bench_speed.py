@@ -16,7 +16,7 @@ dtype timed in the same rounds. One more forward per case runs under ``torch.pro
 
 Writes ``speed_<device>.json`` (with the commit, date, command and load it ran under), ``speed_<device>.md``,
 ``speed_<device>_kernels.md`` (and ``speed_<device>.png`` when matplotlib is installed) into ``--output-dir``
-(default ``benchmarks/results``), through ``speed_report.py``. ``--plot RESULTS.json`` redraws the plot of a
+(default ``benchmarks/results``), through ``results_report.py``. ``--plot RESULTS.json`` redraws the plot of a
 results file next to it.
 """
 
@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))  # benchmark this checkout's vit_zoo, installed or
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import open_clip  # noqa: E402
-import speed_report  # noqa: E402
+import results_report  # noqa: E402
 import timm  # noqa: E402
 import transformers  # noqa: E402
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg  # noqa: E402
@@ -474,7 +474,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             for result in run_model(entry, dtype, args):
                 results.append(result)
                 write_reports(results, env, args)  # after each case set: a run cut short keeps what it measured
-    print(speed_report.full_tables(results, env))
+    print(results_report.full_tables(results, env))
     return results
 
 
@@ -482,17 +482,17 @@ def write_reports(results: list[dict], env: dict, args: argparse.Namespace) -> N
     env["load_average_end"] = os.getloadavg()
     args.output_dir.mkdir(parents=True, exist_ok=True)
     stem = args.output_dir / f"speed_{args.device.split(':')[0]}"
-    report = {"benchmark": speed_report.SPEED, "environment": env, "results": results}
+    report = {"benchmark": results_report.SPEED, "environment": env, "results": results}
     stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(speed_report.full_tables(results, env) + "\n")
-    stem.with_name(stem.name + "_kernels.md").write_text(speed_report.kernel_tables(results, env) + "\n")
-    speed_report.plot(report, stem.with_suffix(".png"))
+    stem.with_suffix(".md").write_text(results_report.full_tables(results, env) + "\n")
+    stem.with_name(stem.name + "_kernels.md").write_text(results_report.kernel_tables(results, env) + "\n")
+    results_report.plot(report, stem.with_suffix(".png"))
 
 
 def plot_file(path: Path) -> Path:
     """Redraw the plot of a speed results file next to it."""
     target = path.with_suffix(".png")
-    if not speed_report.plot(speed_report.load_kind(path, speed_report.SPEED), target):
+    if not results_report.plot(results_report.load_kind(path, results_report.SPEED), target):
         raise SystemExit("--plot needs matplotlib (pip install matplotlib, or the docs extra)")
     return target
 

@@ -8,7 +8,7 @@ architecture under OpenAI's names. Prints the relative L2 error of each projecte
 
     python benchmarks/compare_peers.py [--batch-size 4] [--output benchmarks/results/fidelity_cpu.json]
 
-``--output`` writes the errors with the commit, machine, date and load of the run (``speed_report.py`` shows
+``--output`` writes the errors with the commit, machine, date and load of the run (``results_report.py`` shows
 them in RESULTS.md and the docs' comparison page).
 
 Random weights, not OpenAI's (which cannot be downloaded where this was written): with real weights the
@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_speed import hf_model, open_clip_model, relative_error, run_environment, timm_model  # noqa: E402
-from speed_report import FIDELITY  # noqa: E402
+from results_report import FIDELITY  # noqa: E402
 
 from vit_zoo import VisionTransformer, get_entry  # noqa: E402
 

@@ -5,13 +5,17 @@ Contributing page does, without the generated content landing there):
 
 - a *block* marker stands on a line of its own and becomes Markdown: ``zoo-table`` (from ``configs/*.yaml``),
   ``cli-reference`` (from ``vit_zoo.cli.build_parser()``), ``benchmark-results`` (every file of
-  ``benchmarks/results``: where it was measured, its tables and its plot);
+  ``benchmarks/results``: where it was measured, its tables and its plot) and ``<!-- vit-zoo:results FILE -->``
+  (one of them);
 - a *value* marker sits in a sentence or a table cell and becomes one number of a results file, formatted as
-  the tables format it: ``<!-- vit-zoo:ratio FILE MODEL CASE -->`` (× timm eager), ``rate`` (images/s),
-  ``overhead`` (the extra time of a case with attention maps), ``<!-- vit-zoo:fidelity FILE LIBRARY -->``
-  (relative L2 error) and ``<!-- vit-zoo:measured-on FILE -->`` (machine, commit, date, load). Arguments
-  with spaces are quoted (``"vit_zoo compiled"``); MODEL is a zoo name, or ``MODEL/DTYPE/BATCH`` where a file
-  holds several runs of one model.
+  the tables format it: ``<!-- vit-zoo:ratio FILE MODEL CASE -->`` (× the file's baseline: timm eager for
+  ``bench_speed.py``, the hand-written timm script for ``bench_embed.py``, eager torch for ``bench_export.py``),
+  ``rate`` (images/s), ``overhead`` (the extra time of a case with attention maps), ``export-time`` (seconds of
+  a whole export process), ``<!-- vit-zoo:scale FILE QUANTITY -->`` (``bench_embed.py``'s run over many small
+  images: ``images``, ``rate``, ``peak-memory``, ``resumed-output``), ``<!-- vit-zoo:fidelity FILE LIBRARY -->``
+  (relative L2 error) and ``<!-- vit-zoo:measured-on FILE -->`` (machine, commit, date, load). Arguments with
+  spaces are quoted (``"vit_zoo compiled"``); MODEL is a zoo name, or ``MODEL/DTYPE/BATCH`` (speed) and
+  ``MODEL/LAYERS`` (embed) where a file holds several runs of one model.
 
 Everything a marker stands for is computed from the code and data in the repository, so the site cannot
 drift from them; the plots are drawn from the results files at build time. An unknown marker, or one naming
@@ -34,14 +38,14 @@ from mkdocs.structure.files import File, Files
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ROOT / "benchmarks"
-for path in (ROOT, BENCHMARKS):  # build the docs of this checkout, installed or not; speed_report is a script
+for path in (ROOT, BENCHMARKS):  # build the docs of this checkout, installed or not; results_report is a script
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-import speed_report  # noqa: E402
+import results_report  # noqa: E402
 
 SITE_RESULTS = "benchmarks/results/"  # where the site carries the results files and their plots
-BLOCK_MARKER = re.compile(r"^[ \t]*<!--\s*vit-zoo:([a-z-]+)\s*-->[ \t]*$")
+BLOCK_MARKER = re.compile(r"^[ \t]*<!--\s*vit-zoo:([a-z-]+)(.*?)-->[ \t]*$")
 ANY_MARKER = re.compile(r"<!--\s*vit-zoo:([a-z-]+)(.*?)-->")
 CODE_SPAN = re.compile(r"(`+).+?\1")
 TABLE = re.compile(r"<table\b.*?</table>", re.S)
@@ -144,42 +148,54 @@ def _lines_outside_fences(markdown: str) -> list[tuple[str, bool]]:
 
 def benchmark_results(results_dir: Path = BENCHMARKS / "results") -> str:
     """Every results file of ``benchmarks/results`` as a section, or a note when there is none."""
-    paths = speed_report.results_files(results_dir) if results_dir.is_dir() else []
+    paths = results_report.results_files(results_dir) if results_dir.is_dir() else []
     if not paths:
         return (
             '!!! note "Not yet measured"\n'
             "    This build found no results files in `benchmarks/results/`. The tables appear here once the\n"
             "    benchmarks have been run and their results committed.\n"
         )
-    return "\n".join(speed_report.section(path, SITE_RESULTS, heading="###", page_links=False) for path in paths)
+    return "\n".join(results_report.section(path, SITE_RESULTS, heading="###", page_links=False) for path in paths)
 
 
-BLOCK_GENERATORS: dict[str, Callable[[], str]] = {
+def results_section(file: str) -> str:
+    """One results file as a section: where it was measured, its tables (and plot)."""
+    return results_report.section(BENCHMARKS / "results" / file, SITE_RESULTS, heading="###", page_links=False)
+
+
+BLOCK_GENERATORS: dict[str, Callable[..., str]] = {
     "zoo-table": zoo_table,
     "cli-reference": cli_reference,
     "benchmark-results": benchmark_results,
+    "results": results_section,
 }
 
 
 def _speed(quantity: str) -> Callable[[str, str, str], str]:
     def value(file: str, model: str, case: str) -> str:
-        return speed_report.speed_value(BENCHMARKS / "results" / file, quantity, model, case)
+        return results_report.speed_value(BENCHMARKS / "results" / file, quantity, model, case)
 
     return value
 
 
+def _scale(file: str, quantity: str) -> str:
+    return results_report.scale_value(BENCHMARKS / "results" / file, quantity)
+
+
 def _fidelity(file: str, library: str) -> str:
-    return speed_report.fidelity_value(BENCHMARKS / "results" / file, library)
+    return results_report.fidelity_value(BENCHMARKS / "results" / file, library)
 
 
 def _measured_on(file: str) -> str:
-    return speed_report.source(speed_report.load(BENCHMARKS / "results" / file)["environment"])
+    return results_report.source(results_report.load(BENCHMARKS / "results" / file)["environment"])
 
 
 VALUE_GENERATORS: dict[str, Callable[..., str]] = {
     "ratio": _speed("ratio"),
     "rate": _speed("rate"),
     "overhead": _speed("overhead"),
+    "export-time": _speed("export-time"),
+    "scale": _scale,
     "fidelity": _fidelity,
     "measured-on": _measured_on,
 }
@@ -189,10 +205,16 @@ def expand_value(name: str, arguments: str, where: str) -> str:
     """The text a value marker stands for; ``PluginError`` naming the page when it cannot be computed."""
     if name in BLOCK_GENERATORS:
         raise PluginError(f"{where}: vit-zoo:{name} makes a block; put it on a line of its own")
-    if name not in VALUE_GENERATORS:
+    return _generate(VALUE_GENERATORS, name, arguments, where)
+
+
+def _generate(generators: dict[str, Callable[..., str]], name: str, arguments: str, where: str) -> str:
+    """What the marker ``name`` with ``arguments`` stands for; ``PluginError`` naming the page when it is unknown,
+    has the wrong arguments or cannot be computed."""
+    if name not in generators:
         known = sorted([*BLOCK_GENERATORS, *VALUE_GENERATORS])
         raise PluginError(f"{where}: unknown marker vit-zoo:{name}; known: {known}")
-    generator, values = VALUE_GENERATORS[name], shlex.split(arguments)
+    generator, values = generators[name], shlex.split(arguments)
     try:
         inspect.signature(generator).bind(*values)
     except TypeError:
@@ -200,7 +222,7 @@ def expand_value(name: str, arguments: str, where: str) -> str:
         raise PluginError(f"{where}: vit-zoo:{name} takes {wanted}, got {arguments.strip()!r}") from None
     try:
         return generator(*values)
-    except speed_report.ReportError as error:
+    except results_report.ReportError as error:
         raise PluginError(f"{where}: vit-zoo:{name}: {error}") from None
 
 
@@ -220,11 +242,11 @@ def _expand_values(text: str, where: str) -> str:
 def on_files(files: Files, config) -> Files:
     """Carry the results files into the site, with each speed results file's plot drawn from it."""
     results_dir = BENCHMARKS / "results"
-    for path in speed_report.results_files(results_dir) if results_dir.is_dir() else []:
+    for path in results_report.results_files(results_dir) if results_dir.is_dir() else []:
         files.append(File.generated(config, SITE_RESULTS + path.name, abs_src_path=str(path)))
-        report = speed_report.load(path)
-        if report["benchmark"] == speed_report.SPEED:
-            files.append(File.generated(config, f"{SITE_RESULTS}{path.stem}.png", content=speed_report.png(report)))
+        report = results_report.load(path)
+        if report["benchmark"] == results_report.SPEED:
+            files.append(File.generated(config, f"{SITE_RESULTS}{path.stem}.png", content=results_report.png(report)))
     return files
 
 
@@ -254,7 +276,7 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
             return line
         block = BLOCK_MARKER.match(line)
         if block and block.group(1) in BLOCK_GENERATORS:
-            return BLOCK_GENERATORS[block.group(1)]()
+            return _generate(BLOCK_GENERATORS, block.group(1), block.group(2), where)
         return expand_line(line, where)
 
     return "\n".join(generate(line, outside) for line, outside in _lines_outside_fences(markdown)) + "\n"

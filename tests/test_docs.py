@@ -302,9 +302,9 @@ def _load_hooks():
 
 
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
-PAGES_WITH_MEASURED_NUMBERS = ("comparison.md", "performance.md")
-# A number typed into a page next to a unit of speed, time or error: it belongs in a results file.
-TYPED_MEASUREMENT = re.compile(r"\d[\d.,\u202f ]*\s?(×|%|images/s|img/s)|\d\.\de-\d")
+PAGES_WITH_MEASURED_NUMBERS = ("comparison.md", "performance.md", "embed.md", "export.md")
+# A number typed into a page next to a unit of speed, time, memory or error: it belongs in a results file.
+TYPED_MEASUREMENT = re.compile(r"\d[\d.,\u202f ]*\s?(×|%|images/s|img/s|s\b|MB\b)|\d\.\de-\d")
 
 
 def _results(name: str) -> dict:
@@ -357,6 +357,68 @@ def test_comparison_table_shows_the_numbers_of_the_results_files(site: Path):
     assert f"{rates[0]} images/s instead of {rates[1]}" in maps[3]
 
 
+def _prose(site: Path, page: str) -> str:
+    """The visible text of a page outside its tables and code, whitespace collapsed: the sentences."""
+    page_html = (site / page_url(page) / "index.html").read_text()
+    article = page_html[page_html.index("<article") : page_html.index("</article>")]
+    article = re.sub(r"<(table|pre)\b.*?</\1>", "", article, flags=re.S)
+    return re.sub(r"[ \t\n]+", " ", _text(article))  # not \s: the narrow spaces in numbers stay
+
+
+def _ratio(value: float) -> str:
+    return f"{value:.2f}×"
+
+
+def test_export_page_states_the_numbers_of_its_results_file(site: Path):
+    report = _results("export_cpu.json")
+    b32, b16 = (_result(report, model) for model in ("vit_zoo_base_patch32_clip_224", "vit_zoo_base_patch16_clip_224"))
+    text = _prose(site, "export.md")
+    onnx = [_ratio(result["cases"]["onnxruntime"]["vs_eager"]) for result in (b32, b16)]
+    assert f"{onnx[0]} eager torch's speed for ViT-B/32 and {onnx[1]} for ViT-B/16" in text
+    aoti = [_ratio(result["cases"]["AOTInductor"]["vs_eager"]) for result in (b32, b16)]
+    assert f"({aoti[0]} for ViT-B/32, {aoti[1]} for ViT-B/16)" in text
+    seconds = [f"{b16['exports'][case]['process_s']:.0f} s" for case in ("onnxruntime", "torch.export (pt2)", "AOTInductor")]
+    assert f"took {seconds[0]} to ONNX, {seconds[1]} to pt2 and {seconds[2]} to an AOTInductor package" in text
+    environment = report["environment"]
+    load = environment["load_average_start"][0]
+    assert f"commit {environment['commit']}, {environment['date']}, load average {load:.1f}" in text
+    onnx_row = [row for row in _table_rows((site / "export" / "index.html").read_text()) if row and row[0] == "onnxruntime"]
+    low, high = b32["cases"]["onnxruntime"]["vs_eager_quartiles"]
+    assert onnx_row[0][2] == f"{onnx[0]} [{low:.2f}–{high:.2f}]"  # the table of the results file, B/32 first
+
+
+def test_embed_numbers_on_the_pages_are_those_of_the_results_files(site: Path):
+    speed, scale = _results("embed_cpu.json"), _results("embed_cpu_resume-scale.json")["scale"]
+    full, shallow = (next(r for r in speed["results"] if r["layers"] == layers) for layers in (12, 2))
+    ratio = _ratio(full["cases"]["vit_zoo"]["ratio_vs_timm"])
+    images = f"{scale['images']:,}".replace(",", "\u202f")
+    memory = f"{scale['peak_memory_mb']:,.0f} MB".replace(",", "\u202f")
+    embed_page = _prose(site, "embed.md")
+    assert f"ran at {ratio} the script's speed with ViT-B/32, and embedded {images} small images at" in embed_page
+    assert f"{scale['images_per_s']:.0f} images/s using at most {memory} with its loader workers" in embed_page
+    performance = _prose(site, "performance.md")
+    overhead = f"{(full['attention_map_overheads']['vit_zoo+attention / vit_zoo'] - 1) * 100:+.1f} %"
+    assert f"it ran at {ratio} the script's speed with ViT-B/32" in performance
+    assert f"and at {_ratio(shallow['cases']['vit_zoo']['ratio_vs_timm'])} with 2 of its 12 blocks" in performance
+    assert f"--attention-map added {overhead} time" in performance
+    assert scale["resume"]["bit_identical_to_uninterrupted"]
+    assert "started again, wrote output bit for bit identical to the uninterrupted run's" in performance
+
+
+def test_the_claims_in_the_prose_hold_for_the_results_files():
+    """What the pages say in words of the numbers they quote; a new results file that contradicts one fails here,
+    and the sentence is rewritten with it."""
+    export = {r["model"]: r["cases"] for r in _results("export_cpu.json")["results"]}
+    for cases in export.values():
+        assert cases["onnxruntime"]["vs_eager"] > 1, "export.md: onnxruntime is faster than eager torch"
+        assert 0.9 < cases["AOTInductor"]["vs_eager"] < 1.1, "export.md: AOTInductor runs at about eager torch's speed"
+    b32 = export["vit_zoo_base_patch32_clip_224"]
+    maps = b32["onnxruntime + attention map"]["images_per_s"] / b32["onnxruntime"]["images_per_s"]
+    assert maps > 0.9, "export.md: the maps cost onnxruntime little"
+    embed = [r["cases"]["vit_zoo"]["ratio_vs_timm"] for r in _results("embed_cpu.json")["results"]]
+    assert min(embed) > 0.95, "performance.md: vit-zoo embed is as fast as the hand-written script"
+
+
 def test_every_results_file_is_on_the_performance_page_with_commit_machine_and_load(site: Path):
     text = _page_text(site, "performance.md")
     for path in sorted(RESULTS_DIR.glob("*.json")):
@@ -385,6 +447,14 @@ def _page(src_uri: str = "x.md"):
     return type("Page", (), {"file": type("F", (), {"src_uri": src_uri})()})()
 
 
+def test_a_results_marker_becomes_that_files_section_with_its_provenance():
+    hooks = _load_hooks()
+    expanded = hooks.on_page_markdown("# Speed\n\n<!-- vit-zoo:results export_cpu.json -->\n", _page(), None, None)
+    environment = _results("export_cpu.json")["environment"]
+    assert f"- **Machine**: {environment['device_name']} (CPU, 2 threads); commit {environment['commit']};" in expanded
+    assert "### Exported files against eager torch:" in expanded and "#### vit_zoo_base_patch16_clip_224" in expanded
+
+
 def test_value_markers_become_numbers_outside_code_only():
     hooks = _load_hooks()
     marker = "<!-- vit-zoo:ratio speed_cpu.json vit_zoo_base_patch32_clip_224 timm -->"
@@ -403,6 +473,13 @@ def test_value_markers_become_numbers_outside_code_only():
         ('<!-- vit-zoo:ratio speed_cpu.json vit_zoo_base_patch32_clip_224 "timm compiled" -->', "has no case 'timm compiled'"),
         ("<!-- vit-zoo:rate speed_cpu.json vit_zoo_huge timm -->", "'vit_zoo_huge' matches 0 of the results"),
         ("<!-- vit-zoo:fidelity missing.json vit_zoo -->", "missing.json: not a readable results file"),
+        ("<!-- vit-zoo:results missing.json -->", "x.md: vit-zoo:results: "),
+        ("<!-- vit-zoo:results -->", "x.md: vit-zoo:results takes FILE"),
+        ("<!-- vit-zoo:export-time speed_cpu.json vit_zoo_base_patch32_clip_224 timm -->", "speed results: no 'export-time'"),
+        ('<!-- vit-zoo:ratio export_cpu.json vit_zoo_base_patch32_clip_224 "torch eager" -->', "it has no ratio"),
+        ("<!-- vit-zoo:ratio embed_cpu.json vit_zoo_base_patch32_clip_224 vit_zoo -->", "name one as MODEL/LAYERS"),
+        ("<!-- vit-zoo:scale speed_cpu.json rate -->", "holds speed results, not embed results"),
+        ("<!-- vit-zoo:scale embed_cpu.json speed -->", "unknown quantity 'speed'"),
     ],
 )
 def test_a_marker_that_cannot_be_computed_fails_the_build(marker: str, message: str):
@@ -541,7 +618,7 @@ def test_install_lines_name_the_distribution_vit_zoo_clip(page: Path):
     assert not wrong, f"{_page_id(page)} installs vit-zoo, not vit-zoo-clip: {wrong}"
 
 
-@pytest.mark.parametrize("page", doc_pages(), ids=_page_id)
+@pytest.mark.parametrize("page", user_pages(), ids=_page_id)
 def test_agreement_with_openai_is_claimed_as_tested(page: Path):
     """The embeddings agree with OpenAI's code to a relative error of 1e-5 (tests/test_model.py, test_convert.py),
     not bit for bit: no page may say they are bit-exact."""
@@ -549,6 +626,27 @@ def test_agreement_with_openai_is_claimed_as_tested(page: Path):
     sentences = [s for s in re.split(r"(?<=[.:;])\s", text) if re.search(r"bit[- ]exact|bit for bit", s, flags=re.I)]
     claims = [s for s in sentences if re.search(r"OpenAI|encode_image", s)]
     assert not claims, f"{_page_id(page)} claims bit-exact agreement with OpenAI: {claims}"
+
+
+def test_home_page_quotes_the_error_the_namesake_brings_about(tmp_path: Path):
+    """index.md quotes what ``import vit_zoo`` and the command say when the unrelated ``vit-zoo`` shares the folder:
+    the message of ``vit_zoo._version.check_no_namesake`` run in a folder holding the namesake's subpackages, word
+    for word apart from the folder (``...``)."""
+    section = (DOCS_DIR / "index.md").read_text().split("### Not beside the `vit-zoo` package", 1)[1]
+    quoted = re.search(r"```text\n(.+?)\n```", section, flags=re.S).group(1)
+    package = tmp_path / "site-packages" / "vit_zoo"
+    for name in ("components", "utils"):  # what vit-zoo 0.2.1 installs there besides its own __init__.py
+        (package / name).mkdir(parents=True)
+        (package / name / "__init__.py").touch()
+    (package / "_version.py").write_bytes((REPO_ROOT / "vit_zoo" / "_version.py").read_bytes())
+    spec = importlib.util.spec_from_file_location("namesake_check", package / "_version.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(ImportError) as raised:
+        module.check_no_namesake()
+    pattern = ".+?".join(map(re.escape, quoted.split("...")))
+    assert re.fullmatch(pattern, str(raised.value)), f"index.md quotes\n{quoted}\nthe code says\n{raised.value}"
+    assert str(raised.value).startswith(f"{package} also holds")
 
 
 def test_changelog_has_one_unreleased_section_and_dated_releases():

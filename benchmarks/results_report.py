@@ -1,14 +1,23 @@
 """Reports of the results files in ``benchmarks/results``: tables, plots and single numbers, never typed by hand.
 
-A speed results file is what ``bench_speed.py`` writes (``{"benchmark": "speed", "environment": {...},
-"results": [...]}``), a fidelity results file what ``compare_peers.py --output`` writes (``{"benchmark":
-"fidelity", "environment": {...}, "errors": {...}}``). Everything shown of them (``RESULTS.md``, the plots,
-the docs' performance and comparison pages through ``docs/hooks.py``) is computed here from the files, each
-with the commit, machine and load it was measured on. Imports neither torch nor vit_zoo, so the docs build
-stays light.
+Every results file is a JSON object ``{"benchmark": KIND, "environment": {...}, ...}``, the environment saying
+the device, commit, date, command and load of the run. The kinds:
 
-    python benchmarks/speed_report.py           # rewrite RESULTS.md, the tables and the plots from results/*.json
-    python benchmarks/speed_report.py --check   # exit 1 when a Markdown file is not what the results files give
+- ``speed`` (``bench_speed.py``): ``results``, one per model, dtype and batch, each case's rate and its paired
+  ratio to timm eager;
+- ``embed`` (``bench_embed.py``): ``results``, one per model and depth, each case's rate and its paired ratio to
+  the hand-written timm script; ``scale``, many small images through one run, killed and resumed;
+- ``export`` (``bench_export.py``): ``results``, one per model, each exported file's rate, its paired ratio to
+  eager torch with the same outputs and its error, and how long each export took;
+- ``fidelity`` (``compare_peers.py --output``): ``errors``, each library's embedding against OpenAI's
+  architecture.
+
+Everything shown of them (``RESULTS.md``, the plots, the numbers on the docs pages through ``docs/hooks.py``) is
+computed here from the files, each with the commit, machine and load it was measured on. Imports neither torch
+nor vit_zoo, so the docs build stays light.
+
+    python benchmarks/results_report.py           # rewrite RESULTS.md, the tables and the plots from results/*.json
+    python benchmarks/results_report.py --check   # exit 1 when a Markdown file is not what the results files give
 """
 
 from __future__ import annotations
@@ -24,8 +33,12 @@ from typing import Any
 BENCHMARKS = Path(__file__).resolve().parent
 RESULTS_DIR = BENCHMARKS / "results"
 RESULTS_MD = BENCHMARKS / "RESULTS.md"
-BASELINE = "timm"
-SPEED, FIDELITY = "speed", "fidelity"
+BASELINE = "timm"  # the case speed and embed results compare with
+SPEED, EMBED, EXPORT, FIDELITY = "speed", "embed", "export", "fidelity"
+KINDS = (SPEED, EMBED, EXPORT, FIDELITY)  # in the order RESULTS.md and the performance page show them
+# The fields that tell the results of one file apart, as a reference to one names them: MODEL/DTYPE/BATCH, ...
+RESULT_KEYS = {SPEED: ("model", "dtype", "batch_size"), EMBED: ("model", "layers"), EXPORT: ("model",)}
+RATIO_LABEL = {SPEED: "× timm eager", EMBED: "× the timm script", EXPORT: "× eager torch"}
 RATE_RATIO_MARK = "†"  # a ratio of median rates, for a case whose run kept no per-round pairs
 
 
@@ -39,8 +52,8 @@ def load(path: Path) -> dict[str, Any]:
         report = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise ReportError(f"{path}: not a readable results file ({error})") from None
-    if not isinstance(report, dict) or report.get("benchmark") not in (SPEED, FIDELITY):
-        raise ReportError(f'{path}: expected a JSON object with "benchmark": "speed" or "fidelity"')
+    if not isinstance(report, dict) or report.get("benchmark") not in KINDS:
+        raise ReportError(f'{path}: expected a JSON object with "benchmark": one of {", ".join(KINDS)}')
     if not isinstance(report.get("environment"), dict):
         raise ReportError(f'{path}: expected an "environment" object (device, commit, date, load)')
     return report
@@ -54,13 +67,13 @@ def load_kind(path: Path, kind: str) -> dict[str, Any]:
 
 
 def results_files(results_dir: Path = RESULTS_DIR) -> list[Path]:
-    """The results files of ``results_dir``: speed on CPU, speed on GPUs, then fidelity; newest first in each."""
+    """The results files of ``results_dir`` in the order of ``KINDS``, CPU before GPU; newest first in each."""
     reports = {path: load(path) for path in results_dir.glob("*.json")}
     newest_first = sorted(reports, key=lambda path: (reports[path]["environment"].get("date") or "", path.name), reverse=True)
 
-    def group(path: Path) -> int:
+    def group(path: Path) -> tuple[int, bool]:
         report = reports[path]
-        return 2 if report["benchmark"] == FIDELITY else int(report["environment"].get("device", "cpu") != "cpu")
+        return KINDS.index(report["benchmark"]), report["environment"].get("device", "cpu") != "cpu"
 
     return sorted(newest_first, key=group)
 
@@ -106,11 +119,13 @@ def provenance(environment: dict, timed: bool = True) -> list[str]:
     if versions:
         lines.append(f"- **Versions**: {versions}.")
     if environment.get("rounds"):
-        warmup = environment.get("warmup", 0)
-        calls = f"{warmup} warmup call{'s' * (warmup != 1)}"
-        lines.append(f"- **Rounds**: {environment['rounds']}, cases interleaved, after {calls} each.")
+        warmup = environment.get("warmup")
+        calls = "" if warmup is None else f", after {warmup} warmup call{'s' * (warmup != 1)} each"
+        lines.append(f"- **Rounds**: {environment['rounds']}, cases interleaved{calls}.")
     if environment.get("command"):
         lines.append(f"- **Command**: `{environment['command']}`")
+    if environment.get("recorded_after_the_run"):
+        lines.append(f"- **Recorded after the run**: {environment['recorded_after_the_run']}.")
     lines += [f"- {note}" for note in environment.get("notes", [])]
     return lines
 
@@ -129,17 +144,27 @@ def _shared_machine(environment: dict) -> str:
 
 
 def title(result: dict) -> str:
-    return f"{result['model']}, {result['dtype']}, batch {result['batch_size']}"
+    """``"vit_zoo_base_patch32_clip_224, float32, batch 8"``, ``"vit_zoo_base_patch32_clip_224, 2 blocks"``."""
+    parts = [result["model"]]
+    if "layers" in result:
+        parts.append(f"{result['layers']} block{'s' * (result['layers'] != 1)}")
+    if "dtype" in result:
+        parts += [result["dtype"], f"batch {result['batch_size']}"]
+    return ", ".join(parts)
 
 
 def find_result(report: dict, selector: str) -> dict:
-    """The result whose ``model`` (or ``model/dtype/batch_size``) is ``selector``; exactly one must match."""
-    parts = selector.split("/")
+    """The result whose ``model`` (or ``model/dtype/batch_size``, ``model/layers``, as ``RESULT_KEYS`` has it) is
+    ``selector``; exactly one must match."""
+    if report["benchmark"] not in RESULT_KEYS:
+        raise ReportError(f"{report['benchmark']} results have no models and cases to choose from")
+    keys, parts = RESULT_KEYS[report["benchmark"]], selector.split("/")
     results = report.get("results", [])
-    matches = [r for r in results if [str(r.get(k)) for k in ("model", "dtype", "batch_size")][: len(parts)] == parts]
+    matches = [r for r in results if [str(r.get(k)) for k in keys][: len(parts)] == parts]
     if len(matches) != 1:
         found = [title(result) for result in results]
-        raise ReportError(f"{selector!r} matches {len(matches)} of the results {found}; name one as MODEL/DTYPE/BATCH")
+        wanted = "/".join(key.upper().removesuffix("_SIZE") for key in keys)
+        raise ReportError(f"{selector!r} matches {len(matches)} of the results {found}; name one as {wanted}")
     return matches[0]
 
 
@@ -150,8 +175,9 @@ def case_of(result: dict, case: str) -> dict:
 
 
 def ratio_of(result: dict, case: str) -> tuple[float, bool]:
-    """The case's ratio to timm eager, and whether it is paired: the median of the per-round ratios, as
-    ``bench_speed.py`` records it; a run that kept no pairs for the case gives the ratio of median rates."""
+    """The case's ratio to timm (eager, or the hand-written script), and whether it is paired: the median of the
+    per-round ratios, as the benchmarks record it; a run that kept no pairs for the case gives the ratio of median
+    rates."""
     entry = case_of(result, case)
     if "ratio_vs_timm" in entry:
         return entry["ratio_vs_timm"], True
@@ -159,12 +185,29 @@ def ratio_of(result: dict, case: str) -> tuple[float, bool]:
 
 
 def overhead_of(result: dict, case: str) -> float:
-    """Time of ``case`` (a forward with attention maps) ÷ time of the same forward without them, paired median."""
+    """Time of ``case`` (a forward or run with attention maps) ÷ time of the same without them, paired median."""
     overheads = result.get("attention_map_overheads", {})
     matches = [value for name, value in overheads.items() if name.split(" / ")[0] == case]
     if len(matches) != 1:
         raise ReportError(f"{title(result)} has no attention-map overhead for {case!r}; it has {sorted(overheads)}")
     return matches[0]
+
+
+def export_ratio(result: dict, case: str) -> tuple[float, tuple[float, float]]:
+    """An exported file's speed against eager torch with the same outputs: the paired median and its quartiles."""
+    entry = case_of(result, case)
+    if entry.get("baseline") is None:
+        raise ReportError(f"{title(result)}: {case!r} is what the exported files are compared with, it has no ratio")
+    low, high = entry["vs_eager_quartiles"]
+    return entry["vs_eager"], (low, high)
+
+
+def export_of(result: dict, case: str) -> dict:
+    """How long exporting ``case`` took (the call, the whole process) and the file's size."""
+    exports = result.get("exports", {})
+    if case not in exports:
+        raise ReportError(f"{title(result)} has no export {case!r}; it has {sorted(exports)}")
+    return exports[case]
 
 
 def format_ratio(ratio: float) -> str:
@@ -186,17 +229,64 @@ def format_error(error: float) -> str:
     return "0 (bit for bit)" if error == 0 else f"{error:.1e}".replace("e-0", "e-")
 
 
+def format_count(count: int) -> str:
+    return f"{count:,}".replace(",", "\u202f")
+
+
+def format_seconds(seconds: float) -> str:
+    return f"{seconds:.0f} s"
+
+
+def format_megabytes(megabytes: float) -> str:
+    return f"{megabytes:,.0f} MB".replace(",", "\u202f")
+
+
+QUANTITIES = {
+    SPEED: ("ratio", "rate", "overhead"),
+    EMBED: ("ratio", "rate", "overhead"),
+    EXPORT: ("ratio", "rate", "export-time"),
+}
+
+
 def speed_value(path: Path, quantity: str, selector: str, case: str) -> str:
-    """One number of a speed results file as the pages show it: ``ratio`` (× timm eager), ``rate`` (images/s)
-    or ``overhead`` (the extra time of a case with attention maps over the same forward without)."""
-    result = find_result(load_kind(path, SPEED), selector)
-    if quantity == "ratio":
-        return format_ratio(ratio_of(result, case)[0])
+    """One number of a speed, embed or export results file as the pages show it: ``ratio`` (× the file's
+    baseline: timm eager, the timm script, eager torch), ``rate`` (images/s), ``overhead`` (the extra time of a
+    case with attention maps over the same without) or ``export-time`` (seconds of the whole export process)."""
+    report = load(path)
+    kind = report["benchmark"]
+    if quantity not in QUANTITIES.get(kind, ()):
+        raise ReportError(f"{path.name} holds {kind} results: no {quantity!r}; use {' or '.join(QUANTITIES.get(kind, ()))}")
+    result = find_result(report, selector)
     if quantity == "rate":
         return format_rate(case_of(result, case)["images_per_s"])
     if quantity == "overhead":
         return format_overhead(overhead_of(result, case))
-    raise ReportError(f"unknown quantity {quantity!r}; use ratio, rate or overhead")
+    if quantity == "export-time":
+        return format_seconds(export_of(result, case)["process_s"])
+    return format_ratio(export_ratio(result, case)[0] if kind == EXPORT else ratio_of(result, case)[0])
+
+
+SCALE_QUANTITIES = ("images", "rate", "peak-memory", "resumed-output")
+
+
+def scale_value(path: Path, quantity: str) -> str:
+    """One fact of an embed results file's run over many small images: ``images`` (how many), ``rate``
+    (images/s), ``peak-memory`` (of the process tree) or ``resumed-output`` (how the output of the run killed
+    halfway and rerun compares with the uninterrupted run's)."""
+    scale = load_kind(path, EMBED).get("scale")
+    if not scale:
+        raise ReportError(f"{path.name} has no run over many small images (scale)")
+    if quantity == "images":
+        return format_count(scale["images"])
+    if quantity == "rate":
+        return format_rate(scale["images_per_s"])
+    if quantity == "peak-memory":
+        return format_megabytes(scale["peak_memory_mb"])
+    if quantity == "resumed-output":
+        if "resume" not in scale:
+            raise ReportError(f"{path.name} has no resumed run")
+        return "bit for bit identical to" if scale["resume"]["bit_identical_to_uninterrupted"] else "different from"
+    raise ReportError(f"unknown quantity {quantity!r}; use {', '.join(SCALE_QUANTITIES)}")
 
 
 def fidelity_value(path: Path, library: str) -> str:
@@ -210,12 +300,14 @@ def fidelity_value(path: Path, library: str) -> str:
 # --- tables -----------------------------------------------------------------------------------------------------
 
 
-def summary_tables(report: dict, heading: str = "###") -> str:
-    """A speed results file for readers: where it was measured, then per model each case's images/s and ratio."""
-    lines = provenance(report["environment"]) + [""]
+def summary_tables(report: dict, heading: str = "###", about: str = "") -> str:
+    """A speed or embed results file for readers: where it was measured, ``about`` (what was timed), then per
+    result each case's images/s and its ratio to timm."""
+    lines = [*provenance(report["environment"]), "", *([about, ""] if about else [])]
     unpaired = False
+    label = RATIO_LABEL[report["benchmark"]]
     for result in report["results"]:
-        lines += [f"{heading} {title(result)}", "", "| case | images/s | × timm eager [quartiles] |", "|---|---:|---:|"]
+        lines += [f"{heading} {title(result)}", "", f"| case | images/s | {label} [quartiles] |", "|---|---:|---:|"]
         for name, entry in result["cases"].items():
             ratio, paired = ratio_of(result, name)
             unpaired |= not paired
@@ -226,6 +318,86 @@ def summary_tables(report: dict, heading: str = "###") -> str:
         lines += ["", *_overhead_lines(result)]
     if unpaired:
         lines += [f"{RATE_RATIO_MARK} The ratio of median rates: the run kept no per-round pairs for this case.", ""]
+    return "\n".join(lines)
+
+
+EMBED_CASES = (
+    "The same JPEGs and the same random weights for every case, each case a fresh call that loads the model, with "
+    "the same loader workers and batch size: `timm` is the script a user writes (timm's model from the same folder, "
+    "timm's eval transform, a `DataLoader`, one `.npy`), `vit_zoo` is `vit-zoo embed --output-dir`, "
+    "`vit_zoo+attention` the same with `--attention-map`. Rounds in rotating order; the ratio is the median over "
+    "rounds of the timm script's time ÷ the case's (above 1 is faster)."
+)
+
+
+def embed_tables(report: dict, heading: str = "###") -> str:
+    """An embed results file for readers: where it was measured, what was timed, each case's images/s and ratio
+    to the timm script, then the run over many small images and its resumption."""
+    environment = report["environment"]
+    lines = [*provenance(environment), ""]
+    if report.get("results"):
+        workload = f"{environment['images']} JPEGs of {environment['image_size']}, batch {environment['batch_size']}, "
+        workload += f"{environment['workers']} loader workers, {environment['dtype']}."
+        lines = [summary_tables(report, heading, about=f"{EMBED_CASES} {workload}")]
+    if report.get("scale"):
+        lines += [f"{heading} Many small images, killed and resumed", "", *_scale_lines(report["scale"]), ""]
+    return "\n".join(lines)
+
+
+def _scale_lines(scale: dict) -> list[str]:
+    progress = ", ".join(f"{format_megabytes(mb)} at {share}" for share, mb in scale["memory_mb_by_progress"].items())
+    lines = [
+        f"- {format_count(scale['images'])} PNGs of {scale['image_size']} px through "
+        f"`{scale['model']}` into {scale['shards']} shards (batch {scale['batch_size']}): "
+        f"{format_rate(scale['images_per_s'])} images/s over {format_seconds(scale['seconds'])}. The memory of the process "
+        f"tree (the PSS of the process and its loader workers) peaked at {format_megabytes(scale['peak_memory_mb'])} "
+        f"({progress} of the run).",
+    ]
+    if "resume" in scale:
+        resume = scale["resume"]
+        outcome = "bit for bit identical to" if resume["bit_identical_to_uninterrupted"] else "different from"
+        lines.append(
+            f"- The same run killed with SIGKILL once {resume['complete_when_killed']} of its shards were complete "
+            f"(after {format_seconds(resume['killed_after_s'])}), then rerun: the rerun took "
+            f"{format_seconds(resume['rerun_s'])} (`{resume['rerun_summary']}`) and its output is {outcome} the "
+            "uninterrupted run's."
+        )
+    return lines
+
+
+EXPORT_CASES = (
+    "Each exported file runs in the benchmark's process beside eager torch, on the same random weights and images, "
+    "the cases interleaved in rotating order; the ratio is the median over rounds of eager torch's time with the "
+    "same outputs ÷ the file's (above 1 is faster). Each export ran in a fresh process: the export call includes "
+    "tracing, compiling, writing and the check against eager torch, the process also the imports."
+)
+
+
+def export_tables(report: dict, heading: str = "###") -> str:
+    """An export results file for readers: where it was measured, then per model each case's images/s, ratio to
+    eager torch and largest error, and each export's seconds and file size."""
+    environment = report["environment"]
+    lines = [*provenance(environment), "", f"{EXPORT_CASES} Batch {environment['batch_size']}.", ""]
+    for result in report["results"]:
+        lines += [
+            f"{heading} {title(result)}",
+            "",
+            f"| case | images/s | {RATIO_LABEL[EXPORT]} [quartiles] | largest relative error |",
+            "|---|---:|---:|---:|",
+        ]
+        for name, entry in result["cases"].items():
+            cells = ["—", "—"]
+            if entry.get("baseline") is not None:
+                ratio, (low, high) = export_ratio(result, name)
+                cells = [f"{format_ratio(ratio)} [{low:.2f}–{high:.2f}]", format_error(entry["max_relative_error"])]
+            lines.append(f"| {name} | {format_rate(entry['images_per_s'])} | {cells[0]} | {cells[1]} |")
+        lines += ["", "| export | export call | whole process | file |", "|---|---:|---:|---:|"]
+        for name, export in result.get("exports", {}).items():
+            lines.append(
+                f"| {name} | {format_seconds(export['export_s'])} | {format_seconds(export['process_s'])} | "
+                f"{format_megabytes(export['file_mb'])} |"
+            )
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -364,13 +536,13 @@ def plot(report: dict, path: Path) -> bool:
 
 HEADER = """# Benchmark results
 
-Generated by `python benchmarks/speed_report.py` from the files in `results/`: do not edit by hand. Each
+Generated by `python benchmarks/results_report.py` from the files in `results/`: do not edit by hand. Each
 section says the commit, machine and load it was measured on; [README.md](README.md) says how.
 
-"× timm eager" compares libraries timed side by side in one process on the same weights, dtype and batch:
-the median over rounds of `t_timm / t_case` within a round (above 1 is faster than timm), with the lower and
-upper quartiles in brackets. Absolute rates depend on the machine and on what else it runs; the paired
-ratios cancel most of that.
+Every ratio compares cases timed side by side in one process on the same weights and inputs: the median over
+rounds of `t_baseline / t_case` within a round (above 1 is faster than the baseline: timm eager, the
+hand-written timm script, eager torch), with the lower and upper quartiles in brackets. Absolute rates depend on
+the machine and on what else it runs; the paired ratios cancel most of that.
 """
 
 
@@ -381,19 +553,27 @@ def section(path: Path, link_prefix: str, heading: str = "##", page_links: bool 
     next to the file (``RESULTS.md`` does; the docs site carries only the JSON and the plots).
     """
     report = load(path)
-    if report["benchmark"] == FIDELITY:
-        return f"{heading} Embeddings against OpenAI's architecture: {machine(report['environment'])}\n\n{fidelity_table(report)}"
+    kind, environment = report["benchmark"], report["environment"]
+    where = f"{machine(environment)}, {date(environment)}, {commit(environment)}"
+    if kind == FIDELITY:
+        return f"{heading} Embeddings against OpenAI's architecture: {where}\n\n{fidelity_table(report)}"
     stem = path.with_suffix("")
     tables = (stem.with_suffix(".md"), stem.with_name(f"{stem.name}_kernels.md")) if page_links else ()
-    files = [f"[`{file.name}`]({link_prefix}{file.name})" for file in (path, *tables) if file.is_file()]
+    files = "Files: " + ", ".join(f"[`{file.name}`]({link_prefix}{file.name})" for file in (path, *tables) if file.is_file())
+    if kind == EMBED:
+        return "\n".join([f"{heading} `vit-zoo embed`: {where}", "", embed_tables(report, heading + "#"), files + ".", ""])
+    if kind == EXPORT:
+        return "\n".join(
+            [f"{heading} Exported files against eager torch: {where}", "", export_tables(report, heading + "#"), files + ".", ""]
+        )
     return "\n".join(
         [
-            f"{heading} {machine(report['environment'])}, {date(report['environment'])}",
+            f"{heading} Forward speed: {where}",
             "",
             summary_tables(report, heading + "#"),
-            f"![Ratio to timm eager per case: {source(report['environment'])}]({link_prefix}{stem.name}.png)",
+            f"![Ratio to timm eager per case: {source(environment)}]({link_prefix}{stem.name}.png)",
             "",
-            "Files: " + ", ".join(files) + ".",
+            files + ".",
             "",
         ]
     )
@@ -425,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         stale = [path for path, text in reports.items() if not path.is_file() or path.read_text(encoding="utf-8") != text]
         for path in stale:
-            print(f"{path} is out of date: run python benchmarks/speed_report.py", file=sys.stderr)
+            print(f"{path} is out of date: run python benchmarks/results_report.py", file=sys.stderr)
         return int(bool(stale))
     for path, text in reports.items():
         path.write_text(text, encoding="utf-8")
