@@ -50,6 +50,8 @@ ANY_MARKER = re.compile(r"<!--\s*vit-zoo:([a-z-]+)(.*?)-->")
 CODE_SPAN = re.compile(r"(`+).+?\1")
 TABLE = re.compile(r"<table\b.*?</table>", re.S)
 PLAIN_CODE = re.compile(r"(<code\b[^>]*>)([^<]*)(</code>)")
+MESSAGE = re.compile(r'<div class="vz-message\b.*?</div>', re.S)
+TEXT_BETWEEN_TAGS = re.compile(r">([^<]+)<")
 HELP_COLUMNS = "88"
 
 
@@ -250,16 +252,21 @@ def on_files(files: Files, config) -> Files:
     return files
 
 
+def _token_spans(text: str) -> str:
+    """Each whitespace-separated token of ``text`` (HTML without tags) in a ``<span class="vz-token">``, which the
+    stylesheet keeps on one line: browsers break code after ``-`` and ``/`` too, the spans only between tokens."""
+    return re.sub(r"\S+", lambda token: f'<span class="vz-token">{token.group(0)}</span>', text)
+
+
 def keep_code_tokens_whole(html: str) -> str:
-    """Each whitespace-separated token of inline code in a table in a ``<span class="vz-token">``, which the
-    stylesheet keeps on one line: a cell wraps between tokens, never inside a name or a path (browsers also
-    break after ``-`` and ``/``); a table too wide for the screen scrolls instead. The text is unchanged."""
-
-    def tokens(code: re.Match) -> str:
-        wrapped = re.sub(r"\S+", lambda token: f'<span class="vz-token">{token.group(0)}</span>', code.group(2))
-        return code.group(1) + wrapped + code.group(3)
-
-    return TABLE.sub(lambda table: PLAIN_CODE.sub(tokens, table.group(0)), html)
+    """Inline code in tables, and the code of quoted messages (``{.text .vz-message}`` blocks), wraps between
+    tokens, never inside a name, a path or an option like ``-y``: a table cell too narrow for its longest name
+    scrolls instead of breaking it. The text is unchanged."""
+    html = TABLE.sub(
+        lambda table: PLAIN_CODE.sub(lambda code: code.group(1) + _token_spans(code.group(2)) + code.group(3), table.group(0)),
+        html,
+    )
+    return MESSAGE.sub(lambda block: TEXT_BETWEEN_TAGS.sub(lambda text: f">{_token_spans(text.group(1))}<", block.group(0)), html)
 
 
 def on_page_content(html: str, page, config, files) -> str:

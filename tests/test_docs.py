@@ -351,7 +351,7 @@ def test_comparison_table_shows_the_numbers_of_the_results_files(site: Path):
     assert fidelity[1] == _error(errors["vit_zoo.VisionTransformer"]) and fidelity[2].startswith(_error(errors[gelu]))
     overhead = _result(_results("speed_cpu.json"), "vit_zoo_base_patch32_clip_224")["attention_map_overheads"]
     maps = _table_row(site, "comparison.md", "Attention maps")
-    assert f"{(overhead['vit_zoo+attention_map / vit_zoo'] - 1) * 100:+.1f} % time" in maps[1]
+    assert f"{(overhead['vit_zoo+attention_map / vit_zoo'] - 1) * 100:+.1f}\u202f% time" in maps[1]
     gpu = _result(_results("h200_2026-11-30_e331799.json"), "vit_zoo_base_patch16_clip_224")["cases"]
     rates = [f"{gpu[case]['images_per_s']:,.0f}".replace(",", "\u202f") for case in ("hf_eager+attentions", "hf_sdpa")]
     assert f"{rates[0]} images/s instead of {rates[1]}" in maps[3]
@@ -397,7 +397,7 @@ def test_embed_numbers_on_the_pages_are_those_of_the_results_files(site: Path):
     assert f"ran at {ratio} the script's speed with ViT-B/32, and embedded {images} small images at" in embed_page
     assert f"{scale['images_per_s']:.0f} images/s using at most {memory} with its loader workers" in embed_page
     performance = _prose(site, "performance.md")
-    overhead = f"{(full['attention_map_overheads']['vit_zoo+attention / vit_zoo'] - 1) * 100:+.1f} %"
+    overhead = f"{(full['attention_map_overheads']['vit_zoo+attention / vit_zoo'] - 1) * 100:+.1f}\u202f%"
     assert f"it ran at {ratio} the script's speed with ViT-B/32" in performance
     assert f"and at {_ratio(shallow['cases']['vit_zoo']['ratio_vs_timm'])} with 2 of its 12 blocks" in performance
     assert f"--attention-map added {overhead} time" in performance
@@ -511,6 +511,12 @@ def test_table_code_is_wrapped_token_by_token_with_its_text_unchanged():
     assert '<code class="x"><span class="vz-token">f(a=1,</span> <span class="vz-token">b="x-y")</span></code>' in wrapped
     assert wrapped.startswith("<p><code>a b</code></p>") and "<code><a>T</a></code>" in wrapped
     assert _text(wrapped) == _text(html_page)
+    message = (
+        '<div class="vz-message highlight"><pre><span></span><code><a id="l1"></a>run `pip uninstall -y x`</code></pre></div>'
+    )
+    wrapped = _load_hooks().keep_code_tokens_whole(message)
+    assert '<span class="vz-token">-y</span> <span class="vz-token">x`</span></code>' in wrapped
+    assert _text(wrapped) == _text(message)
 
 
 def _documented_hub_messages() -> dict[str, str]:
@@ -633,7 +639,7 @@ def test_home_page_quotes_the_error_the_namesake_brings_about(tmp_path: Path):
     the message of ``vit_zoo._version.check_no_namesake`` run in a folder holding the namesake's subpackages, word
     for word apart from the folder (``...``)."""
     section = (DOCS_DIR / "index.md").read_text().split("### Not beside the `vit-zoo` package", 1)[1]
-    quoted = re.search(r"```text\n(.+?)\n```", section, flags=re.S).group(1)
+    quoted = re.search(r"```\{\.text \.vz-message\}\n(.+?)\n```", section, flags=re.S).group(1)
     package = tmp_path / "site-packages" / "vit_zoo"
     for name in ("components", "utils"):  # what vit-zoo 0.2.1 installs there besides its own __init__.py
         (package / name).mkdir(parents=True)

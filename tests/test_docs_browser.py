@@ -137,6 +137,8 @@ TABLE_PAGES = (
     "comparison.md",
     "performance.md",
     "convert.md",
+    "embed.md",
+    "export.md",
     "contributing.md",
     "zoo.md",
     "reference/index.md",
@@ -177,8 +179,8 @@ def test_no_table_cell_is_clipped(browser, site_url, page, width):
 # not spaces (inside a name, a path or a call's argument), shown as the code with "|" at the break.
 BROKEN_TOKENS = """
 const broken = [];
-for (const code of document.querySelectorAll("article td code, article th code")) {
-  if (code.getClientRects().length < 2) continue;
+for (const code of document.querySelectorAll(arguments[0] || "article td code, article th code")) {
+  if (getComputedStyle(code).display === "inline" && code.getClientRects().length < 2) continue;  // one line
   const characters = [];
   const walker = document.createTreeWalker(code, NodeFilter.SHOW_TEXT);
   for (let node = walker.nextNode(); node; node = walker.nextNode()) {
@@ -213,6 +215,34 @@ def test_no_name_in_a_table_breaks_across_lines(browser, site_url, page, width):
     _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "article h1"), f"{page}: no heading")
     broken = browser.execute_script(BROKEN_TOKENS)
     assert not broken, f"{page} at {WIDTHS[width]} px breaks code in table cells mid-token: {broken}"
+
+
+def test_the_quoted_namesake_error_wraps_between_words_on_a_phone(browser, site_url):
+    """The home page's one-line message (a ``.vz-message`` block) wraps to a phone's width, only at spaces: the fix
+    at its end is in sight without scrolling, and no option (``-y``) or name (``vit-zoo-clip``) is cut in two. Where
+    a browser would break (after a hyphen) depends on the width, so every width from 320 to 440 px is tried."""
+    from selenium.webdriver.common.by import By
+
+    browser.get(site_url)
+    code = _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "article .vz-message code"), "no message")[0]
+    pre = code.find_element(By.XPATH, "./ancestor::pre")
+    try:
+        for width in range(320, 441, 6):
+            browser.set_window_size(width, 900)
+            lines = browser.execute_script(
+                "return arguments[0].getBoundingClientRect().height / parseFloat(getComputedStyle(arguments[0]).lineHeight)",
+                code,
+            )
+            assert lines > 2, f"the message takes {lines:.1f} lines at {width} px: it does not wrap"
+            fits = browser.execute_script("return arguments[0].scrollWidth <= arguments[0].clientWidth", pre)
+            assert fits, f"the message scrolls sideways at {width} px"
+            broken = browser.execute_script(BROKEN_TOKENS, "article .vz-message code")
+            assert not broken, f"the message breaks mid-token at {width} px: {broken}"
+        browser.set_window_size(WIDTHS["phone"], 900)
+        browser.execute_script("arguments[0].scrollIntoView()", pre)
+        _screenshot(browser, "docs-home-message-390.png")
+    finally:
+        browser.set_window_size(1280, 900)
 
 
 ZOO_ROWS = """

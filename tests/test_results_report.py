@@ -124,7 +124,7 @@ def test_values_are_formatted_as_the_tables_format_them(results_report, tmp_path
     assert results_report.speed_value(path, "ratio", "vit_zoo_base_patch32_clip_224", "vit_zoo") == "0.91×"
     assert results_report.speed_value(path, "ratio", "vit_zoo_base_patch32_clip_224/float32/8", "open_clip") == "1.12×"
     assert results_report.speed_value(path, "rate", "vit_zoo_base_patch32_clip_224", "timm") == "2.67"
-    assert results_report.speed_value(path, "overhead", "vit_zoo_base_patch32_clip_224", "vit_zoo+attention_map") == "+9.5 %"
+    assert results_report.speed_value(path, "overhead", "vit_zoo_base_patch32_clip_224", "vit_zoo+attention_map") == "+9.5\u202f%"
     assert results_report.format_rate(8869.0) == "8\u202f869"
 
 
@@ -189,7 +189,7 @@ def test_an_embed_section_shows_the_ratios_the_overhead_and_the_resumed_run(resu
     assert "8 JPEGs of 640×480, batch 64, 2 loader workers, float32." in section
     assert "### vit_zoo_base_patch32_clip_224, 2 blocks" in section
     assert "| case | images/s | × the timm script [quartiles] |" in section
-    assert "| `vit_zoo` | 2.20 | 1.10× [1.05–1.20] |" in section and "`vit_zoo+attention / vit_zoo` +12.5 %" in section
+    assert "| `vit_zoo` | 2.20 | 1.10× [1.05–1.20] |" in section and "`vit_zoo+attention / vit_zoo` +12.5\u202f%" in section
     assert "12\u202f000 PNGs of 32×32 px through `vit_zoo_tiny_patch8_test_32` into 4 shards (batch 256): 200 images/s" in section
     assert "peaked at 1\u202f234 MB (1\u202f000 MB at 10% of the run)" in section
     rerun = "(after 40 s), then rerun: the rerun took 40 s (`embedded 2 images`) and its output is bit for bit identical"
@@ -203,7 +203,7 @@ def test_embed_values_are_read_by_model_and_depth(results_report, tmp_path):
     path = write(tmp_path, "embed_cpu.json", embed_run())
     assert results_report.speed_value(path, "ratio", "vit_zoo_base_patch32_clip_224/2", "vit_zoo") == "1.10×"
     assert results_report.speed_value(path, "rate", "vit_zoo_base_patch32_clip_224", "timm") == "2.00"
-    assert results_report.speed_value(path, "overhead", "vit_zoo_base_patch32_clip_224/2", "vit_zoo+attention") == "+12.5 %"
+    assert results_report.speed_value(path, "overhead", "vit_zoo_base_patch32_clip_224/2", "vit_zoo+attention") == "+12.5\u202f%"
     values = {quantity: results_report.scale_value(path, quantity) for quantity in results_report.SCALE_QUANTITIES}
     assert values == {
         "images": "12\u202f000",
