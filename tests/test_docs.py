@@ -624,6 +624,16 @@ def test_install_lines_name_the_distribution_vit_zoo_clip(page: Path):
     assert not wrong, f"{_page_id(page)} installs vit-zoo, not vit-zoo-clip: {wrong}"
 
 
+def test_readme_and_home_page_give_the_same_install_commands():
+    def install_commands(page: Path) -> list[str]:
+        commands = [line.split("#")[0].strip() for line in page.read_text().splitlines() if line.startswith("pip install")]
+        return sorted(command for command in commands if "vit-zoo-clip" in command and "[" not in command)
+
+    home = install_commands(DOCS_DIR / "index.md")
+    assert home == ['pip install "vit-zoo-clip @ git+https://github.com/vit-zoo/vit-zoo"', "pip install vit-zoo-clip"]
+    assert install_commands(REPO_ROOT / "README.md") == home
+
+
 @pytest.mark.parametrize("page", user_pages(), ids=_page_id)
 def test_agreement_with_openai_is_claimed_as_tested(page: Path):
     """The embeddings agree with OpenAI's code to a relative error of 1e-5 (tests/test_model.py, test_convert.py),

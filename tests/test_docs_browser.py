@@ -91,7 +91,8 @@ def test_home_page_renders(browser, site_url):
     article = browser.find_element(By.CSS_SELECTOR, "article").text
     assert "Quickstart" in article
     assert "python3 -m venv .venv" in article and "python -m pytest" in article
-    assert "pip install vit-zoo-clip" in article
+    assert "pip install vit-zoo-clip" in article  # the lines README.md gives too (test_docs.py checks they agree)
+    assert 'pip install "vit-zoo-clip @ git+https://github.com/vit-zoo/vit-zoo"' in article
     repository = browser.find_element(By.CSS_SELECTOR, "a.md-source")
     assert repository.get_attribute("href") == "https://github.com/vit-zoo/vit-zoo"
     path = _screenshot(browser, "docs-home.png")
