@@ -93,8 +93,10 @@ def _add_convert_arguments(parser: argparse.ArgumentParser) -> None:
 def _run_convert(args: argparse.Namespace) -> int:
     """Convert CLIP weights (an OpenAI name or a local file) into a vit_zoo folder of safetensors."""
     from .convert import convert_checkpoint
-    from .hub import push_folder
+    from .hub import bound_hub_waits, push_folder
 
+    if args.push_to_hub:
+        bound_hub_waits()
     output = convert_checkpoint(
         args.source,
         args.output,
@@ -122,8 +124,9 @@ def _add_push_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run_push(args: argparse.Namespace) -> int:
     """Upload a converted folder to the Hugging Face Hub as one commit."""
-    from .hub import push_folder
+    from .hub import bound_hub_waits, push_folder
 
+    bound_hub_waits()
     commit = push_folder(
         args.folder,
         args.repo_id,
@@ -145,8 +148,9 @@ def _add_pull_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run_pull(args: argparse.Namespace) -> int:
     """Download a vit_zoo repo from the Hub (through the HF cache) and print its local folder."""
-    from .hub import pull
+    from .hub import bound_hub_waits, pull
 
+    bound_hub_waits()
     print(pull(args.repo_id, revision=args.revision, output=args.output, token=args.token))
     return 0
 
@@ -299,7 +303,9 @@ def _embed(args: argparse.Namespace, inputs, outputs, file_inputs) -> int:
 
     from .embed import AttentionChoice, Embedder, RunOptions, distributed_environment, print_skipped, resolve_model_folder
     from .embed_inputs import check_head_and_layer, check_not_inside
+    from .hub import bound_hub_waits
 
+    bound_hub_waits()
     rank, world_size, local_rank, local_world_size = distributed_environment()
     folder = resolve_model_folder(args.model, args.cache_dir)
     check_not_inside(outputs, folder, file_inputs)
