@@ -207,3 +207,11 @@ def test_a_hub_that_never_answers_is_named_after_the_timeout(hub_server, one_sec
 def test_the_hub_timeout_setting_is_checked(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("VIT_ZOO_HUB_TIMEOUT", "soon")
     assert_cli_error(call_main(capsys, "pull", "org/tiny"), "pull", "$VIT_ZOO_HUB_TIMEOUT='soon' is not a number of seconds")
+
+
+def test_pull_onto_a_dangling_symlink_says_it_exists(hub_server, tmp_path):
+    push_folder(write_plain_folder(tmp_path / "model"), "org/tiny", token=WRITE_TOKEN)
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(OutputExistsError, match="link already exists; choose a new --output folder"):
+        pull("org/tiny", output=tmp_path / "link")
+    assert not (tmp_path / "nowhere").exists()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ._version import DISTRIBUTION, __version__, check_no_namesake
 from .download import BASE_URL_ENV, CACHE_ENV
-from .errors import CliError, first_line
+from .errors import CliError, FolderError, first_line
 from .exporter import DEFAULT_OPSET, EXPORT_DTYPES, FORMATS, export, output_names
 from .spec import ACTIVATIONS, DTYPE_NAMES
 from .zoo import list_entries, openai_names
@@ -124,6 +124,8 @@ def _add_push_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run_push(args: argparse.Namespace) -> int:
     """Upload a converted folder to the Hugging Face Hub as one commit."""
+    if not Path(args.folder).is_dir():  # before the Hub's imports (torch: seconds, most of a GB)
+        raise FolderError.not_a_folder(args.folder)
     from .hub import bound_hub_waits, push_folder
 
     bound_hub_waits()
@@ -289,10 +291,27 @@ def _run_embed(args: argparse.Namespace) -> int:
             "an image's file name holds a line break, which the one-name-per-line .npy.files.txt cannot pair; "
             "use a .safetensors --output (names in its metadata)"
         )
+    if args.output is not None and args.output.endswith(".safetensors"):
+        _check_names_fit_a_header(inputs.paths)
     file_inputs = inputs if isinstance(inputs, FileInputs) else None
     if Path(args.model).is_dir():
         check_not_inside(outputs, Path(args.model), file_inputs)
     return _embed(args, inputs, outputs, file_inputs)
+
+
+SAFETENSORS_MAX_HEADER = 100_000_000  # safetensors refuses to read (or write) a longer header
+
+
+def _check_names_fit_a_header(paths: Sequence[str]) -> None:
+    """The file names go into the .safetensors header (JSON): past its cap the write would fail after all the work."""
+    import json
+
+    size = len(json.dumps(list(paths)))
+    if size > SAFETENSORS_MAX_HEADER - (1 << 20):  # a megabyte left for the rest of the header
+        raise CliError(
+            f"the {len(paths)} file names take {size} bytes, more than a .safetensors header holds "
+            f"({SAFETENSORS_MAX_HEADER} bytes); use a .npy --output (names in <output>.files.txt) or --output-dir"
+        )
 
 
 def _embed(args: argparse.Namespace, inputs, outputs, file_inputs) -> int:

@@ -38,7 +38,7 @@ def check_folder(folder: str | os.PathLike) -> Path:
     leading out of it (a Hub cache snapshot may link into its own ``blobs``)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FolderError(f"{folder} is not a folder; give the --output folder of `vit-zoo convert`")
+        raise FolderError.not_a_folder(folder)
     config = read_config(folder / "config.json")
     weights = weight_files(folder)
     for path in [folder / name for name in FORMAT_FILES] + weights:

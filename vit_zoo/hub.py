@@ -242,7 +242,7 @@ def pull(
     folder = check_folder(snapshot)
     if output is None:
         return folder
-    if Path(output).exists():
+    if Path(output).exists() or Path(output).is_symlink():  # a dangling link too: the folder would land where it points
         raise OutputExistsError(f"{output} already exists; choose a new --output folder or remove it")
     return write_atomically(output, lambda staging: _copy_files(folder, folder_files(folder), staging))
 
