@@ -8,7 +8,9 @@ Three parts, each optional (``--parts``):
            ``timm``     timm.create_model("local-dir:...") + timm's eval transform + DataLoader(num_workers=N,
                         batch 64) + one .npy, the ten-line script;
            ``vit_zoo``  vit_zoo.cli.main(["embed", ..., "--output-dir", ..., "--num-workers", N, "--batch-size", 64]);
-           ``vit_zoo+attention`` the same with --attention-map (float16 arrays, no PNGs).
+           ``vit_zoo+attention`` the same with --attention-map (float16 arrays, no PNGs);
+           ``vit_zoo+onnxruntime`` and ``vit_zoo+onnxruntime+attention`` the same with --engine onnxruntime
+                        (``--engines``; on a CPU by default), the ONNX files exported into the cache beforehand.
            Reported: median images/s and the medians of the per-round paired ratios with their quartiles.
 ``scale``  ``--tiny-images`` 32x32 PNGs through the tiny test variant in a subprocess: images/s and the peak memory
            of the process tree (PSS summed, sampled every 0.2 s; also at 10 %, 50 % and 90 % of the run: flat?).
@@ -55,7 +57,7 @@ RESULTS = REPO / "benchmarks" / "results"
 B32 = "vit_zoo_base_patch32_clip_224"
 TINY = "vit_zoo_tiny_patch8_test_32"
 JPEG_SIZE, TINY_SIZE = (640, 480), 32
-ATTENTION_OVERHEAD = "vit_zoo+attention / vit_zoo"
+ATTENTION = "+attention"  # the suffix of a case that also keeps the attention maps
 SPEED_BATCH, SCALE_BATCH = 64, 256
 
 
@@ -116,9 +118,10 @@ def run_timm(folder: Path, images: Path, output: Path, args) -> int:
     return len(paths)
 
 
-def run_vit_zoo(folder: Path, images: Path, output: Path, args, attention: bool = False) -> int:
+def run_vit_zoo(folder: Path, images: Path, output: Path, args, attention: bool = False, engine: str = "torch") -> int:
     command = ["embed", str(folder), str(images), "--output-dir", str(output), "--batch-size", str(SPEED_BATCH), "--quiet"]
     command += ["--num-workers", str(args.workers), "--device", args.device, "--dtype", args.dtype]
+    command += ["--engine", engine, "--cache-dir", str(output.parent / "cache")]
     if attention:
         command.append("--attention-map")
     if cli.main(command) != 0:
@@ -135,9 +138,19 @@ def speed(work: Path, args) -> list[dict]:
         "vit_zoo": lambda folder, out: run_vit_zoo(folder, images, out, args),
         "vit_zoo+attention": lambda folder, out: run_vit_zoo(folder, images, out, args, attention=True),
     }
+    if "onnxruntime" in args.engines:  # the ONNX files are exported into the cache before the first round (see below)
+        cases["vit_zoo+onnxruntime"] = lambda folder, out: run_vit_zoo(folder, images, out, args, engine="onnxruntime")
+        cases["vit_zoo+onnxruntime+attention"] = lambda folder, out: run_vit_zoo(
+            folder, images, out, args, attention=True, engine="onnxruntime"
+        )
     results = []
     for layers in args.layers:
         folder = b32_folder(work, layers)
+        if "onnxruntime" in args.engines:
+            from vit_zoo.exporter import cached_onnx
+
+            for attention in (False, True):
+                cached_onnx(folder, attention, work / "cache")
         seconds: dict[str, list[float]] = {name: [] for name in cases}
         for round_index in range(args.rounds):
             names = list(cases)
@@ -163,14 +176,18 @@ def speed(work: Path, args) -> list[dict]:
                 "ratio_vs_timm_quartiles": [low, high],
                 "seconds": seconds[name],
             }
-        low, overhead, high = quartiles([t / t_plain for t, t_plain in zip(seconds["vit_zoo+attention"], seconds["vit_zoo"])])
+        overheads, spreads = {}, {}
+        for name in (name for name in cases if name.endswith(ATTENTION)):  # each engine's maps against its plain run
+            plain = name.removesuffix(ATTENTION)
+            low, overheads[f"{name} / {plain}"], high = quartiles([t / t0 for t, t0 in zip(seconds[name], seconds[plain])])
+            spreads[f"{name} / {plain}"] = [low, high]
         results.append(
             {
                 "model": B32,
                 "layers": layers,
                 "cases": summary,
-                "attention_map_overheads": {ATTENTION_OVERHEAD: overhead},
-                "attention_map_overhead_quartiles": {ATTENTION_OVERHEAD: [low, high]},
+                "attention_map_overheads": overheads,
+                "attention_map_overhead_quartiles": spreads,
             }
         )
     return results
@@ -259,19 +276,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--parts", nargs="+", default=["speed", "scale", "resume"], choices=("speed", "scale", "resume"))
     parser.add_argument("--images", type=int, default=512, help="640x480 JPEGs for the speed part")
     parser.add_argument("--layers", type=int, nargs="+", default=[12, 2], help="B/32 depths for the speed part")
+    parser.add_argument(
+        "--engines",
+        nargs="+",
+        choices=("torch", "onnxruntime"),
+        help="vit-zoo embed's --engine values to time (default: both on a CPU, torch elsewhere)",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="loader workers for every case")
     parser.add_argument("--tiny-images", type=int, default=100_000)
     parser.add_argument("--shard-size", type=int, default=5_000)
     parser.add_argument("--work", type=Path, help="keep the images and outputs here (default: a temporary folder)")
     parser.add_argument("--output-dir", type=Path, default=RESULTS, help="where the results file goes")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.engines is None:
+        args.engines = ["torch", "onnxruntime"] if args.device == "cpu" else ["torch"]
+    return args
 
 
 def environment(args: argparse.Namespace, command: str) -> dict:
     """The run's device, commit, date, command, versions and load (``bench_speed.run_environment``) and what every
     case shared."""
-    env = run_environment(args.device, command) | {"dtype": args.dtype, "workers": args.workers}
+    env = run_environment(args.device, command) | {"dtype": args.dtype, "workers": args.workers, "engines": args.engines}
     if "speed" in args.parts:
         env |= {"images": args.images, "image_size": "×".join(map(str, JPEG_SIZE)), "batch_size": SPEED_BATCH}
         env["rounds"] = args.rounds

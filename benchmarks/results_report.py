@@ -325,7 +325,8 @@ EMBED_CASES = (
     "The same JPEGs and the same random weights for every case, each case a fresh call that loads the model, with "
     "the same loader workers and batch size: `timm` is the script a user writes (timm's model from the same folder, "
     "timm's eval transform, a `DataLoader`, one `.npy`), `vit_zoo` is `vit-zoo embed --output-dir`, "
-    "`vit_zoo+attention` the same with `--attention-map`. Rounds in rotating order; the ratio is the median over "
+    "`vit_zoo+attention` the same with `--attention-map`, and `+onnxruntime` marks a run with `--engine onnxruntime` "
+    "(the model exported to ONNX once, beforehand). Rounds in rotating order; the ratio is the median over "
     "rounds of the timm script's time ÷ the case's (above 1 is faster)."
 )
 

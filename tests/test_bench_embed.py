@@ -22,7 +22,7 @@ def load_script(name: str):
 @pytest.mark.slow
 def test_the_speed_part_writes_an_embed_results_file_the_report_reads(tmp_path):
     bench_embed = load_script("bench_embed")
-    argv = ["--parts", "speed", "--images", "2", "--layers", "1", "--rounds", "2", "--workers", "0"]
+    argv = ["--parts", "speed", "--images", "2", "--layers", "1", "--rounds", "2", "--workers", "0", "--engines", "torch"]
     path = bench_embed.main([*argv, "--output-dir", str(tmp_path)])
     assert path == tmp_path / "embed_cpu_speed.json"
     report = json.loads(path.read_text())

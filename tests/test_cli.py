@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_cli
+from helpers import assert_cli_error, call_main, run_cli
 from reference import TINY
 
-from vit_zoo import VisionTransformer, VitZooConfig, VitZooModel, save_model_folder
+from vit_zoo import VisionTransformer, VitZooConfig, VitZooModel, cli, save_model_folder
 
 HEAVY = ("torch", "timm", "transformers", "torchvision", "huggingface_hub")
 # Runs main() in a fresh interpreter and reports which heavy libraries the command imported.
@@ -68,6 +68,9 @@ def image(tmp_path_factory) -> Path:
         (["export", "--help"], 0, "--format {onnx,pt2,aoti}"),
         (["export", "m", "--output", "x.onnx", "--format", "tflite"], 2, "invalid choice: 'tflite'"),
         (["export", "m", "--output", "x.pt2"], 1, "--output must end in .onnx for --format onnx, got x.pt2"),
+        (["push", "/nonexistent", "org/x"], 1, "/nonexistent is not a folder; give the --output folder of `vit-zoo convert`"),
+        (["embed", "m", "/nonexistent.png", "-o", "e.npy"], 1, "/nonexistent.png does not exist"),
+        (["embed", "m", "/nonexistent.png", "-o", "e.npy", "--batch-size", "0"], 1, "--batch-size must be"),
     ],
 )
 def test_help_list_and_argument_errors_import_no_heavy_library(args, code, output):
@@ -165,3 +168,15 @@ def test_written_files_honour_the_umask(tmp_path, folder, image):
     modes = {path.name: oct(stat.S_IMODE(path.stat().st_mode)) for path in written}
     assert set(modes.values()) == {"0o644"}, modes
     assert oct(stat.S_IMODE((tmp_path / "converted").stat().st_mode)) == "0o755"
+
+
+def test_names_past_a_safetensors_header_are_refused_before_the_work(folder, tmp_path, monkeypatch, capsys):
+    """8 200 long names failed after all the work with "header too large; choose ... a writable disk"."""
+    monkeypatch.setattr(cli, "SAFETENSORS_MAX_HEADER", 2 << 20)  # the real cap is 100 MB of names
+    listing = tmp_path / "paths.txt"
+    listing.write_text("".join(f"{tmp_path}/{'x' * 1000}{i}.png\n" for i in range(1200)))
+    message = assert_cli_error(
+        call_main(capsys, "embed", folder, listing, "--output", tmp_path / "e.safetensors"), "embed", "1200 file names take"
+    )
+    assert "use a .npy --output (names in <output>.files.txt) or --output-dir" in message
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["paths.txt"]

@@ -566,11 +566,28 @@ def _hub_failure(situation: str, server, folder: Path, monkeypatch) -> Exception
         server.stop()
         push()
 
+    def pull_from_a_hub_that_never_answers():
+        from huggingface_hub import set_client_factory
+        from huggingface_hub.utils import _http
+
+        from vit_zoo.hub import bound_hub_waits
+
+        push()
+        monkeypatch.setenv("VIT_ZOO_HUB_TIMEOUT", "1")
+        previous = _http._GLOBAL_CLIENT_FACTORY
+        bound_hub_waits()  # what the vit-zoo commands do
+        server.hang_next("/", count=100)
+        try:
+            pull("org/tiny")
+        finally:
+            set_client_factory(previous)
+
     actions = {
         "bad or missing token": lambda: push(token="hf_wrong"),
         "token without write access (push)": lambda: (push(), push(token=READ_TOKEN)),
         "the Hub refuses the token read access (pull)": refuse_reading,
         "Hub down or unreachable": push_to_a_stopped_hub,
+        "the Hub accepts the connection but never answers": pull_from_a_hub_that_never_answers,
         "Hub error": fail_commit,
         "unknown or private repo": lambda: pull("org/missing"),
         "unknown revision": unknown_revision,
@@ -602,7 +619,7 @@ def test_hub_page_quotes_the_messages_the_code_prints(situation, hub_server, tmp
 
 
 def test_hub_page_documents_the_messages():
-    assert len(_documented_hub_messages()) == 10
+    assert len(_documented_hub_messages()) == 11
 
 
 @pytest.mark.parametrize("page", ["architecture.md", "contributing.md"])

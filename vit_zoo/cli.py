@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ._version import DISTRIBUTION, __version__, check_no_namesake
 from .download import BASE_URL_ENV, CACHE_ENV
-from .errors import CliError, first_line
+from .errors import CliError, FolderError, first_line
 from .exporter import DEFAULT_OPSET, EXPORT_DTYPES, FORMATS, export, output_names
 from .spec import ACTIVATIONS, DTYPE_NAMES
 from .zoo import list_entries, openai_names
@@ -93,8 +93,10 @@ def _add_convert_arguments(parser: argparse.ArgumentParser) -> None:
 def _run_convert(args: argparse.Namespace) -> int:
     """Convert CLIP weights (an OpenAI name or a local file) into a vit_zoo folder of safetensors."""
     from .convert import convert_checkpoint
-    from .hub import push_folder
+    from .hub import bound_hub_waits, push_folder
 
+    if args.push_to_hub:
+        bound_hub_waits()
     output = convert_checkpoint(
         args.source,
         args.output,
@@ -122,8 +124,11 @@ def _add_push_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run_push(args: argparse.Namespace) -> int:
     """Upload a converted folder to the Hugging Face Hub as one commit."""
-    from .hub import push_folder
+    if not Path(args.folder).is_dir():  # before the Hub's imports (torch: seconds, most of a GB)
+        raise FolderError.not_a_folder(args.folder)
+    from .hub import bound_hub_waits, push_folder
 
+    bound_hub_waits()
     commit = push_folder(
         args.folder,
         args.repo_id,
@@ -145,8 +150,9 @@ def _add_pull_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run_pull(args: argparse.Namespace) -> int:
     """Download a vit_zoo repo from the Hub (through the HF cache) and print its local folder."""
-    from .hub import pull
+    from .hub import bound_hub_waits, pull
 
+    bound_hub_waits()
     print(pull(args.repo_id, revision=args.revision, output=args.output, token=args.token))
     return 0
 
@@ -187,6 +193,13 @@ def _add_embed_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--dtype", default="float32", choices=DTYPE_NAMES, help="compute dtype (default float32)")
     parser.add_argument("--compile", action="store_true", help="run the model through torch.compile")
+    parser.add_argument(
+        "--engine",
+        default="torch",
+        choices=ENGINES,
+        help="torch (default), or onnxruntime: the model exported to ONNX once (cached) and run by onnxruntime "
+        "(CPU, float32; faster on CPUs; needs the [export] extra)",
+    )
     parser.add_argument("--normalize", action="store_true", help="L2-normalise the embeddings (clip-retrieval's output is)")
     parser.add_argument(
         "--embedding-dtype", default="float32", choices=("float32", "float16"), help="dtype of the written embeddings"
@@ -203,6 +216,22 @@ def _add_embed_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overlays", metavar="DIR", help="also draw each image's attention over it as PNGs here")
     parser.add_argument("--overlay-size", type=int, default=512, metavar="PX", help="longest edge of overlays (default 512)")
     parser.add_argument("--cache-dir", metavar="DIR", help="where zoo names are downloaded and converted")
+
+
+ENGINES = ("torch", "onnxruntime")
+
+
+def _check_onnxruntime_engine(args: argparse.Namespace) -> None:
+    import importlib.util
+
+    for option, value, only in (("--device", args.device, "cpu"), ("--dtype", args.dtype, "float32")):
+        if value != only:
+            raise CliError(f"--engine onnxruntime runs on {only} alone ({option} {value}); use --engine torch for it")
+    if args.compile:
+        raise CliError("--compile applies to --engine torch; onnxruntime optimises the exported graph itself")
+    missing = [name for name in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise CliError(f"--engine onnxruntime needs {', '.join(missing)}: pip install 'vit-zoo-clip[export]'")
 
 
 def _check_embed_arguments(args: argparse.Namespace) -> None:
@@ -234,6 +263,8 @@ def _check_embed_arguments(args: argparse.Namespace) -> None:
     args.heads = parse_heads(args.heads or "mean")
     args.layer = -1 if args.layer is None else args.layer
     check_device(args.device)
+    if args.engine == "onnxruntime":
+        _check_onnxruntime_engine(args)
     if args.output_dir is None:
         sharded = [
             option
@@ -285,10 +316,27 @@ def _run_embed(args: argparse.Namespace) -> int:
             "an image's file name holds a line break, which the one-name-per-line .npy.files.txt cannot pair; "
             "use a .safetensors --output (names in its metadata)"
         )
+    if args.output is not None and args.output.endswith(".safetensors"):
+        _check_names_fit_a_header(inputs.paths)
     file_inputs = inputs if isinstance(inputs, FileInputs) else None
     if Path(args.model).is_dir():
         check_not_inside(outputs, Path(args.model), file_inputs)
     return _embed(args, inputs, outputs, file_inputs)
+
+
+SAFETENSORS_MAX_HEADER = 100_000_000  # safetensors refuses to read (or write) a longer header
+
+
+def _check_names_fit_a_header(paths: Sequence[str]) -> None:
+    """The file names go into the .safetensors header (JSON): past its cap the write would fail after all the work."""
+    import json
+
+    size = len(json.dumps(list(paths)))
+    if size > SAFETENSORS_MAX_HEADER - (1 << 20):  # a megabyte left for the rest of the header
+        raise CliError(
+            f"the {len(paths)} file names take {size} bytes, more than a .safetensors header holds "
+            f"({SAFETENSORS_MAX_HEADER} bytes); use a .npy --output (names in <output>.files.txt) or --output-dir"
+        )
 
 
 def _embed(args: argparse.Namespace, inputs, outputs, file_inputs) -> int:
@@ -297,9 +345,11 @@ def _embed(args: argparse.Namespace, inputs, outputs, file_inputs) -> int:
 
     import torch
 
-    from .embed import AttentionChoice, Embedder, RunOptions, distributed_environment, print_skipped, resolve_model_folder
+    from .embed import AttentionChoice, RunOptions, distributed_environment, print_skipped, resolve_model_folder
     from .embed_inputs import check_head_and_layer, check_not_inside
+    from .hub import bound_hub_waits
 
+    bound_hub_waits()
     rank, world_size, local_rank, local_world_size = distributed_environment()
     folder = resolve_model_folder(args.model, args.cache_dir)
     check_not_inside(outputs, folder, file_inputs)
@@ -317,22 +367,15 @@ def _embed(args: argparse.Namespace, inputs, outputs, file_inputs) -> int:
         normalize=args.normalize,
         embedding_dtype=args.embedding_dtype,
         compile=args.compile,
+        engine=args.engine,
         attention=AttentionChoice(args.layer, args.heads, args.all_layers) if maps_wanted else None,
         overlays=Path(args.overlays) if args.overlays is not None else None,
         overlay_size=args.overlay_size,
+        overlay_note=note[:200] if isinstance(note := config.get("provenance_note"), str) else None,
         num_workers=cores if args.num_workers is None else args.num_workers,
         device=device,
     )
-    embedder = Embedder.from_folder(
-        folder,
-        device=device,
-        dtype=args.dtype,
-        compile=args.compile,
-        check=False,  # resolve_model_folder checked it
-        normalize=args.normalize,
-        embedding_dtype=args.embedding_dtype,
-        attention=options.attention,
-    )
+    embedder = _embedder(args, folder, device, options, cores)
     if args.output_dir is None:
         from .embed import embed_to_file
 
@@ -344,6 +387,21 @@ def _embed(args: argparse.Namespace, inputs, outputs, file_inputs) -> int:
         print(line)
         return 0
     return _embed_sharded(args, embedder, inputs, folder, options, rank, world_size)
+
+
+def _embedder(args: argparse.Namespace, folder: Path, device: str, options, cores: int):
+    """The ``Embedder`` of the checked ``folder`` (resolve_model_folder checked it) on the chosen engine."""
+    from .embed import Embedder
+
+    settings = dict(normalize=args.normalize, embedding_dtype=args.embedding_dtype, attention=options.attention)
+    if args.engine == "torch":
+        return Embedder.from_folder(folder, device=device, dtype=args.dtype, compile=args.compile, check=False, **settings)
+    from .exporter import OnnxRuntimeModel, cached_onnx
+    from .image_processing import load_image_processor
+
+    maps = options.attention is not None
+    model = OnnxRuntimeModel(cached_onnx(folder, maps, args.cache_dir), threads=cores, output_attention_map=maps)
+    return Embedder(model, load_image_processor(folder / "preprocessor_config.json"), **settings)
 
 
 def _embed_sharded(args: argparse.Namespace, embedder, inputs, folder: Path, options, rank: int, world_size: int) -> int:
