@@ -207,8 +207,8 @@ def _add_embed_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--attention-map",
         action="store_true",
-        help="also keep each image's CLS->patch attention (float16 arrays: DIR/attention/attention_N.npy, or "
-        "tensor attention_map of a .safetensors --output)",
+        help="also keep each image's attention map, the CLS token's attention over the patches (float16 arrays: "
+        "DIR/attention/attention_N.npy, or tensor attention_map of a .safetensors --output)",
     )
     parser.add_argument("--layer", type=int, help="layer of the map, negative from the last (default -1)")
     parser.add_argument("--heads", help="head reduction: mean, max or indices like 0,3 (default mean)")
