@@ -1,10 +1,10 @@
 """Fixtures shared by the test files (pytest finds them here; no imports needed).
 
-Read only, built once per process: ``tiny_clip`` and ``tiny_archive`` (an OpenAI-format checkpoint), ``model_folder``
-(a saved vit_zoo folder), ``sharded_folder`` (the same in shards), ``clip_vision_folder`` (a transformers CLIP folder:
-another model type) and ``corrupt_safetensors`` (damaged weights files). Per test: ``copied_folder`` (a copy of
-``model_folder`` to damage), ``read_only_folder`` and ``scratch_zoo``. Helpers that are not fixtures live in
-helpers.py, hostile inputs in hostile.py.
+Read only, built once per process: ``reference_tiny_clip`` (an fp32 open_clip CLIP), ``tiny_clip`` and
+``tiny_archive`` (an OpenAI-format checkpoint), ``model_folder`` (a saved vit_zoo folder), ``sharded_folder`` (the
+same in shards), ``clip_vision_folder`` (a transformers CLIP folder: another model type) and ``corrupt_safetensors``
+(damaged weights files). Per test: ``copied_folder`` (a copy of ``model_folder`` to damage), ``read_only_folder``,
+``fresh_dynamo`` and ``scratch_zoo``. Helpers that are not fixtures live in helpers.py, hostile inputs in hostile.py.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from checkpoints import openai_clip, write_torchscript_archive
 from helpers import tmpfs
 from hostile import damaged_safetensors
 from open_clip.model import CLIP
-from reference import TINY
+from reference import TINY, reference_clip
 
 from vit_zoo import VitZooConfig, VitZooModel, save_model_folder, zoo
 
@@ -32,6 +32,12 @@ collect_ignore = ["upstream_transformers"]
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The slow tests first, so that under xdist the upstream suites (minutes each) start at once, beside the rest."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+@pytest.fixture(scope="session")
+def reference_tiny_clip() -> CLIP:
+    """``reference.reference_clip`` of the tiny test geometry: a whole fp32 CLIP, random weights (seed 0). Read only."""
+    return reference_clip(**TINY)
 
 
 @pytest.fixture(scope="session")
@@ -103,6 +109,14 @@ def read_only_folder(tmp_path: Path) -> Iterator[Path]:
         yield folder
         if not mounted:
             folder.chmod(0o755)
+
+
+@pytest.fixture
+def fresh_dynamo() -> Iterator[None]:
+    """torch.compile's caches emptied before and after the test, so no compiled graph leaks between tests."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
 
 
 @pytest.fixture

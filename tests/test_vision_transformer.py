@@ -49,11 +49,6 @@ def tiny_model(**kwargs) -> TimmVisionTransformer:
 
 
 @pytest.fixture(scope="module")
-def reference_tiny_clip():
-    return reference_clip(**TINY)
-
-
-@pytest.fixture(scope="module")
 def tiny_checkpoint(reference_tiny_clip, tmp_path_factory) -> Path:
     """The whole reference CLIP (``visual.*`` + text tower) as a torch.save file."""
     path = tmp_path_factory.mktemp("ckpt") / "tiny_clip.pt"
