@@ -30,8 +30,10 @@ from file_server import FileServer  # noqa: E402
 from PIL import Image  # noqa: E402
 from reference import TINY  # noqa: E402
 
+from vit_zoo import VitZooConfig  # noqa: E402
 from vit_zoo.download import fetch_verified  # noqa: E402
-from vit_zoo.embed import open_image  # noqa: E402
+from vit_zoo.embed_data import Preprocess, load_image  # noqa: E402
+from vit_zoo.image_processing import image_processor_for  # noqa: E402
 from vit_zoo.readers import load_checkpoint  # noqa: E402
 
 BLANK_LINES = 300_000
@@ -114,14 +116,16 @@ def main() -> None:
         thin = image(work, "thin.png", "1", (1, 200_000))
         header_only = header_only_png(work)
         os.mkfifo(work / "fifo")
+        geometry = VitZooConfig(input_resolution=224, patch_size=32, width=64, layers=1, heads=1, output_dim=8)
+        preprocess = Preprocess(image_processor_for(geometry))  # OpenAI's, at a 224-pixel edge
         cases: dict[str, Callable[[], object]] = {
             f"pickle: tuple nested (t, t) {NESTING} deep ({nested.stat().st_size} B)": lambda: load_checkpoint(nested),
             f"archive: {BLANK_LINES} blank lines in its code ({padded.stat().st_size >> 10} KB)": lambda: load_checkpoint(padded),
             "convert /dev/zero": lambda: load_checkpoint(Path("/dev/zero")),
             "convert a FIFO": lambda: load_checkpoint(work / "fifo"),
-            f"image: 400000x1 PNG ({wide.stat().st_size} B)": lambda: open_image(wide, 224, 224, 3),
-            f"image: 1x200000 1-bit PNG ({thin.stat().st_size} B)": lambda: open_image(thin, 224, 224, 3),
-            f"image: header-only 20000x10000 PNG ({header_only.stat().st_size} B)": lambda: open_image(header_only, 224, 224, 3),
+            f"image: 400000x1 PNG ({wide.stat().st_size} B)": lambda: load_image(wide, preprocess),
+            f"image: 1x200000 1-bit PNG ({thin.stat().st_size} B)": lambda: load_image(thin, preprocess),
+            f"image: header-only 20000x10000 PNG ({header_only.stat().st_size} B)": lambda: load_image(header_only, preprocess),
             "download: endless response, 64 MB cap": lambda: fetch_verified(
                 f"{server.url}/endless.pt", "0" * 64, work / "cache" / "endless.pt", False, max_bytes=64 << 20
             ),

@@ -7,9 +7,10 @@
    (a fresh interpreter where vit_zoo cannot be imported) and the core ``VisionTransformer``, and checks
    every embedding against the original model's.
 
-Usage: ``python conversion/offline_demo.py [--workdir DIR]``; exits 1 if any loader disagrees. Everything is
-kept in ``DIR`` (default ``./vit-zoo-demo``; a rerun replaces the demo's own files there), and the last line
-is the next command to try on the converted folder.
+Usage: ``python conversion/offline_demo.py [--workdir DIR]``; exits 1 if any loader disagrees. Kept in ``DIR``
+(default ``./vit-zoo-demo``; a rerun replaces the demo's own files there): the archive, the converted folder (its
+card and ``config.json`` say that its weights are random) and an example image. The last line is the next
+command to try on the converted folder, written to run as pasted from the current folder.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -36,6 +38,7 @@ from vit_zoo import VisionTransformer, VitZooConfig, convert_checkpoint
 GEOMETRY = dict(input_resolution=224, patch_size=32, width=768, layers=2, heads=12, output_dim=512)
 TOLERANCE = 1e-5
 DEFAULT_WORKDIR = Path("vit-zoo-demo")
+NOTE = "random weights (vit-zoo's offline demo): its embeddings and attention maps mean nothing"
 
 # Prepended to a script run with `python -c`: vit_zoo cannot be imported there, as where it is not installed.
 BLOCK_VIT_ZOO = """
@@ -91,18 +94,18 @@ def write_openai_archive(path: Path, seed: int = 0) -> OpenAIStyleClip:
     return clip
 
 
-def remote_code_embeddings(source: str | Path, images: torch.Tensor, work: Path) -> torch.Tensor:
+def remote_code_embeddings(source: str | Path, images: torch.Tensor) -> torch.Tensor:
     """``images`` embedded by ``AutoModel.from_pretrained(source, trust_remote_code=True)`` (a folder or a Hub
-    repo) in a fresh interpreter where vit_zoo cannot be imported; ``work`` holds the tensors passed between."""
-    work.mkdir(parents=True, exist_ok=True)
-    save_file({"images": images}, work / "images.safetensors")
+    repo) in a fresh interpreter where vit_zoo cannot be imported; the tensors pass through a temporary folder."""
     source = str(source.resolve()) if isinstance(source, Path) else source
     env = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
-    command = [sys.executable, "-c", REMOTE_CODE, source, str(work.resolve())]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=work, env=env)
-    if result.returncode != 0:
-        raise RuntimeError(f"transformers' remote code failed on {source}:\n{result.stderr[-3000:]}")
-    return load_file(work / "remote.safetensors")["embeds"]
+    with tempfile.TemporaryDirectory(prefix="vit-zoo-remote-code-") as work:
+        save_file({"images": images}, Path(work) / "images.safetensors")
+        command = [sys.executable, "-c", REMOTE_CODE, source, work]
+        result = subprocess.run(command, capture_output=True, text=True, cwd=work, env=env)
+        if result.returncode != 0:
+            raise RuntimeError(f"transformers' remote code failed on {source}:\n{result.stderr[-3000:]}")
+        return load_file(Path(work) / "remote.safetensors")["embeds"]
 
 
 def write_example_image(path: Path) -> Path:
@@ -118,7 +121,7 @@ def run(workdir: Path) -> bool:
     print(f"1. wrote {archive}: an fp16 TorchScript archive of a whole CLIP ({archive.stat().st_size / 1e6:.1f} MB)")
 
     shutil.rmtree(workdir / "converted", ignore_errors=True)  # a rerun replaces the previous run's folder
-    folder = convert_checkpoint(archive, workdir / "converted", dtype="float32")
+    folder = convert_checkpoint(archive, workdir / "converted", dtype="float32", note=NOTE)
     print(f"2. converted it to {folder}: {', '.join(sorted(p.name for p in folder.iterdir()))}")
 
     torch.manual_seed(1)
@@ -130,7 +133,7 @@ def run(workdir: Path) -> bool:
         "vit_zoo.VisionTransformer": core(images)[0],
         "timm local-dir:": timm.create_model(f"local-dir:{folder}", pretrained=True).eval()(images),
         "transformers AutoModel": AutoModel.from_pretrained(folder).eval()(images).image_embeds,
-        "transformers remote code": remote_code_embeddings(folder, images, workdir),
+        "transformers remote code": remote_code_embeddings(folder, images),
     }
     print("3. embeddings of 4 images, against the original model's:")
     agree = True
@@ -145,18 +148,33 @@ def run(workdir: Path) -> bool:
         return False
     image = write_example_image(workdir / "example.png")
     next_command = [
-        "vit-zoo",
+        *vit_zoo_command(),
         "embed",
         str(folder),
         str(image),
         "--output",
         str(workdir / "embeddings.safetensors"),
-        "--attention-map",
+        "--overlays",
         str(workdir / "attention"),
     ]
     print(f"OK: timm and transformers load the converted folder and agree; it is kept in {folder}")
     print(f"Next, embed images with it and draw its attention maps:\n  {shlex.join(next_command)}")
     return True
+
+
+def vit_zoo_command() -> list[str]:
+    """The ``vit-zoo`` command of this interpreter as it runs when pasted in the current folder: the console script
+    beside it (``.venv/bin/vit-zoo`` in the README's flow, where a bare ``vit-zoo`` is not on the PATH), else
+    ``python -m vit_zoo``."""
+    interpreter = Path(sys.executable)
+    script = interpreter.with_name("vit-zoo")
+    chosen = script if script.is_file() and os.access(script, os.X_OK) else interpreter
+    try:
+        shown = chosen.relative_to(Path.cwd())
+        shown_text = str(shown) if shown.parent != Path(".") else f"./{shown}"
+    except ValueError:
+        shown_text = str(chosen)
+    return [shown_text] if chosen == script else [shown_text, "-m", "vit_zoo"]
 
 
 def main(argv: list[str] | None = None) -> int:

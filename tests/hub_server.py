@@ -1025,6 +1025,8 @@ def _point_client_at(endpoint: str, hf_home: Path, monkeypatch: pytest.MonkeyPat
     for module, (name, value) in copies.items():
         monkeypatch.setattr(importlib.import_module(module), name, value)
     monkeypatch.setattr(importlib.import_module("huggingface_hub.hf_api").api, "endpoint", endpoint)
+    # transformers keeps one HfApi (push_to_hub's) made on first use, with the endpoint of that moment: a fresh one
+    monkeypatch.setattr(importlib.import_module("transformers.utils.hub"), "_hf_api", None)
     # The shared HTTP client read proxy settings when it was created: start a fresh one with the env above.
     importlib.import_module("huggingface_hub").close_session()
 
@@ -1046,7 +1048,8 @@ def hub_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HubS
     paths, ``HF_HUB_DISABLE_XET``, ``HF_HUB_DISABLE_TELEMETRY``, ``HF_HUB_DISABLE_PROGRESS_BARS`` and
     ``HF_HUB_OFFLINE``; plus the copies taken at import time: ``huggingface_hub.hf_api.api.endpoint`` (the module-level
     `HfApi` behind `create_repo`, `upload_folder`...), ``utils.tqdm.HF_HUB_DISABLE_PROGRESS_BARS``,
-    ``utils._cache_manager.HF_HUB_CACHE`` and ``utils._cache_assets.HF_ASSETS_CACHE``. `HfApi` objects created
+    ``utils._cache_manager.HF_HUB_CACHE`` and ``utils._cache_assets.HF_ASSETS_CACHE``; transformers' shared HfApi is dropped
+    (``transformers.utils.hub._hf_api``, made on first use). Other `HfApi` objects created
     *before* the fixture ran keep their old endpoint: create them inside the test (or pass ``endpoint=``).
     Finally `huggingface_hub.close_session()` drops the shared HTTP client so a fresh one picks up the proxy settings.
 

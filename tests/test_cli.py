@@ -54,12 +54,15 @@ def image(tmp_path_factory) -> Path:
         (["--help"], 0, "usage: vit-zoo"),
         (["list"], 0, "vit_zoo_base_patch16_clip_224"),
         (["list", "--names-only"], 0, "vit_zoo_large_patch14_clip_336"),
-        (["--version"], 0, "vit-zoo "),
+        (["--version"], 0, "vit-zoo-clip "),
         (["convert", "--help"], 0, "--dtype {float32,float16,bfloat16}"),
         (["convert"], 2, "the following arguments are required: SRC, --output"),
         (["embed", "model"], 2, "the following arguments are required: IMAGE_OR_DIR"),
         (["convert", "x.pt", "--output", "out", "--dtype", "float64"], 2, "invalid choice: 'float64'"),
         (["nope"], 2, "invalid choice: 'nope'"),
+        (["export", "--help"], 0, "--format {onnx,pt2,aoti}"),
+        (["export", "m", "--output", "x.onnx", "--format", "tflite"], 2, "invalid choice: 'tflite'"),
+        (["export", "m", "--output", "x.pt2"], 1, "--output must end in .onnx for --format onnx, got x.pt2"),
     ],
 )
 def test_help_list_and_argument_errors_import_no_heavy_library(args, code, output):

@@ -257,7 +257,13 @@ def test_cli_reference_documents_every_subcommand_and_option(site: Path):
 
 
 # The guide page that must document every option of a subcommand.
-GUIDE_FOR_COMMAND = {"convert": "convert.md", "push": "hub.md", "pull": "hub.md", "embed": "attention-maps.md"}
+GUIDE_FOR_COMMAND = {
+    "convert": "convert.md",
+    "push": "hub.md",
+    "pull": "hub.md",
+    "embed": "embed.md",
+    "export": "export.md",
+}
 
 
 def _long_options(add_arguments) -> set[str]:

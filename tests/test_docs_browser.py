@@ -22,6 +22,7 @@ pytestmark = pytest.mark.browser
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 INSTALL_HINT = "install them with `apt-get install chromium chromium-driver` (Debian/Ubuntu), as .ci/run does"
 WAIT_S = 30
+PRIMARY_NAV_LINKS = "nav.md-nav--primary a.md-nav__link[href]"
 
 
 def _executable(*names: str) -> str | None:
@@ -101,7 +102,8 @@ def test_navigation_reaches_every_page(browser, site_url):
     from selenium.webdriver.common.by import By
 
     browser.get(site_url)
-    links = browser.find_elements(By.CSS_SELECTOR, "nav.md-nav--primary a.md-nav__link[href]")
+    # Waited for, not read at once: in CI a reload of the page the previous test left open once returned no links.
+    links = _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, PRIMARY_NAV_LINKS), "the page has no navigation")
     hrefs = {link.get_attribute("href").split("#")[0] for link in links}
     hrefs = {href for href in hrefs if urlparse(href).netloc == urlparse(site_url).netloc}
     assert hrefs == {urljoin(site_url, page_url(page)) for page in nav_pages()}

@@ -81,7 +81,7 @@ def test_folder_layout(converted):
 def test_every_loader_matches_openai(converted, tmp_path):
     folder, images, expected = converted
     embeddings = all_loaders(folder, images)
-    embeddings["remote code"] = remote_code_embeddings(str(folder), images, tmp_path)
+    embeddings["remote code"] = remote_code_embeddings(str(folder), images)
     for loader, embedding in embeddings.items():
         assert relative_error(embedding, expected) <= 1e-5, loader
         assert torch.equal(embedding, embeddings["core"]), loader
@@ -146,7 +146,7 @@ def test_hub_round_trip_for_every_loader(converted, hub_server, tmp_path):
             "timm": timm.create_model("hf-hub:org/tiny-clip", pretrained=True).eval()(images),
         }
     from_hub["transformers"] = from_hub["transformers"].image_embeds
-    from_hub["remote code"] = remote_code_embeddings("org/tiny-clip", images, tmp_path / "remote")
+    from_hub["remote code"] = remote_code_embeddings("org/tiny-clip", images)
     for loader, embedding in from_hub.items():
         assert torch.equal(embedding, local), loader
 

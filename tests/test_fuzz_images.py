@@ -1,7 +1,7 @@
 """Fuzzing the image reader of ``vit-zoo embed``: seeded mutations of small PNG, GIF, BMP, TIFF, JPEG and WebP files
 (byte flips, truncation, header sizes edited to extreme widths and heights, chunks of garbage).
 
-``open_image`` must return the cropped RGB square the model sees, or raise one exception whose message is one line
+``load_image`` must return the pixel values of the cropped square the model sees, or raise one exception whose message is one line
 (``embed`` records it and skips the file); never take more than ``CASE_BUDGET_S`` seconds or allocate more than
 ``limits.MEMORY_HEADROOM`` (the address space is capped while a case runs), whatever the header claims.
 """
@@ -19,12 +19,18 @@ from hostile import png_chunk
 from limits import ALLOCATION_FAILURE, Hang, budget, run_cases, unexpected
 from PIL import Image
 
-from vit_zoo.embed import open_image
+from vit_zoo import VitZooConfig
+from vit_zoo.embed_data import Preprocess, load_image
+from vit_zoo.image_processing import image_processor_for
 
 SEED = 20261130
 CASES = 240
 CASE_BUDGET_S = 5
 SIDE = 224
+# OpenAI's preprocessing at a 224-pixel shortest edge and crop
+PREPROCESS = Preprocess(
+    image_processor_for(VitZooConfig(input_resolution=SIDE, patch_size=32, width=64, layers=1, heads=1, output_dim=8))
+)
 FORMATS = ("PNG", "GIF", "BMP", "TIFF", "JPEG", "WEBP")
 SIZES = (0, 1, 2, 7, 65_535, 200_000, 400_000, 2**31 - 1, 2**32 - 1)
 
@@ -81,7 +87,7 @@ def outcome(path: Path) -> str:
     try:
         with budget(CASE_BUDGET_S):
             try:
-                seen, _ = open_image(path, SIDE, SIDE, Image.Resampling.BICUBIC)
+                pixel_values, _, _ = load_image(path, PREPROCESS)
             except Hang:
                 raise
             except Exception as error:  # noqa: BLE001 - embed skips the file with this message
@@ -89,7 +95,7 @@ def outcome(path: Path) -> str:
                 assert "\n" not in message, f"not one line: {message!r}"
                 assert not ALLOCATION_FAILURE.search(message), f"tried a huge allocation: {message}"
                 return "refused"
-            assert seen.size == (SIDE, SIDE) and seen.mode == "RGB", (seen.size, seen.mode)
+            assert pixel_values.shape == (3, SIDE, SIDE), pixel_values.shape
             return "read"
     except (AssertionError, Hang):
         raise

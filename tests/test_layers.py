@@ -20,7 +20,7 @@ LAYERS = [
     ("adapters", {"modeling", "image_processing", "vision_transformer", "registration"}),
     ("folder format", {"card", "folder_check", "folder"}),
     ("pipelines", {"convert", "hub"}),
-    ("faces", {"visualize", "embed", "cli", "__main__", "__init__"}),
+    ("faces", {"embed_inputs", "embed_data", "shards", "visualize", "embed", "exporter", "cli", "__main__", "__init__"}),
 ]
 LAYER_OF = {module: index for index, (_, modules) in enumerate(LAYERS) for module in modules}
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._version import __version__
+from ._version import __version__, check_no_namesake
 from .registration import register_on_import
+
+check_no_namesake()
 
 # Public name -> the module that defines it.
 _EXPORTS = {
@@ -50,6 +52,8 @@ _EXPORTS = {
     "pull": "hub",
     "push_folder": "hub",
     "push_to_hub": "hub",
+    "export": "exporter",
+    "OnnxRuntimeModel": "exporter",
 }
 __all__ = sorted([*_EXPORTS, "__version__"])
 
@@ -67,6 +71,7 @@ if TYPE_CHECKING:  # what type checkers and the API reference see
         UnknownVariantError,
         ZooConfigError,
     )
+    from .exporter import OnnxRuntimeModel, export
     from .folder import save_folder, save_model_folder
     from .folder_check import check_folder
     from .hub import pull, push_folder, push_to_hub

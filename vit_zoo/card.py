@@ -25,6 +25,7 @@ class Provenance:
     dtype: str
     entry: ZooEntry | None = None
     release: PretrainedSource | None = None
+    note: str | None = None  # what a user of the weights must know (e.g. that they are random)
 
     @property
     def converted(self) -> bool:
@@ -54,6 +55,7 @@ def model_card(config: VitZooConfig, entry: ZooEntry | None = None, provenance: 
             "",
             f"# {title}",
             "",
+            *([f"> **Note:** {provenance.note}", ""] if provenance and provenance.note else []),
             _CARD_INTRO,
             "",
             *_provenance_lines(config, entry, provenance),
@@ -69,7 +71,7 @@ def _first_release(entry: ZooEntry | None) -> PretrainedSource | None:
 
 
 _CARD_INTRO = (
-    "OpenAI CLIP's image tower in [vit-zoo](https://pypi.org/project/vit-zoo/)'s layout (OpenAI's `visual` "
+    "OpenAI CLIP's image tower in [vit-zoo](https://pypi.org/project/vit-zoo-clip/)'s layout (OpenAI's `visual` "
     "parameter names, as safetensors). One repo for timm, transformers (with or without vit-zoo installed) and "
     "vit-zoo itself. Besides the projected CLS embedding it gives every patch token and each layer's "
     "CLS-to-patch attention map `[layers, batch, heads, grid, grid]`."
@@ -85,6 +87,7 @@ def _provenance_lines(config: VitZooConfig, entry: ZooEntry | None, provenance: 
             else f"{provenance.dtype}, as in the source (not converted)"
         )
         lines += [
+            *([f"- Note: {provenance.note}"] if provenance.note else []),
             f"- Source: {provenance.source}",
             f"- Source SHA-256: `{provenance.sha256}`",
             f"- Converted with: `{provenance.command}` (vit-zoo {__version__})",
@@ -106,7 +109,7 @@ def _usage(config: VitZooConfig, entry: ZooEntry | None) -> str:
     repo = REPO_ID_PLACEHOLDER
     return f"""## Usage
 
-With timm (`pip install vit-zoo`; importing it registers the `vit_zoo_*` models):
+With timm (`pip install vit-zoo-clip`; importing `vit_zoo` registers the `vit_zoo_*` models):
 
 ```python
 import timm

@@ -15,9 +15,10 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ._version import __version__
+from ._version import DISTRIBUTION, __version__, check_no_namesake
 from .download import BASE_URL_ENV, CACHE_ENV
 from .errors import CliError, first_line
+from .exporter import DEFAULT_OPSET, EXPORT_DTYPES, FORMATS, export, output_names
 from .spec import ACTIVATIONS, DTYPE_NAMES
 from .zoo import list_entries, openai_names
 
@@ -81,6 +82,9 @@ def _add_convert_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help=f"download cache (default ${CACHE_ENV} or ~/.cache/vit_zoo; mirror: ${BASE_URL_ENV})",
     )
+    parser.add_argument(
+        "--note", metavar="TEXT", help="one line every user of the folder must see (e.g. 'random weights'), atop its card"
+    )
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="then push the folder to this Hub repo (one commit)")
     parser.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
     parser.add_argument("--token", help="with --push-to-hub: Hub token (default: HF_TOKEN or `hf auth login`)")
@@ -92,7 +96,13 @@ def _run_convert(args: argparse.Namespace) -> int:
     from .hub import push_folder
 
     output = convert_checkpoint(
-        args.source, args.output, dtype=args.dtype, name=args.name, activation=args.activation, cache_dir=args.cache_dir
+        args.source,
+        args.output,
+        dtype=args.dtype,
+        name=args.name,
+        activation=args.activation,
+        cache_dir=args.cache_dir,
+        note=args.note,
     )
     print(f"wrote {output}: " + ", ".join(sorted(path.name for path in output.iterdir())))
     if args.push_to_hub:
@@ -143,56 +153,274 @@ def _run_pull(args: argparse.Namespace) -> int:
 
 def _add_embed_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL", help="vit_zoo folder, zoo or OpenAI name (ViT-B/32...), or Hub repo id")
-    parser.add_argument("images", metavar="IMAGE_OR_DIR", nargs="+", help="image files and folders of images")
     parser.add_argument(
+        "images",
+        metavar="IMAGE_OR_DIR",
+        nargs="+",
+        help="image files, folders of images (recursive), path lists (.txt one per line, .csv/.parquet column) or "
+        "webdataset .tar shards (local, brace patterns like data/{000..099}.tar, or fsspec URLs)",
+    )
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
         "--output",
         "-o",
-        default="embeddings.safetensors",
         metavar="FILE",
-        help="embeddings file, .safetensors (with file names in its metadata) or .npy "
-        "(names in FILE.files.txt); default: embeddings.safetensors",
+        help="one embeddings file for small jobs: .safetensors (file names in its metadata) or .npy (names in "
+        "FILE.files.txt); default: embeddings.safetensors",
     )
+    where.add_argument(
+        "--output-dir",
+        metavar="DIR",
+        help="sharded, resumable output in clip-retrieval's layout: DIR/img_emb/img_emb_N.npy, "
+        "DIR/metadata/metadata_N.parquet (rerun the same command to resume)",
+    )
+    parser.add_argument("--shard-size", type=int, default=10_000, metavar="N", help="images per output shard (default 10000)")
+    parser.add_argument("--shard-index", type=int, metavar="I", help="job arrays: write only the shards of job I of --num-shards")
+    parser.add_argument("--num-shards", type=int, metavar="K", help="job arrays: how many independent jobs share the shards")
+    parser.add_argument("--path-column", default="image_path", metavar="NAME", help="column of .csv/.parquet path lists")
     parser.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per forward pass (default 32)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    parser.add_argument(
+        "--num-workers", type=int, metavar="N", help="processes decoding and preprocessing images (default: the cores)"
+    )
+    parser.add_argument(
+        "--device", default="cpu", help="cpu, cuda or cuda:N (default cpu; under torchrun cuda is cuda:LOCAL_RANK)"
+    )
     parser.add_argument("--dtype", default="float32", choices=DTYPE_NAMES, help="compute dtype (default float32)")
-    parser.add_argument("--attention-map", metavar="DIR", help="also write CLS->patch attention overlays (PNG) here")
-    parser.add_argument("--layer", type=int, default=-1, help="layer of the overlay, negative from the last (default -1)")
-    parser.add_argument("--heads", default="mean", help="head reduction: mean, max or indices like 0,3 (default mean)")
-    parser.add_argument("--all-layers", action="store_true", help="also write a grid of every layer's overlay")
+    parser.add_argument("--compile", action="store_true", help="run the model through torch.compile")
+    parser.add_argument("--normalize", action="store_true", help="L2-normalise the embeddings (clip-retrieval's output is)")
+    parser.add_argument(
+        "--embedding-dtype", default="float32", choices=("float32", "float16"), help="dtype of the written embeddings"
+    )
+    parser.add_argument(
+        "--attention-map",
+        action="store_true",
+        help="also keep each image's CLS->patch attention (float16 arrays: DIR/attention/attention_N.npy, or "
+        "tensor attention_map of a .safetensors --output)",
+    )
+    parser.add_argument("--layer", type=int, help="layer of the map, negative from the last (default -1)")
+    parser.add_argument("--heads", help="head reduction: mean, max or indices like 0,3 (default mean)")
+    parser.add_argument("--all-layers", action="store_true", help="keep every layer's map (and draw a grid of them)")
+    parser.add_argument("--overlays", metavar="DIR", help="also draw each image's attention over it as PNGs here")
+    parser.add_argument("--overlay-size", type=int, default=512, metavar="PX", help="longest edge of overlays (default 512)")
     parser.add_argument("--cache-dir", metavar="DIR", help="where zoo names are downloaded and converted")
 
 
-def _run_embed(args: argparse.Namespace) -> int:
-    """Embed images with a vit_zoo model; optionally draw its attention maps over them."""
-    from .embed import check_outputs, collect_images, embed_images, load_model, resolve_model_folder, save_embeddings
+def _check_embed_arguments(args: argparse.Namespace) -> None:
+    """Every refusal that needs neither torch nor the model: option values, combinations, inputs and outputs."""
+    from .embed_inputs import check_device, parse_heads
 
-    files = collect_images(args.images)
+    for option, value, least in (
+        ("--batch-size", args.batch_size, 1),
+        ("--shard-size", args.shard_size, 1),
+        ("--num-workers", args.num_workers, 0),
+        ("--overlay-size", args.overlay_size, 16),
+        ("--num-shards", args.num_shards, 1),
+        ("--shard-index", args.shard_index, 0),
+    ):
+        if value is not None and value < least:
+            raise CliError(f"{option} must be at least {least}, got {value}")
+    if (args.shard_index is None) != (args.num_shards is None):
+        raise CliError("--shard-index and --num-shards go together (job I of K); give both or neither")
+    if args.num_shards is not None and args.shard_index >= args.num_shards:
+        raise CliError(f"--shard-index {args.shard_index} must be below --num-shards {args.num_shards}")
+    if not (args.attention_map or args.overlays):
+        for option, given in (
+            ("--layer", args.layer is not None),
+            ("--heads", args.heads is not None),
+            ("--all-layers", args.all_layers),
+        ):
+            if given:
+                raise CliError(f"{option} chooses an attention map, but none is asked for; add --attention-map or --overlays")
+    args.heads = parse_heads(args.heads or "mean")
+    args.layer = -1 if args.layer is None else args.layer
+    check_device(args.device)
+    if args.output_dir is None:
+        sharded = [
+            option
+            for option, given in (("--shard-index", args.shard_index is not None), ("--shard-size", args.shard_size != 10_000))
+            if given
+        ]
+        if sharded or int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+            raise CliError(f"{' and '.join(sharded) or 'several processes (WORLD_SIZE)'} need --output-dir; --output is one file")
+        args.output = args.output or "embeddings.safetensors"
+        _check_single_output(Path(args.output), args.attention_map)
+
+
+def _check_single_output(output: Path, attention_map: bool) -> None:
+    from .embed_inputs import OUTPUT_SUFFIXES
+
+    if output.suffix not in OUTPUT_SUFFIXES:
+        raise CliError(f"--output must end in {' or '.join(OUTPUT_SUFFIXES)}, got {output.name}")
+    if attention_map and output.suffix == ".npy":
+        raise CliError("--attention-map needs a .safetensors --output (tensor attention_map) or --output-dir, not .npy")
+
+
+def _embed_outputs(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    """(option, path) of everything the run writes into, for the location checks."""
+    outputs = []
+    if args.output_dir is not None:
+        outputs.append(("--output-dir", Path(args.output_dir)))
+    else:
+        outputs.append(("--output", Path(args.output)))
+        if args.output.endswith(".npy"):
+            outputs.append(("--output", Path(args.output + ".files.txt")))
+    if args.overlays is not None:
+        outputs.append(("--overlays", Path(args.overlays)))
+    return outputs
+
+
+def _run_embed(args: argparse.Namespace) -> int:
+    """Embed images with a vit_zoo model (one file, or sharded and resumable); optionally keep or draw attention maps."""
+    from .embed_inputs import FileInputs, check_not_inside, check_output_location, collect_inputs
+
+    _check_embed_arguments(args)
+    inputs = collect_inputs(args.images, args.path_column)
+    if args.output_dir is None and not isinstance(inputs, FileInputs):
+        raise CliError("webdataset .tar inputs are written shard by shard: give --output-dir")
+    outputs = _embed_outputs(args)
+    for option, path in outputs:
+        check_output_location(path, option, folder=option != "--output")
+    if args.output is not None and args.output.endswith(".npy") and any("\n" in p or "\r" in p for p in inputs.paths):
+        raise CliError(
+            "an image's file name holds a line break, which the one-name-per-line .npy.files.txt cannot pair; "
+            "use a .safetensors --output (names in its metadata)"
+        )
+    file_inputs = inputs if isinstance(inputs, FileInputs) else None
+    if Path(args.model).is_dir():
+        check_not_inside(outputs, Path(args.model), file_inputs)
+    return _embed(args, inputs, outputs, file_inputs)
+
+
+def _embed(args: argparse.Namespace, inputs, outputs, file_inputs) -> int:
+    """The heavy part of ``vit-zoo embed``: the model, the loader and the writers (torch imported here)."""
+    import json
+
+    import torch
+
+    from .embed import AttentionChoice, Embedder, RunOptions, distributed_environment, print_skipped, resolve_model_folder
+    from .embed_inputs import check_head_and_layer, check_not_inside
+
+    rank, world_size, local_rank, local_world_size = distributed_environment()
     folder = resolve_model_folder(args.model, args.cache_dir)
-    check_outputs(args.output, args.attention_map, folder, files)
-    model, processor = load_model(folder, args.device, args.dtype)
-    crop_pct = processor.crop_size["height"] / processor.size["shortest_edge"]
-    attention_dir = Path(args.attention_map) if args.attention_map else None
-    result = embed_images(
-        model,
-        processor,
-        files,
+    check_not_inside(outputs, folder, file_inputs)
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    maps_wanted = args.attention_map or args.overlays is not None
+    if maps_wanted:
+        check_head_and_layer(args.layer, args.heads, config["layers"], config["heads"])
+    cores = max(1, (os.cpu_count() or 1) // local_world_size)
+    torch.set_num_threads(cores)
+    device = f"cuda:{local_rank}" if args.device == "cuda" and "LOCAL_RANK" in os.environ else args.device
+    options = RunOptions(
         batch_size=args.batch_size,
-        attention_dir=attention_dir,
-        layer=args.layer,
-        heads=args.heads,
-        all_layers=args.all_layers,
-        crop_pct=crop_pct,
-        progress=args.progress,
+        shard_size=args.shard_size,
+        dtype=args.dtype,
+        normalize=args.normalize,
+        embedding_dtype=args.embedding_dtype,
+        compile=args.compile,
+        attention=AttentionChoice(args.layer, args.heads, args.all_layers) if maps_wanted else None,
+        overlays=Path(args.overlays) if args.overlays is not None else None,
+        overlay_size=args.overlay_size,
+        num_workers=cores if args.num_workers is None else args.num_workers,
+        device=device,
     )
-    for path, reason in result.skipped.items():
-        print(f"vit-zoo embed: skipped {path}: {reason}", file=sys.stderr)
-    if not result.files:
-        raise CliError(f"none of the {len(files)} files could be read as an image")
-    output = save_embeddings(args.output, result, args.model)
-    print(f"embedded {_count(len(result.files), 'image')} into {output} ({len(result.skipped)} skipped)")
-    if attention_dir is not None:
-        print(f"wrote {_count(len(result.overlays), 'attention overlay')} into {attention_dir}")
+    embedder = Embedder.from_folder(
+        folder,
+        device=device,
+        dtype=args.dtype,
+        compile=args.compile,
+        check=False,  # resolve_model_folder checked it
+        normalize=args.normalize,
+        embedding_dtype=args.embedding_dtype,
+        attention=options.attention,
+    )
+    if args.output_dir is None:
+        from .embed import embed_to_file
+
+        summary, result, overlays = embed_to_file(embedder, inputs, Path(args.output), args.model, options, args.progress)
+        print_skipped(result.skipped)
+        line = f"embedded {_count(summary.embedded, 'image')} into {args.output} ({summary.skipped} skipped)"
+        if options.overlays is not None:
+            line += f"; wrote {_count(len(overlays), 'attention overlay')} into {options.overlays}"
+        print(line)
+        return 0
+    return _embed_sharded(args, embedder, inputs, folder, options, rank, world_size)
+
+
+def _embed_sharded(args: argparse.Namespace, embedder, inputs, folder: Path, options, rank: int, world_size: int) -> int:
+    from .embed import embed_to_folder, manifest_for, num_shards, process_shards
+    from .shards import ShardWriter
+
+    total = num_shards(inputs, options.shard_size)
+    shards = process_shards(total, rank, world_size, args.shard_index or 0, args.num_shards or 1)
+    manifest = manifest_for(folder, args.model, embedder.preprocess.processor, inputs, options)
+    writer = ShardWriter(args.output_dir, manifest, total)
+    summary = embed_to_folder(embedder, inputs, writer, shards, options, args.progress)
+    counts = [summary.embedded, summary.skipped, summary.shards_written, summary.shards_complete]
+    if world_size > 1 and "MASTER_ADDR" in os.environ:
+        counts = _sum_over_ranks(counts)
+        if rank != 0:
+            return 0
+    embedded, skipped, written, complete = counts
+    rate = f"; {embedded / summary.seconds:.1f} images/s" if embedded and summary.seconds > 0 else ""
+    where = f", reasons in {Path(args.output_dir) / 'skipped'}" if skipped else ""
+    print(
+        f"embedded {_count(embedded, 'image')} into {args.output_dir} ({skipped} skipped{where}): "
+        f"{_count(written, 'shard')} written, {complete} already complete of {total}{rate}"
+    )
     return 0
+
+
+def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="MODEL", help="vit_zoo folder, zoo or OpenAI name (ViT-B/32...), or Hub repo id")
+    parser.add_argument(
+        "--format",
+        default="onnx",
+        choices=FORMATS,
+        help="onnx (for onnxruntime; the default), pt2 (torch.export.save) or aoti (an AOTInductor package for this CPU)",
+    )
+    parser.add_argument(
+        "--output", "-o", required=True, metavar="FILE", help="file to create, .onnx or .pt2 (pt2, aoti); must not exist"
+    )
+    parser.add_argument(
+        "--attention-map", action="store_true", help="also output attention_map [layers, batch, heads, grid, grid]"
+    )
+    parser.add_argument("--patch-tokens", action="store_true", help="also output patch_tokens [batch, grid*grid, width]")
+    parser.add_argument(
+        "--dtype", default="float32", choices=EXPORT_DTYPES, help="of the weights, the input and the outputs (default float32)"
+    )
+    parser.add_argument("--opset", type=int, help=f"ONNX opset, --format onnx only (default {DEFAULT_OPSET})")
+    parser.add_argument("--cache-dir", metavar="DIR", help="where zoo names are downloaded and converted")
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    """Export a model to ONNX, torch.export or AOTInductor, with its attention map if asked; batch size dynamic."""
+    output = export(
+        args.model,
+        args.output,
+        format=args.format,
+        attention_map=args.attention_map,
+        patch_tokens=args.patch_tokens,
+        dtype=args.dtype,
+        opset=args.opset,
+        cache_dir=args.cache_dir,
+    )
+    outputs = ", ".join(output_names(args.patch_tokens, args.attention_map))
+    print(f"wrote {output} ({args.format}, {args.dtype}; pixel_values -> {outputs}; checked against eager torch)")
+    return 0
+
+
+def _sum_over_ranks(counts: list[int]) -> list[int]:
+    """The counts summed over every torchrun rank (a gloo group, set up and torn down here)."""
+    import torch
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    try:
+        totals = torch.tensor(counts, dtype=torch.int64)
+        dist.all_reduce(totals)
+        return totals.tolist()
+    finally:
+        dist.destroy_process_group()
 
 
 def _count(number: int, noun: str) -> str:
@@ -206,6 +434,7 @@ COMMANDS: list[Command] = [
     ("push", _add_push_arguments, _run_push),
     ("pull", _add_pull_arguments, _run_pull),
     ("embed", _add_embed_arguments, _run_embed),
+    ("export", _add_export_arguments, _run_export),
 ]
 
 
@@ -223,9 +452,9 @@ def _add_common_arguments(parser: argparse.ArgumentParser, default: object) -> N
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="vit-zoo", description="OpenAI CLIP vision towers for timm and transformers: convert, push, pull, embed."
+        prog="vit-zoo", description="OpenAI CLIP vision towers for timm and transformers: convert, push, pull, embed, export."
     )
-    parser.add_argument("--version", action="version", version=f"vit-zoo {__version__}")
+    parser.add_argument("--version", action="version", version=f"{DISTRIBUTION} {__version__}")
     _add_common_arguments(parser, default=False)
     common = argparse.ArgumentParser(add_help=False)
     _add_common_arguments(common, default=argparse.SUPPRESS)
@@ -250,6 +479,11 @@ def _disable_progress_bars() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``vit-zoo`` console script; returns the exit code."""
+    try:
+        check_no_namesake()  # again: the namesake's __init__.py may be the one that ran
+    except ImportError as error:
+        print(f"vit-zoo: error: {error}", file=sys.stderr)
+        return EXIT_ERROR
     args = build_parser().parse_args(argv)
     args.progress = sys.stderr.isatty() and not args.quiet
     if not args.progress:

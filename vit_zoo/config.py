@@ -1,16 +1,56 @@
-"""``VitZooConfig``: the transformers configuration of the vit_zoo tower, validated at construction.
+"""``VitZooConfig``: the transformers configuration of the vit_zoo tower, validated at construction, and the CLIP
+image processor of its preprocessing (``clip_image_processor``).
 
 It travels as a flat file inside saved model folders for ``trust_remote_code`` users, so it imports only
-transformers and its sibling ``model``.
+transformers and its sibling ``spec``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import math
+import os
+from typing import TYPE_CHECKING, Any
 
 from transformers import PreTrainedConfig
 
 from .spec import GEOMETRY_FIELDS, Geometry
+
+if TYPE_CHECKING:
+    from transformers import CLIPImageProcessor, CLIPImageProcessorPil
+
+BACKENDS = ("pil", "torchvision")
+
+
+def clip_image_processor(
+    resolution: int,
+    crop_pct: float = 1.0,
+    interpolation: str = "bicubic",
+    mean: Any = None,
+    std: Any = None,
+    backend: str = "pil",
+) -> CLIPImageProcessorPil | CLIPImageProcessor:
+    """OpenAI's preprocessing at ``resolution``: resize the shortest edge to ``resolution / crop_pct``
+    (``interpolation``), center-crop ``resolution`` squared, rescale to [0, 1], normalise with ``mean`` / ``std``
+    (OpenAI's when ``None``). ``backend`` is ``"pil"`` (``CLIPImageProcessorPil``, OpenAI's exact pixels) or
+    ``"torchvision"`` (``CLIPImageProcessor``; pixels within about 2/255 of OpenAI's)."""
+    # transformers' image processors import its Auto classes, whose import registers this module's VitZooConfig: not
+    # at this module's import
+    from transformers import CLIPImageProcessor, CLIPImageProcessorPil
+    from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling
+
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
+    mean, std = list(mean or OPENAI_CLIP_MEAN), list(std or OPENAI_CLIP_STD)
+    if len(mean) != 3 or len(std) != 3:
+        raise ValueError(f"mean and std need one value per RGB channel, got mean={mean} std={std}")
+    processor = CLIPImageProcessorPil if backend == "pil" else CLIPImageProcessor
+    return processor(
+        size={"shortest_edge": math.floor(resolution / crop_pct)},
+        crop_size={"height": resolution, "width": resolution},
+        resample=getattr(PILImageResampling, interpolation.upper()),
+        image_mean=mean,
+        image_std=std,
+    )
 
 
 class VitZooConfig(PreTrainedConfig):
@@ -83,6 +123,31 @@ class VitZooConfig(PreTrainedConfig):
                 f"(AutoConfig/AutoModel), or convert its weights with `vit-zoo convert`"
             )
         return super().from_dict(config_dict, **kwargs)
+
+    def image_processor(self, backend: str = "pil") -> CLIPImageProcessorPil | CLIPImageProcessor:
+        """``clip_image_processor`` at this config's resolution, with the preprocessing its timm ``pretrained_cfg``
+        states (every folder vit-zoo writes carries one), else OpenAI's.
+
+        Raises:
+            ValueError: the tower does not take RGB images, or ``backend`` is unknown.
+        """
+        if self.in_channels != 3:
+            raise ValueError(
+                f"CLIPImageProcessor prepares RGB images, but this variant takes {self.in_channels} channels; "
+                f"prepare its pixel_values yourself"
+            )
+        cfg = getattr(self, "pretrained_cfg", None)
+        cfg = cfg if isinstance(cfg, dict) else {}
+        options = {key: cfg[key] for key in ("crop_pct", "interpolation", "mean", "std") if cfg.get(key) is not None}
+        return clip_image_processor(self.input_resolution, backend=backend, **options)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
+        """``PreTrainedConfig.save_pretrained``; for an RGB tower the folder also gets the ``preprocessor_config.json``
+        of ``image_processor()`` when it has none, so that every folder a model's ``save_pretrained`` or
+        ``push_to_hub`` writes is one ``vit-zoo embed`` and ``AutoImageProcessor`` read."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if self.in_channels == 3 and not os.path.exists(os.path.join(save_directory, "preprocessor_config.json")):
+            self.image_processor().save_pretrained(save_directory)
 
     @property
     def intermediate_size(self) -> int:

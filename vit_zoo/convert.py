@@ -16,7 +16,7 @@ import torch
 from .card import Provenance
 from .config import VitZooConfig
 from .download import download_pretrained, pretrained_source, sha256_of
-from .errors import CheckpointError, OutputExistsError
+from .errors import CheckpointError, OutputExistsError, shown
 from .folder import DEFAULT_MAX_SHARD_SIZE, save_folder
 from .outputs import write_atomically
 from .readers import load_checkpoint
@@ -33,6 +33,7 @@ from .zoo import PretrainedSource, ZooEntry, get_entry, list_entries, openai_nam
 __all__ = ["DTYPES", "convert_checkpoint"]
 
 DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
+MAX_NOTE_CHARACTERS = 200
 
 
 def convert_checkpoint(
@@ -44,6 +45,7 @@ def convert_checkpoint(
     activation: str | None = None,
     cache_dir: str | os.PathLike | None = None,
     max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
+    note: str | None = None,
 ) -> Path:
     """Convert a CLIP checkpoint (a file, or an OpenAI name that is downloaded) into a vit_zoo folder.
 
@@ -61,6 +63,8 @@ def convert_checkpoint(
             Default: the zoo variant's, else ``quick_gelu``.
         cache_dir: download cache (see ``vit_zoo.download``).
         max_shard_size: size past which ``model.safetensors`` is split into shards with an index.
+        note: one line every user of the folder must see (e.g. ``"random weights"``): it heads the model card and is
+            kept in ``config.json`` as ``provenance_note``, where ``vit-zoo embed`` reads it.
 
     Returns:
         ``output_dir`` as a ``Path``.
@@ -75,6 +79,8 @@ def convert_checkpoint(
     if output.exists() or output.is_symlink():
         raise OutputExistsError(f"output {output} already exists; choose a new folder or remove it")
     target_dtype = _parse_dtype(dtype)
+    if note is not None and (not note.strip() or "\n" in note or len(note) > MAX_NOTE_CHARACTERS):
+        raise ValueError(f"--note must be one line of at most {MAX_NOTE_CHARACTERS} characters, got {shown(note)}")
     if activation is not None and activation not in ACTIVATIONS:
         raise CheckpointError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     named_entry = get_entry(name) if name else None
@@ -104,12 +110,13 @@ def convert_checkpoint(
     provenance = Provenance(
         source=release.url if release and release.url else path.name,
         sha256=sha256,
-        command=_command(source, output, dtype, name, activation),
+        command=_command(source, output, dtype, name, activation, note),
         folder=output.name,
         source_dtype=source_dtype,
         dtype=_dtype_name(tower),
         entry=entry,
         release=release,
+        note=note,
     )
     write_atomically(
         output,
@@ -153,10 +160,10 @@ def _dtype_name(tensors: Mapping[str, torch.Tensor]) -> str:
     return names[0] if len(names) == 1 else "mixed (" + ", ".join(names) + ")"
 
 
-def _command(source, output: Path, dtype, name, activation) -> str:
+def _command(source, output: Path, dtype, name, activation, note) -> str:
     shown_source = str(source) if not Path(source).exists() else Path(source).name
     words = ["vit-zoo", "convert", shown_source, "--output", output.name]
-    for flag, value in (("--dtype", dtype), ("--name", name), ("--activation", activation)):
+    for flag, value in (("--dtype", dtype), ("--name", name), ("--activation", activation), ("--note", note)):
         if value is not None:
             words += [flag, str(value).removeprefix("torch.")]
     return shlex.join(words)

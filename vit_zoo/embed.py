@@ -1,53 +1,51 @@
-"""``vit-zoo embed``: image embeddings to a file, and attention-map overlays people can look at."""
+"""``vit-zoo embed``: the model loop between the input pipeline (``embed_data``) and the writers (``shards``).
+
+``Embedder`` turns batches of ``pixel_values`` (or images) into embeddings and reduced attention maps; it works on
+a ``DataLoader`` of ``embed_data.Batch`` es, on any iterable of images, and as a Ray Data ``map_batches`` callable.
+``embed_to_folder`` is the sharded, resumable run (one process, torchrun ranks, job arrays); ``embed_to_file`` the
+single-file output for small jobs, built on the same parts.
+"""
 
 from __future__ import annotations
 
-import json
+import hashlib
+import io
 import os
-import warnings
-from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from filelock import FileLock
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 from PIL import Image
-from safetensors.torch import save_file
-from tqdm.auto import tqdm
 
 from .convert import DTYPES, convert_checkpoint
 from .download import default_cache_dir
-from .errors import UnknownVariantError, first_line
-from .folder_check import check_folder
+from .embed_data import Batch, EmbedDataset, Preprocess, make_loader
+from .embed_inputs import FileInputs, TarInputs, overlay_names
+from .errors import UnknownVariantError
+from .folder_check import check_folder, folder_files
 from .hub import pull
 from .image_processing import load_image_processor
 from .model import VisionTransformer
 from .modeling import VitZooModel
-from .outputs import write_atomically
-from .visualize import overlay, overlay_grid, select_attention
+from .outputs import StagedFiles, write_atomically
+from .shards import ShardResult, ShardWriter, collect_shards
+from .visualize import reduce_attention, write_overlays
 from .zoo import get_entry
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
-OUTPUT_SUFFIXES = (".safetensors", ".npy")
-MAX_IMAGE_PIXELS = 89_478_485  # PIL's own warning threshold (a 3 x 8-bit image of ~256 MB), read from the header
-MAX_RESIZED_PIXELS = 1 << 22  # after the shortest-edge resize: 48 MB as float32 RGB (a 224 px edge, aspect 83:1)
+EMBEDDING_DTYPES = {"float32": np.float32, "float16": np.float16}
 
 
-@dataclass
-class EmbedResult:
-    """What one run produced: the embedded files (in order), their embeddings and the skipped files."""
-
-    files: list[Path] = field(default_factory=list)
-    embeddings: list[torch.Tensor] = field(default_factory=list)
-    skipped: dict[Path, str] = field(default_factory=dict)
-    overlays: list[Path] = field(default_factory=list)
-
-    def stacked(self) -> torch.Tensor:
-        """``[n_images, output_dim]`` in ``files`` order."""
-        return torch.cat(self.embeddings) if self.embeddings else torch.empty(0)
+class NonFiniteEmbeddingError(ValueError):
+    """The model gave a NaN or Inf embedding: the run stops, since every later one is suspect (an overflow of the
+    compute dtype, or damaged weights), and nothing holding it is written."""
 
 
 def resolve_model_folder(model: str, cache_dir: str | os.PathLike | None = None) -> Path:
@@ -98,204 +96,396 @@ def load_model(folder: Path, device: str = "cpu", dtype: str = "float32"):
     return model, processor
 
 
-def check_outputs(
-    output: str | os.PathLike, attention_dir: str | os.PathLike | None, model_folder: Path, files: Sequence[Path]
-) -> None:
-    """Refuse, before any work, outputs that would land inside the model folder or overwrite an input image, a bad
-    ``--output`` suffix, and names a ``.npy`` output's ``files.txt`` (one name per line) cannot hold."""
-    output = Path(output)
-    if output.suffix not in OUTPUT_SUFFIXES:
-        raise ValueError(f"--output must end in {' or '.join(OUTPUT_SUFFIXES)}, got {output.name}")
-    model = model_folder.resolve()
-    inputs = {file.resolve() for file in files}
-    written = [output, output.with_name(output.name + ".files.txt")] if output.suffix == ".npy" else [output]
-    if attention_dir is not None:
-        written.append(Path(attention_dir))
-        written += [Path(attention_dir) / name for names in overlay_names(files).values() for name in names]
-    for path in written:
-        resolved = path.resolve()
-        if resolved == model or model in resolved.parents:
-            raise ValueError(f"{path} is inside the model folder {model_folder}; write outputs elsewhere")
-        if resolved in inputs:
-            raise ValueError(f"{path} is one of the input images; choose an output that does not overwrite an input")
-    if output.suffix == ".npy" and any("\n" in str(file) or "\r" in str(file) for file in files):
-        raise ValueError(
-            "an image's file name holds a line break, which the one-name-per-line .npy.files.txt cannot pair; "
-            "use a .safetensors --output (names in its metadata)"
-        )
+def model_digest(folder: Path) -> str:
+    """SHA-256 over the files that decide the numbers (config, preprocessing, weights): the model's identity in a
+    manifest, whichever path or Hub revision it was reached by."""
+    digest = hashlib.sha256()
+    for name in sorted(name for name in folder_files(folder) if name.endswith((".json", ".safetensors"))):
+        digest.update(name.encode() + b"\0")
+        with open(folder / name, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
 
 
-def overlay_names(files: Sequence[Path]) -> dict[Path, tuple[str, str]]:
-    """Each image's overlay file names (``<stem>.attention.png``, ``<stem>.layers.png``), unique: images sharing a
-    stem are named by their path from the folder the inputs share (``a__x.png``), and any name still taken gets a
-    number."""
-    stems = Counter(file.stem for file in files)
-    root = Path(os.path.commonpath([file.resolve().parent for file in files])) if files else Path()
-    names, taken = {}, set()
-    for file in files:
-        name = file.stem if stems[file.stem] == 1 else "__".join(file.resolve().relative_to(root).parts)
-        unique, number = name, 1
-        while unique in taken:
-            number += 1
-            unique = f"{name}-{number}"
-        taken.add(unique)
-        names[file] = (f"{unique}.attention.png", f"{unique}.layers.png")
-    return names
+@dataclass(frozen=True)
+class AttentionChoice:
+    """Which attention map to keep: ``layer`` (negative from the last) reduced over ``heads`` (``"mean"``, ``"max"``
+    or head indices), or every layer with ``all_layers``."""
+
+    layer: int = -1
+    heads: str | tuple[int, ...] = "mean"
+    all_layers: bool = False
 
 
-def collect_images(inputs: Iterable[str | os.PathLike]) -> list[Path]:
-    """Files named directly (whatever their suffix) plus image files found under named folders, sorted."""
-    files = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            files.extend(sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
-        elif item.is_file():
-            files.append(item)
+class Embedder:
+    """A model and its preprocessing, turning images into embeddings ``[n, output_dim]`` and, with ``attention``,
+    reduced CLS->patch maps (float16 ``[n, grid, grid]``, or ``[n, layers, grid, grid]`` with ``all_layers``).
+
+    ``normalize`` L2-normalises the embeddings (in float32, before the cast); ``embedding_dtype`` is ``"float32"`` or
+    ``"float16"``. Only what is asked for is computed: without ``attention`` the forward is the plain one.
+    """
+
+    def __init__(
+        self,
+        model: VisionTransformer,
+        processor,
+        *,
+        normalize: bool = False,
+        embedding_dtype: str = "float32",
+        attention: AttentionChoice | None = None,
+    ) -> None:
+        self.model = model
+        self.forward: Callable[..., tuple[torch.Tensor, ...]] = model
+        self.preprocess = Preprocess(processor)
+        self.normalize = normalize
+        self.embedding_dtype = EMBEDDING_DTYPES[embedding_dtype]
+        self.attention = attention
+        parameter = next(model.parameters())
+        self.device, self.dtype = parameter.device, parameter.dtype
+
+    @classmethod
+    def from_folder(
+        cls,
+        folder: str | os.PathLike,
+        *,
+        device: str = "cpu",
+        dtype: str = "float32",
+        compile: bool = False,
+        check: bool = True,
+        **options,
+    ) -> Embedder:
+        """The ``Embedder`` of a vit_zoo folder, on ``device`` in ``dtype``; ``compile`` wraps the forward in
+        ``torch.compile``; ``check=False`` skips ``check_folder`` for a folder just checked. ``options`` are
+        ``Embedder``'s keyword arguments."""
+        model, processor = load_model(check_folder(folder) if check else Path(folder), device, dtype)
+        embedder = cls(model, processor, **options)
+        if compile:
+            embedder.forward = torch.compile(model)
+        return embedder
+
+    @torch.inference_mode()
+    def embed(self, pixel_values: torch.Tensor, names: Sequence[str] = ()) -> tuple[np.ndarray, np.ndarray | None]:
+        """``pixel_values [n, 3, H, W]`` -> embeddings ``[n, output_dim]`` and the reduced maps (or None).
+
+        Raises ``NonFiniteEmbeddingError`` naming the first image (from ``names``) whose embedding is NaN or Inf.
+        """
+        pixel_values = pixel_values.to(self.device, self.dtype, non_blocking=True)
+        outputs = self.forward(pixel_values, output_attention_map=self.attention is not None)
+        embeddings = outputs[0].float()
+        finite = torch.isfinite(embeddings).all(dim=1)
+        if not bool(finite.all()):
+            self._refuse(int((~finite).nonzero()[0]), names)
+        if self.normalize:
+            embeddings = embeddings / embeddings.norm(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+        maps = None
+        if self.attention is not None:
+            choice = self.attention
+            maps = reduce_attention(outputs[1], choice.layer, choice.heads, choice.all_layers).half().cpu().numpy()
+        return embeddings.cpu().numpy().astype(self.embedding_dtype, copy=False), maps
+
+    def _refuse(self, row: int, names: Sequence[str]) -> None:
+        image = names[row] if row < len(names) else f"image {row} of the batch"
+        if self.dtype != torch.float32:
+            cause = f"the model overflows {str(self.dtype).removeprefix('torch.')}; use --dtype float32 (or bfloat16)"
         else:
-            raise FileNotFoundError(f"{item} does not exist; give image files or folders of images")
-    if not files:
-        raise ValueError(f"no images found in {', '.join(map(str, inputs))} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-    return files
+            cause = "the weights give non-finite values; convert or pull the model again"
+        raise NonFiniteEmbeddingError(f"the embedding of {image} is NaN or Inf: {cause}")
 
-
-def open_image(
-    path: Path, shortest_edge: int, crop: int, resample: int, keep: bool = False
-) -> tuple[Image.Image, Image.Image | None]:
-    """``path`` as OpenAI's preprocessing sees it before normalisation: the shortest edge resized to
-    ``shortest_edge`` in the file's own mode (PIL uses NEAREST for palette and 1-bit images), a centred
-    ``crop``-square cut with torchvision's rounding, then RGB; with ``keep`` also the whole image as RGB (for overlays).
-
-    The size is read from the header first: an image of more than ``MAX_IMAGE_PIXELS``, or whose resize would
-    make more than ``MAX_RESIZED_PIXELS`` (a 400000x1 PNG of 1 KB), is refused before it is decoded.
-    """
-    with warnings.catch_warnings(), Image.open(path) as image:  # reads the header only
-        warnings.simplefilter("ignore")  # PIL's notes on odd metadata: what counts is whether the pixels decode
-        width, height = image.size
-        if width * height > MAX_IMAGE_PIXELS:
-            raise ValueError(f"{width}x{height} pixels is more than {MAX_IMAGE_PIXELS} (a decompression bomb?)")
-        size = _resized_size(width, height, shortest_edge)
-        if size[0] * size[1] > MAX_RESIZED_PIXELS:
-            raise ValueError(
-                f"{width}x{height} pixels would become {size[0]}x{size[1]} at a {shortest_edge}-pixel shortest edge, "
-                f"more than {MAX_RESIZED_PIXELS} pixels; crop it to a less extreme aspect ratio"
-            )
-        image.load()
-        left, top = round((size[0] - crop) / 2), round((size[1] - crop) / 2)
-        seen = image.resize(size, resample).crop((left, top, left + crop, top + crop)).convert("RGB")
-        return seen, image.convert("RGB") if keep else None
-
-
-def _resized_size(width: int, height: int, shortest_edge: int) -> tuple[int, int]:
-    """(width, height) after the shortest-edge resize, as transformers and torchvision compute it."""
-    if width <= height:
-        return shortest_edge, int(shortest_edge * height / width) if width else 0
-    return int(shortest_edge * width / height) if height else 0, shortest_edge
-
-
-def _batches(files: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
-    for start in range(0, len(files), size):
-        yield files[start : start + size]
-
-
-@torch.inference_mode()
-def embed_images(
-    model: VisionTransformer,
-    processor,
-    files: Sequence[Path],
-    *,
-    batch_size: int = 32,
-    attention_dir: Path | None = None,
-    layer: int = -1,
-    heads: str = "mean",
-    all_layers: bool = False,
-    crop_pct: float = 1.0,
-    progress: bool = True,
-) -> EmbedResult:
-    """Embed ``files`` in batches; unreadable files are recorded in ``skipped`` and the rest go on.
-
-    ``processor`` is the model's image processor (e.g. ``CLIPImageProcessor``) returning ``pixel_values``.
-    With ``attention_dir``, writes ``<stem>.attention.png`` (the chosen layer and head reduction over the
-    image) and, with ``all_layers``, ``<stem>.layers.png`` (one tile per layer) for each image.
-    """
-    if batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
-    if attention_dir is not None:  # refuse a bad --layer/--heads before any work
-        select_attention(torch.zeros(model.geometry.layers, model.geometry.heads, 1, 1), layer, heads)
-    result = EmbedResult()
-    parameter = next(model.parameters())
-    shortest_edge, crop, resample = processor.size["shortest_edge"], processor.crop_size["height"], processor.resample
-    overlay_files = overlay_names(files)
-    for batch in tqdm(list(_batches(files, batch_size)), desc="embedding", unit="batch", disable=not progress):
-        resized, images, names = [], [], []
-        for path in batch:
-            try:
-                model_input, whole = open_image(path, shortest_edge, crop, resample, keep=attention_dir is not None)
-            except Exception as error:  # noqa: BLE001 - PIL's decoders raise anything (SyntaxError, TypeError...)
-                result.skipped[path] = first_line(error)
+    def run(self, batches: Iterable[Batch]) -> Iterator[tuple[Batch, np.ndarray, np.ndarray | None]]:
+        """Each ``Batch`` of a loader with its embeddings (``[0, output_dim]`` for a batch of skipped inputs only)."""
+        for batch in batches:
+            if batch.pixel_values is None:
+                yield batch, np.zeros((0, self.model.geometry.output_dim), self.embedding_dtype), None
                 continue
-            resized.append(model_input)
-            images.append(whole)
-            names.append(path)
-        if not names:
-            continue
-        pixel_values = processor(images=resized, return_tensors="pt")["pixel_values"]
-        pixel_values = pixel_values.to(device=parameter.device, dtype=parameter.dtype)
-        outputs = model(pixel_values, output_attention_map=attention_dir is not None)
-        result.files.extend(names)
-        result.embeddings.append(outputs[0].float().cpu())
-        if attention_dir is not None:
-            targets = [overlay_files[path] for path in names]
-            result.overlays.extend(
-                _write_overlays(attention_dir, targets, images, outputs[1].float().cpu(), layer, heads, all_layers, crop_pct)
-            )
-    return result
+            embeddings, maps = self.embed(batch.pixel_values, [record.image_path for record in batch.records])
+            yield batch, embeddings, maps
+
+    def embed_images(self, images: Iterable[Image.Image], batch_size: int = 32) -> np.ndarray:
+        """Decoded images -> ``[n, output_dim]``, preprocessed as ``vit-zoo embed`` does, ``batch_size`` at a time."""
+        arrays, pending = [], []
+        for image in images:
+            pending.append(self.preprocess(image))
+            if len(pending) == batch_size:
+                arrays.append(self.embed(torch.stack(pending))[0])
+                pending = []
+        if pending:
+            arrays.append(self.embed(torch.stack(pending))[0])
+        return np.concatenate(arrays) if arrays else np.zeros((0, self.model.geometry.output_dim), self.embedding_dtype)
+
+    def __call__(self, batch: dict[str, Any], column: str = "image") -> dict[str, Any]:
+        """A Ray Data ``map_batches`` / Spark-style batch: ``batch[column]`` holds encoded image bytes, decoded PIL
+        images or ``[h, w, 3]`` uint8 arrays; returns the batch with ``"embedding"`` ``[n, output_dim]`` (and
+        ``"attention"`` when asked for). A bad image raises (filter first, or use the DataLoader path, which skips)."""
+        pictures = [_as_image(item) for item in batch[column]]
+        pixel_values = torch.stack([self.preprocess(picture) for picture in pictures])
+        embeddings, maps = self.embed(pixel_values)
+        result = {**batch, "embedding": embeddings}
+        if maps is not None:
+            result["attention"] = maps
+        return result
 
 
-def _write_overlays(folder, targets, images, attention_map, layer, heads, all_layers, crop_pct) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
-    for index, ((attention_name, layers_name), image) in enumerate(zip(targets, images)):
-        per_image = attention_map[:, index]  # [layers, heads, gh, gw]
-        target = folder / attention_name
-        overlay(image, select_attention(per_image, layer, heads), crop_pct).save(target)
-        written.append(target)
-        if all_layers:
-            reduced = torch.stack([select_attention(per_image, i, heads) for i in range(per_image.shape[0])])
-            grid_target = folder / layers_name
-            overlay_grid(image, reduced, crop_pct).save(grid_target)
-            written.append(grid_target)
-    return written
+def _as_image(item: Any) -> Image.Image:
+    if isinstance(item, Image.Image):
+        return item
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        return Image.open(io.BytesIO(bytes(item)))
+    return Image.fromarray(np.asarray(item, dtype=np.uint8))
 
 
-def save_embeddings(path: str | os.PathLike, result: EmbedResult, model_name: str) -> Path:
-    """Write ``[n, output_dim]`` embeddings with their file names.
+@dataclass(frozen=True)
+class RunOptions:
+    """The settings of a run that decide its numbers (recorded in a manifest) and how it is carried out."""
 
-    ``.safetensors``: tensor ``embeddings``, metadata ``files`` (JSON list) and ``model``. ``.npy``: the
-    array, with the file names one per line in ``<path>.files.txt`` beside it.
-    """
-    path = Path(path)
-    if path.suffix not in OUTPUT_SUFFIXES:
-        raise ValueError(f"--output must end in {' or '.join(OUTPUT_SUFFIXES)}, got {path.name}")
-    names = [str(file) for file in result.files]
-    embeddings = result.stacked().contiguous()
-    if path.suffix == ".safetensors":
+    batch_size: int = 32
+    shard_size: int = 10_000
+    dtype: str = "float32"
+    normalize: bool = False
+    embedding_dtype: str = "float32"
+    compile: bool = False
+    attention: AttentionChoice | None = None
+    overlays: Path | None = None
+    overlay_size: int = 512
+    num_workers: int = 0
+    device: str = "cpu"
+
+    def recorded(self) -> dict[str, Any]:
+        """What a resumed run must share with the first: everything that changes a number or a file."""
+        attention = asdict(self.attention) if self.attention is not None else None
+        if attention is not None and isinstance(attention["heads"], tuple):
+            attention["heads"] = list(attention["heads"])
+        return {
+            "batch_size": self.batch_size,
+            "shard_size": self.shard_size,
+            "dtype": self.dtype,
+            "device_type": torch.device(self.device).type,
+            "compile": self.compile,
+            "normalize": self.normalize,
+            "embedding_dtype": self.embedding_dtype,
+            "attention": attention,
+        }
+
+
+@dataclass
+class RunSummary:
+    """What one process did: images embedded and skipped, shards written and found complete, seconds spent."""
+
+    embedded: int = 0
+    skipped: int = 0
+    shards_written: int = 0
+    shards_complete: int = 0
+    seconds: float = 0.0
+
+
+def num_shards(inputs: FileInputs | TarInputs, shard_size: int) -> int:
+    """How many output shards ``inputs`` make: one per ``shard_size`` images, or one per tar."""
+    return len(inputs) if isinstance(inputs, TarInputs) else -(-len(inputs) // shard_size)
+
+
+def process_shards(total: int, rank: int = 0, world_size: int = 1, shard_index: int = 0, num_jobs: int = 1) -> list[int]:
+    """The shards one process writes: every ``num_jobs * world_size``-th, from ``shard_index * world_size + rank``
+    (job arrays split first, then a job's torchrun ranks)."""
+    return list(range(shard_index * world_size + rank, total, num_jobs * world_size))
+
+
+def inputs_digest(inputs: FileInputs | TarInputs) -> str:
+    """SHA-256 of the ordered input names: a resumed run must read the same inputs in the same order."""
+    digest = hashlib.sha256()
+    for name in inputs.urls if isinstance(inputs, TarInputs) else inputs.paths:
+        digest.update(os.fsencode(name) + b"\0")
+    return digest.hexdigest()
+
+
+def manifest_for(folder: Path, model_name: str, processor, inputs: FileInputs | TarInputs, options: RunOptions) -> dict[str, Any]:
+    """The manifest of an ``--output-dir``: model identity, preprocessing, the recorded options and the inputs."""
+    preprocessing = {
+        key: value.tolist() if hasattr(value, "tolist") else value
+        for key, value in processor.to_dict().items()
+        if key in ("size", "crop_size", "resample", "image_mean", "image_std", "rescale_factor")
+    }
+    return {
+        "model": {"name": model_name, "sha256": model_digest(folder)},
+        "preprocessing": preprocessing,
+        "options": options.recorded(),
+        "inputs": {
+            "kind": "webdataset" if isinstance(inputs, TarInputs) else "files",
+            "count": len(inputs),
+            "sha256": inputs_digest(inputs),
+        },
+    }
+
+
+def _loader(embedder: Embedder, inputs, shards: Sequence[int], options: RunOptions):
+    dataset = EmbedDataset(
+        inputs,
+        shards,
+        embedder.preprocess,
+        batch_size=options.batch_size,
+        shard_size=options.shard_size,
+        preview_size=options.overlay_size if options.overlays is not None else None,
+    )
+    return make_loader(dataset, options.num_workers, pin_memory=embedder.device.type == "cuda")
+
+
+class Progress:
+    """images/s and skipped inputs on a terminal (tqdm, label ``embedding``); nothing when ``enabled`` is false."""
+
+    def __init__(self, total: int | None, enabled: bool) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, desc="embedding", unit="img", disable=not enabled, dynamic_ncols=True)
+        self.skipped = 0
+
+    def update(self, batch: Batch) -> None:
+        self.skipped += len(batch.skipped)
+        self.bar.update(len(batch.records) + len(batch.skipped))
+        if self.skipped:
+            self.bar.set_postfix(skipped=self.skipped, refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _tracked(batches: Iterable[Batch], progress: Progress) -> Iterator[Batch]:
+    for batch in batches:
+        yield batch
+        progress.update(batch)
+
+
+def embed_to_folder(
+    embedder: Embedder,
+    inputs: FileInputs | TarInputs,
+    writer: ShardWriter,
+    shards: Sequence[int],
+    options: RunOptions,
+    progress: bool = False,
+) -> RunSummary:
+    """Embed the ``shards`` of ``inputs`` that ``writer`` does not hold yet, writing each shard as it completes."""
+    start = time.perf_counter()
+    complete = writer.prepare(shards)
+    pending = [shard for shard in shards if shard not in complete]
+    summary = RunSummary(shards_complete=len(complete))
+    total = None if isinstance(inputs, TarInputs) else sum(_shard_length(inputs, s, options.shard_size) for s in pending)
+    bar = Progress(total, progress)
+    try:
+        batches = _tracked(_loader(embedder, inputs, pending, options), bar) if pending else iter(())
+        embedded = _with_overlays(embedder.run(batches), inputs, embedder, options, _overlay_writer, [])
+        for result in collect_shards(embedded, embedder.model.geometry.output_dim):
+            writer.write(result)
+            summary.embedded += len(result.embeddings)
+            summary.skipped += len(result.skipped)
+            summary.shards_written += 1
+    finally:
+        bar.close()
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _shard_length(inputs: FileInputs, shard: int, shard_size: int) -> int:
+    return min((shard + 1) * shard_size, len(inputs)) - shard * shard_size
+
+
+def _overlay_names(inputs: FileInputs | TarInputs, options: RunOptions) -> list[str] | None:
+    """The overlay base name of each file input, by position (tar samples are named by their key)."""
+    if options.overlays is None or isinstance(inputs, TarInputs):
+        return None
+    return overlay_names(inputs.paths)
+
+
+def _overlay_writer(target: Path, save: Callable[[Path], None]) -> None:
+    write_atomically(target, save, replace=True)
+
+
+def _with_overlays(embedded, inputs, embedder: Embedder, options: RunOptions, write, written: list[Path]):
+    """The embedded batches, each batch's overlays drawn into ``options.overlays`` through ``write`` as it passes
+    (appended to ``written``) and its previews dropped: memory stays bounded by a batch, not a shard."""
+    if options.overlays is None or embedder.attention is None:
+        yield from embedded
+        return
+    names = _overlay_names(inputs, options)
+    crop_pct = embedder.preprocess.crop / embedder.preprocess.shortest_edge
+    for batch, embeddings, maps in embedded:
+        for record, preview, image_maps in zip(batch.records, batch.previews or [], maps if maps is not None else []):
+            name = names[record.position] if names is not None else _safe_name(record.key)
+            layers = torch.from_numpy(image_maps).float()
+            written += write_overlays(options.overlays, name, preview, layers, embedder.attention.layer, crop_pct, write)
+        batch.previews = None
+        yield batch, embeddings, maps
+
+
+def _safe_name(key: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in key).lstrip(".") or "image"
+
+
+def embed_to_file(
+    embedder: Embedder,
+    inputs: FileInputs,
+    output: Path,
+    model_name: str,
+    options: RunOptions,
+    progress: bool = False,
+) -> tuple[RunSummary, ShardResult, list[Path]]:
+    """Embed ``inputs`` into one ``.safetensors`` or ``.npy`` file (with the overlays, when asked for), every file
+    put in place together at the end, or none. Returns the summary, the results and the overlays written."""
+    start = time.perf_counter()
+    single = RunOptions(**{**options.__dict__, "shard_size": max(len(inputs), 1)})
+    bar = Progress(len(inputs), progress)
+    overlays: list[Path] = []
+    with StagedFiles() as staged:
+        try:
+            embedded = embedder.run(_tracked(_loader(embedder, inputs, [0], single), bar))
+            drawn = _with_overlays(embedded, inputs, embedder, options, staged.stage, overlays)
+            result = next(collect_shards(drawn, embedder.model.geometry.output_dim))
+        finally:
+            bar.close()
+        if not len(result.embeddings):
+            raise ValueError(f"none of the {len(inputs)} inputs could be read as an image")
+        for target, write in _file_writers(output, result, model_name):
+            staged.stage(target, write)
+        staged.commit()
+    return RunSummary(len(result.embeddings), len(result.skipped), 1, 0, time.perf_counter() - start), result, overlays
+
+
+def _file_writers(output: Path, result: ShardResult, model_name: str) -> list[tuple[Path, Callable[[Path], object]]]:
+    """``.safetensors``: tensor ``embeddings`` (and ``attention_map``), metadata ``files`` (JSON list) and ``model``.
+    ``.npy``: the array, and the file names one per line in ``<output>.files.txt`` (the file system's own bytes)."""
+    import json
+
+    names = [record.image_path for record in result.records]
+    if output.suffix == ".safetensors":
+        from safetensors.numpy import save_file
+
+        tensors = {"embeddings": np.ascontiguousarray(result.embeddings)}
+        if result.attention is not None:
+            tensors["attention_map"] = np.ascontiguousarray(result.attention)
         metadata = {"files": json.dumps(names), "model": model_name}
-        return write_atomically(
-            path, lambda staging: save_file({"embeddings": embeddings}, staging, metadata=metadata), replace=True
-        )
-    import numpy as np
+        return [(output, lambda staging: save_file(tensors, str(staging), metadata=metadata))]
 
     def write_array(staging: Path) -> None:
         with open(staging, "wb") as handle:
-            np.save(handle, embeddings.numpy())
+            np.save(handle, result.embeddings)
 
-    write_atomically(path, write_array, replace=True)
-    try:
-        names_file = path.with_name(path.name + ".files.txt")
-        write_atomically(
-            names_file, lambda staging: staging.write_text("".join(f"{n}\n" for n in names), encoding="utf-8"), replace=True
-        )
-    except BaseException:
-        path.unlink(missing_ok=True)  # an array without its names cannot be paired
-        raise
-    return path
+    listing = b"".join(os.fsencode(name) + b"\n" for name in names)
+    return [(output, write_array), (output.with_name(output.name + ".files.txt"), lambda staging: staging.write_bytes(listing))]
+
+
+def distributed_environment() -> tuple[int, int, int, int]:
+    """(rank, world size, local rank, local world size) from what torchrun, ``accelerate launch`` and slurm
+    launchers set (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``); (0, 1, 0, 1) otherwise."""
+    values = []
+    for name, default in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0), ("LOCAL_WORLD_SIZE", 1)):
+        text = os.environ.get(name, str(default))
+        if not text.isdigit():
+            raise ValueError(f"the environment variable {name}={text!r} is not a number; check the launcher's settings")
+        values.append(int(text))
+    rank, world_size, local_rank, local_world_size = values
+    if not 0 <= rank < max(world_size, 1):
+        raise ValueError(f"RANK={rank} is not below WORLD_SIZE={world_size}; check the launcher's settings")
+    return rank, max(world_size, 1), local_rank, max(local_world_size, 1)
+
+
+def print_skipped(skipped: Iterable[tuple[Any, str]]) -> None:
+    """One ``vit-zoo embed: skipped PATH: REASON`` line on stderr per input that could not be embedded."""
+    for record, reason in skipped:
+        print(f"vit-zoo embed: skipped {record.image_path}: {reason}", file=sys.stderr)

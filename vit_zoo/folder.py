@@ -23,7 +23,6 @@ from transformers.dynamic_module_utils import custom_object_save
 from .card import Provenance, model_card
 from .config import VitZooConfig
 from .errors import OutputExistsError
-from .image_processing import image_processor_for
 from .model import VisionTransformer
 from .modeling import VitZooModel, VitZooPreTrainedModel, remote_auto_map
 from .vision_transformer import TimmVisionTransformer, openai_state_dict, timm_config_dict, timm_model_args
@@ -68,12 +67,13 @@ def save_folder(
     combined.dtype = _storage_dtype(state_dict)
     # timm's pretrained_cfg in config.json would otherwise make AutoImageProcessor ignore preprocessor_config.json
     combined.image_processor_type = "CLIPImageProcessor"
+    if provenance is not None and provenance.note:
+        combined.provenance_note = provenance.note
     for key, value in (timm_keys or _timm_keys(config, entry)).items():
         setattr(combined, key, value)
-    combined.save_pretrained(folder)  # config.json, and config.py + model.py for remote code
-    custom_object_save(VitZooModel, folder)  # modeling.py
-    if config.in_channels == 3:  # CLIPImageProcessor prepares RGB images; other inputs bring their own pixel_values
-        image_processor_for(entry if entry is not None else config).save_pretrained(folder)
+    # config.json, config.py for remote code, and the preprocessing its timm pretrained_cfg states (RGB towers)
+    combined.save_pretrained(folder)
+    custom_object_save(VitZooModel, folder)  # modeling.py and its siblings
     (folder / "README.md").write_text(model_card(config, entry, provenance), encoding="utf-8")
     return folder
 

@@ -27,6 +27,7 @@ REMOTE_CODE_FILES = ("config.py", "errors.py", "files.py", "model.py", "modeling
 FORMAT_FILES = ("config.json", "preprocessor_config.json", "README.md", *REMOTE_CODE_FILES)
 _SHARD_NAME = re.compile(r"^[\w.-]+\.safetensors$")
 _FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
+HEADS = ("head.", "classifier.")  # timm's and transformers' classifiers, beside the tower
 
 
 def check_folder(folder: str | os.PathLike) -> Path:
@@ -43,7 +44,8 @@ def check_folder(folder: str | os.PathLike) -> Path:
     for path in [folder / name for name in FORMAT_FILES] + weights:
         _check_inside(path, folder)
     headers = _headers(weights)
-    tower = {name: shape for name, (_, _, shape) in headers.items() if not name.startswith("head.")}
+    # bare names as vit-zoo writes them, or under `visual.` as transformers' save_pretrained does; a classifier beside
+    tower = {name.removeprefix("visual."): shape for name, (_, _, shape) in headers.items() if not name.startswith(HEADS)}
     odd = [f"{name} ({dtype})" for name, (_, dtype, _) in headers.items() if dtype not in _FLOAT_DTYPES]
     try:
         check_weights_fit(config.geometry, tower, f"the weights in {folder}")
@@ -91,6 +93,14 @@ def check_model_type(config_path: Path) -> dict[str, Any]:
     except ValueError as error:
         raise FolderError(f"{first_line(error)}; convert or pull the model again") from None
     model_type = settings.get("model_type")
+    architecture = settings.get("architecture")
+    if model_type is None and isinstance(architecture, str) and architecture.startswith("vit_zoo_"):
+        folder = config_path.parent
+        raise FolderError(
+            f"{config_path} is timm's (save_for_hf / push_to_hf_hub of {shown(architecture)}): timm loads it with "
+            f"create_model('local-dir:{folder}'); for transformers and vit-zoo convert its weights: "
+            f"vit-zoo convert {folder / 'model.safetensors'} --name {architecture.partition('.')[0]} --output NEW_FOLDER"
+        )
     if model_type != VitZooConfig.model_type:
         raise FolderError(
             f"{config_path} describes a {shown(model_type)} model, not a {VitZooConfig.model_type!r} one; "

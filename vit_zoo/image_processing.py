@@ -15,22 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from transformers import CLIPImageProcessor, CLIPImageProcessorPil
-from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling
+from transformers.image_utils import PILImageResampling
 
-from .config import VitZooConfig
+from .config import VitZooConfig, clip_image_processor
 from .errors import shown
 from .files import read_json_object
-from .zoo import Preprocessing, ZooEntry, get_entry
+from .zoo import ZooEntry, get_entry
 
-RESAMPLING = {
-    "bicubic": PILImageResampling.BICUBIC,
-    "bilinear": PILImageResampling.BILINEAR,
-    "nearest": PILImageResampling.NEAREST,
-}
-BACKENDS: dict[str, type[CLIPImageProcessorPil] | type[CLIPImageProcessor]] = {
-    "pil": CLIPImageProcessorPil,
-    "torchvision": CLIPImageProcessor,
-}
 PROCESSOR_TYPES = ("CLIPImageProcessor", "CLIPImageProcessorPil")
 MAX_RESIZE_FACTOR = 4  # shortest edge / crop side: crop_pct down to 0.25
 _STEPS = ("do_resize", "do_center_crop", "do_rescale", "do_normalize", "do_convert_rgb")
@@ -39,41 +30,35 @@ _STEPS = ("do_resize", "do_center_crop", "do_rescale", "do_normalize", "do_conve
 def image_processor_for(
     source: ZooEntry | VitZooConfig | str, backend: str = "pil"
 ) -> CLIPImageProcessorPil | CLIPImageProcessor:
-    """A CLIP image processor turning RGB images into ``pixel_values`` for this variant.
+    """A CLIP image processor turning RGB images into ``pixel_values`` for this variant
+    (``vit_zoo.config.clip_image_processor`` with its preprocessing).
 
-    Resizes the shortest edge to ``input_resolution / crop_pct`` (``interpolation``, bicubic for OpenAI),
-    center-crops ``input_resolution`` squared, rescales to [0, 1] and normalises with the variant's mean and
-    std. ``source`` is a zoo entry, its name (or OpenAI name, e.g. ``"ViT-B/32"``), or a ``VitZooConfig``, for
-    which OpenAI's preprocessing is used since a config does not record any. ``backend`` is ``"pil"``
-    (``CLIPImageProcessorPil``, OpenAI's exact pixels) or ``"torchvision"`` (``CLIPImageProcessor``).
+    ``source`` is a zoo entry, its name (or OpenAI name, e.g. ``"ViT-B/32"``), or a ``VitZooConfig``
+    (``VitZooConfig.image_processor``: the preprocessing of its timm ``pretrained_cfg``, else OpenAI's).
+    ``backend`` is ``"pil"`` (``CLIPImageProcessorPil``, OpenAI's exact pixels) or ``"torchvision"``
+    (``CLIPImageProcessor``).
 
     Raises:
         ValueError: unknown ``backend``, a variant that does not take 3-channel images, or a mean/std
             without 3 values.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {sorted(BACKENDS)}, got {backend!r}")
     if isinstance(source, str):
         source = get_entry(source)
-    if isinstance(source, ZooEntry):
-        geometry, preprocessing = source.config(), source.preprocessing
-    else:
-        geometry, preprocessing = source, Preprocessing()
-    if geometry.in_channels != 3:
+    if not isinstance(source, ZooEntry):
+        return source.image_processor(backend)
+    if source.geometry.in_channels != 3:
         raise ValueError(
-            f"CLIPImageProcessor prepares RGB images, but this variant takes {geometry.in_channels} channels; "
+            f"CLIPImageProcessor prepares RGB images, but this variant takes {source.geometry.in_channels} channels; "
             f"prepare its pixel_values yourself"
         )
-    mean, std = preprocessing.mean or OPENAI_CLIP_MEAN, preprocessing.std or OPENAI_CLIP_STD
-    if len(mean) != 3 or len(std) != 3:
-        raise ValueError(f"mean and std need one value per RGB channel, got mean={mean} std={std}")
-    resolution = geometry.input_resolution
-    return BACKENDS[backend](
-        size={"shortest_edge": math.floor(resolution / preprocessing.crop_pct)},
-        crop_size={"height": resolution, "width": resolution},
-        resample=RESAMPLING[preprocessing.interpolation],
-        image_mean=list(mean),
-        image_std=list(std),
+    preprocessing = source.preprocessing
+    return clip_image_processor(
+        source.input_resolution,
+        preprocessing.crop_pct,
+        preprocessing.interpolation,
+        preprocessing.mean,
+        preprocessing.std,
+        backend,
     )
 
 

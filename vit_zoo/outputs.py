@@ -16,9 +16,14 @@ from safetensors import SafetensorError
 
 from .errors import OutputError, first_line, os_reason
 
-__all__ = ["write_atomically"]
+__all__ = ["StagedFiles", "write_atomically"]
 
-_STAGING = re.compile(r"^\..+\.vit-zoo-[0-9a-f]{32}\.partial$")  # write_atomically's staging paths, and nothing else
+# The only paths this module ever removes: ``.<name>.vit-zoo-<32 hex>.<kind>``, each with its lock file beside it.
+_MARKED = re.compile(r"^\.(?P<name>.+)\.vit-zoo-[0-9a-f]{32}\.(?P<kind>partial|staged|previous)$")
+
+
+def _marked(target: Path, token: str, kind: str) -> Path:
+    return target.with_name(f".{target.name}.vit-zoo-{token}.{kind}")
 
 
 def write_atomically(target: str | os.PathLike, write: Callable[[Path], Any], *, replace: bool = False) -> Path:
@@ -34,7 +39,7 @@ def write_atomically(target: str | os.PathLike, write: Callable[[Path], Any], *,
     """
     target = Path(target)
     new_parents = [folder for folder in target.parents if not folder.exists()]
-    staging = target.with_name(f".{target.name}.vit-zoo-{uuid.uuid4().hex}.partial")
+    staging = _marked(target, uuid.uuid4().hex, "partial")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         sweep_stale_staging(target.parent)
@@ -78,12 +83,14 @@ def _staging_lock(staging: Path) -> Iterator[None]:
 
 
 def sweep_stale_staging(folder: Path) -> None:
-    """Remove the staging paths that killed runs left in ``folder``: those named as ``write_atomically`` names them,
-    whose lock file is there and held by no live process. A run still writing holds its lock, so its staging path
-    stays; a path without its lock file is not ours, so it stays too."""
-    for lock_path in folder.glob(".*.vit-zoo-*.partial.lock"):
-        staging = lock_path.with_name(lock_path.name.removesuffix(".lock"))
-        if not _STAGING.match(staging.name):
+    """Clear what killed runs left in ``folder``: the marked paths (``_MARKED``) whose lock file is there and held by
+    no live process. A partial or staged file is removed; a previous file (a replaced output not yet deleted) is put
+    back when its output is missing, else removed. A run still writing holds its lock, so its paths stay; a path
+    without its lock file is not ours, so it stays too."""
+    for lock_path in folder.glob(".*.vit-zoo-*.lock"):
+        marked = lock_path.with_name(lock_path.name.removesuffix(".lock"))
+        match = _MARKED.match(marked.name)
+        if match is None:
             continue
         lock = FileLock(lock_path, timeout=0)
         try:
@@ -91,11 +98,69 @@ def sweep_stale_staging(folder: Path) -> None:
         except (Timeout, OSError):  # still being written (or not ours to remove)
             continue
         try:
-            _remove(staging)
+            target = folder / match["name"]
+            if match["kind"] == "previous" and not (target.exists() or target.is_symlink()):
+                with contextlib.suppress(OSError):
+                    os.replace(marked, target)
+            else:
+                _remove(marked)
         finally:
             lock.release()
             with contextlib.suppress(OSError):
                 lock_path.unlink(missing_ok=True)
+
+
+class StagedFiles:
+    """Files written now and put in place together later: ``stage(target, write)`` writes a marked hidden file
+    beside ``target``; ``commit()`` moves every staged file onto its target, restoring the previous files if a move
+    fails; leaving the ``with`` block without ``commit()`` (an error) removes what was staged. Every hidden path is
+    locked while this object may still use it, so a run killed at any moment leaves only what the next write into
+    the folder clears (``sweep_stale_staging``), the previous outputs restored where the new ones are missing."""
+
+    def __init__(self) -> None:
+        self.token = uuid.uuid4().hex
+        self.staged: list[tuple[Path, Path]] = []
+        self._locks = contextlib.ExitStack()
+
+    def stage(self, target: Path, write: Callable[[Path], Any]) -> None:
+        if any(target == staged for staged, _ in self.staged):
+            raise ValueError(f"{target} would be written twice in one run; give each output its own name")
+        hidden = _marked(target, self.token, "staged")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self._locks.enter_context(_staging_lock(hidden))
+        self.staged.append((target, hidden))
+        write_atomically(hidden, write, replace=True)
+
+    def commit(self) -> None:
+        moved: list[tuple[Path, Path | None]] = []
+        try:
+            for target, hidden in self.staged:
+                backup = None
+                if target.is_symlink() or (target.exists() and not target.is_dir()):
+                    backup = _marked(target, self.token, "previous")
+                    self._locks.enter_context(_staging_lock(backup))
+                    os.replace(target, backup)
+                moved.append((target, backup))
+                os.replace(hidden, target)
+        except OSError as error:
+            for target, backup in reversed(moved):
+                with contextlib.suppress(OSError):
+                    os.replace(backup, target) if backup is not None else target.unlink(missing_ok=True)
+            raise OutputError(f"cannot write {target} ({os_reason(error)}); nothing was changed") from error
+        for _, backup in moved:
+            if backup is not None:
+                backup.unlink(missing_ok=True)
+        self.staged = []
+
+    def __enter__(self) -> StagedFiles:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for _, hidden in self.staged:
+            with contextlib.suppress(OSError):
+                hidden.unlink(missing_ok=True)
+        self.staged = []
+        self._locks.close()
 
 
 def _remove(path: Path) -> None:

@@ -5,7 +5,8 @@ Layouts read (``to_vit_zoo_state_dict`` tells them apart by their keys):
 * OpenAI / open_clip full CLIP: ``visual.*`` next to the text tower (open_clip training checkpoints also
   wrap it in ``state_dict`` and prefix ``module.``; ``vit_zoo.readers.load_checkpoint`` removes both).
 * A bare image tower with vit_zoo's (= OpenAI's visual) names: ``conv1.weight``, ``transformer.resblocks.N.*``...
-  timm's ``vit_zoo_*`` models use these names too, with the projection as ``head.weight`` (``proj`` transposed).
+* timm's ``vit_zoo_*`` models (``save_for_hf``): ``visual.*`` with the projection as ``head.weight`` (``proj``
+  transposed; bare names in saves from before the tower moved under ``visual``).
 * transformers CLIP (``CLIPVisionModelWithProjection``, ``CLIPModel``): ``vision_model.*`` + ``visual_projection``.
 
 ``to_hf_clip_state_dict`` / ``to_hf_clip_vision_config`` map the other way, for transformers' own CLIP classes.
@@ -80,8 +81,9 @@ def _rename(key: str, table: list[tuple[re.Pattern, str]]) -> str | None:
 def to_vit_zoo_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The image tower of a CLIP state dict under vit_zoo's names (OpenAI's ``visual`` names, no prefix).
 
-    Accepts OpenAI/open_clip full CLIP (``visual.*``), a bare image tower, and transformers CLIP
-    (``vision_model.*`` + ``visual_projection.weight``, transposed into ``proj [width, output_dim]``).
+    Accepts OpenAI/open_clip full CLIP (``visual.*``), a bare image tower, timm's saves of vit_zoo models (the
+    projection ``head.weight`` transposed into ``proj``) and transformers CLIP (``vision_model.*`` +
+    ``visual_projection.weight``, transposed into ``proj [width, output_dim]``).
     Text-tower tensors are dropped, never copied. Shapes are checked later (``check_state_dict``).
 
     Raises:
@@ -109,6 +111,15 @@ def to_vit_zoo_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, t
             "ResNet CLIP checkpoint (layer1.*, attnpool.*): vit_zoo holds OpenAI's ViT image towers only "
             "(ViT-B/32, ViT-B/16, ViT-L/14, ViT-L/14@336px)"
         )
+    head = {key: tower.pop(key) for key in [key for key in tower if key.startswith("head.")]}
+    head.update({key: value for key, value in state_dict.items() if key.startswith("head.")})
+    if head and "proj" not in tower:
+        if set(head) != {"head.weight"}:
+            raise CheckpointError(
+                f"a timm checkpoint whose head is a classifier ({', '.join(sorted(head))}), not OpenAI's projection: "
+                "the tower has no proj; save the model with num_classes=output_dim, or load it with timm"
+            )
+        tower["proj"] = head["head.weight"].t()
     return tower
 
 

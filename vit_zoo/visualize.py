@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+from .embed_inputs import check_head_and_layer, parse_heads
 
 # Anchor colours of matplotlib's "inferno" colormap (dark purple -> yellow), interpolated linearly.
 _INFERNO = torch.tensor(
@@ -20,30 +25,32 @@ _INFERNO = torch.tensor(
     ],
     dtype=torch.float32,
 )
-HEAD_REDUCTIONS = ("mean", "max")
+
+
+def reduce_attention(
+    attention_map: torch.Tensor, layer: int = -1, heads: str | Sequence[int] = "mean", all_layers: bool = False
+) -> torch.Tensor:
+    """The seed's ``[layers, b, heads, gh, gw]`` maps -> ``[b, gh, gw]`` for ``layer`` (negative counts from the
+    last), or ``[b, layers, gh, gw]`` with ``all_layers``; in float32.
+
+    ``heads`` is ``"mean"``, ``"max"`` or head indices whose mean is taken. Ranges are checked by
+    ``vit_zoo.embed_inputs.check_head_and_layer`` (``IndexError`` here).
+    """
+    chosen = attention_map.float() if all_layers else attention_map[layer : layer + 1 or None].float()
+    if heads == "mean":
+        reduced = chosen.mean(2)
+    elif heads == "max":
+        reduced = chosen.amax(2)
+    else:
+        reduced = chosen[:, :, list(heads)].mean(2)
+    return reduced.transpose(0, 1) if all_layers else reduced[0]
 
 
 def select_attention(attention_map: torch.Tensor, layer: int = -1, heads: str = "mean") -> torch.Tensor:
-    """One image's ``[layers, heads, gh, gw]`` map -> ``[gh, gw]``.
-
-    ``layer`` indexes the layers (negative counts from the last); ``heads`` is ``"mean"``, ``"max"`` or
-    comma-separated head indices whose mean is taken.
-    """
-    layers, num_heads = attention_map.shape[:2]
-    if not -layers <= layer < layers:
-        raise ValueError(f"--layer {layer} is out of range: the model has {layers} layers (use 0..{layers - 1} or -1)")
-    per_head = attention_map[layer].float()
-    if heads == "mean":
-        return per_head.mean(0)
-    if heads == "max":
-        return per_head.amax(0)
-    try:
-        indices = [int(index) for index in heads.split(",")]
-    except ValueError:
-        raise ValueError(f"--heads must be 'mean', 'max' or comma-separated head indices, got {heads!r}") from None
-    if not all(-num_heads <= index < num_heads for index in indices):
-        raise ValueError(f"--heads {heads} is out of range: the model has {num_heads} heads (0..{num_heads - 1})")
-    return per_head[indices].mean(0)
+    """One image's ``[layers, heads, gh, gw]`` map -> ``[gh, gw]`` (``--layer``, ``--heads`` as in ``vit-zoo embed``)."""
+    parsed = parse_heads(heads)
+    check_head_and_layer(layer, parsed, *attention_map.shape[:2])
+    return reduce_attention(attention_map[:, None], layer, parsed)[0]
 
 
 def colorize(values: torch.Tensor) -> torch.Tensor:
@@ -89,3 +96,18 @@ def overlay_grid(image: Image.Image, attention_maps: torch.Tensor, crop_pct: flo
     for index, tile in enumerate(tiles):
         grid.paste(tile, ((index % columns) * width, (index // columns) * height))
     return grid
+
+
+def write_overlays(
+    folder: Path, name: str, preview: Image.Image, maps: torch.Tensor, layer: int, crop_pct: float, write
+) -> list[Path]:
+    """``<name>.attention.png`` (the ``layer`` map over ``preview``) and, for ``maps [layers, gh, gw]``, also
+    ``<name>.layers.png``; ``maps [gh, gw]`` is one layer. ``write(target, save)`` puts each file in place
+    (atomically). Returns the targets."""
+    per_layer = maps.dim() == 3
+    targets = [folder / f"{name}.attention.png"]
+    write(targets[0], lambda path: overlay(preview, maps[layer] if per_layer else maps, crop_pct).save(path, "PNG"))
+    if per_layer:
+        targets.append(folder / f"{name}.layers.png")
+        write(targets[1], lambda path: overlay_grid(preview, maps, crop_pct).save(path, "PNG"))
+    return targets

@@ -1,10 +1,10 @@
-"""Draw the Attention maps page's pictures with `vit-zoo embed --attention-map --all-layers`.
+"""Draw the Attention maps page's pictures with `vit-zoo embed --overlays DIR --all-layers`.
 
 The model has random weights (the docs build offline, without downloading a checkpoint), so the pictures
 show what the outputs are (grid, upsampling, blending), not what a trained CLIP looks at; each picture says
 so in a banner, names its layers and carries the colour scale. For a trained
-model run the same command on a converted folder, e.g. ``vit-zoo embed ViT-B/16 scene.png --attention-map
-DIR --all-layers``.
+model run the same command on a converted folder, e.g. ``vit-zoo embed ViT-B/16 scene.png --overlays DIR
+--all-layers``.
 
 Run from the repository root: ``python docs/scripts/attention_figure.py``.
 """
@@ -92,8 +92,10 @@ def main() -> None:
             str(work / "scene.png"),
             "--output",
             str(work / "scene.safetensors"),
-            "--attention-map",
+            "--overlays",
             str(work / "maps"),
+            "--overlay-size",
+            str(SIZE),
             "--all-layers",
         ]
         print("vit-zoo " + " ".join(command))
