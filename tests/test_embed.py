@@ -1,6 +1,6 @@
 """``vit_zoo.embed``: `vit-zoo embed` into one file, the preprocessing, the Python API and the refusals (the sharded
 output: test_embed_sharded.py); `vit-zoo list`; and (the section at the end) hostile images, folders, repos and
-outputs given to embed."""
+outputs given to embed. ``StagedFiles``, which replaces the outputs together, is tested in test_outputs.py."""
 
 import json
 import os
@@ -29,7 +29,6 @@ from vit_zoo.embed import Embedder
 from vit_zoo.embed_data import Preprocess, load_image
 from vit_zoo.embed_inputs import overlay_names
 from vit_zoo.image_processing import load_image_processor
-from vit_zoo.outputs import StagedFiles
 from vit_zoo.visualize import crop_box, reduce_attention, select_attention
 
 
@@ -193,24 +192,6 @@ def test_npy_output_keeps_names_that_are_not_utf8_and_a_failed_run_changes_nothi
         "none of the 1 inputs could be read as an image",
     )
     assert {path.name: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()} == before
-
-
-def test_files_staged_together_are_replaced_together_or_not_at_all(tmp_path):
-    (tmp_path / "a").write_text("old a")
-    (tmp_path / "b").write_text("old b")
-    with pytest.raises(OSError, match="cannot write"), StagedFiles() as staged:
-        staged.stage(tmp_path / "a", lambda path: path.write_text("new a"))
-        staged.stage(tmp_path / "b", lambda path: path.write_text("new b"))
-        (tmp_path / "b").unlink()
-        (tmp_path / "b").mkdir()  # the second move fails: a folder appeared in the way
-        staged.commit()
-    assert (tmp_path / "a").read_text() == "old a" and sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
-    with StagedFiles() as staged:
-        staged.stage(tmp_path / "a", lambda path: path.write_text("new a"))
-        staged.stage(tmp_path / "c", lambda path: path.write_text("new c"))
-        staged.commit()
-    assert (tmp_path / "a").read_text() == "new a" and (tmp_path / "c").read_text() == "new c"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "c"]
 
 
 def test_overlays_count_what_is_written_and_name_copies_uniquely(model_folder, images, tmp_path, capsys):

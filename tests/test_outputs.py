@@ -1,10 +1,14 @@
-"""``vit_zoo.outputs.write_atomically``: every file or folder vit_zoo writes appears complete or not at all.
+"""``vit_zoo.outputs``: every file or folder vit_zoo writes appears complete or not at all.
 
-A failed write leaves neither its staging path nor the parent folders made for it, and a disk error becomes one
-``OutputError`` line; an existing output is replaced only when asked; what appears has the modes the umask gives.
-What a killed run staged is removed by the next write into the folder, a run still writing keeps its staging path,
-and nothing a user made (``.photos.20240101.partial/``, ``.x.abcdef12.partial``) is ever taken for staging: an
-earlier sweep removed every ``.*.partial`` beside the output.
+``write_atomically``: a failed write leaves neither its staging path nor the parent folders made for it, and a disk
+error becomes one ``OutputError`` line; an existing output is replaced only when asked; what appears has the modes
+the umask gives. What a killed run staged is removed by the next write into the folder, a run still writing keeps its
+staging path, and nothing a user made (``.photos.20240101.partial/``, ``.x.abcdef12.partial``) is ever taken for
+staging: an earlier sweep removed every ``.*.partial`` beside the output.
+
+``StagedFiles``: files staged together are committed together, a failed move puts the previous files back, and what
+a killed run left (staged files, outputs moved aside) is cleared by the next write into the folder, each replaced
+output put back where the new one is missing.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import pytest
 from helpers import REPO_ROOT, listing
 
 from vit_zoo.errors import OutputError
-from vit_zoo.outputs import write_atomically
+from vit_zoo.outputs import StagedFiles, write_atomically
 
 
 def write_text(text: str):
@@ -120,7 +124,7 @@ def test_what_appears_has_the_modes_the_umask_gives(tmp_path, umask):
 KILLED_WRITE = """
 import sys, time
 from pathlib import Path
-from vit_zoo.outputs import write_atomically
+from vit_zoo.outputs import StagedFiles, write_atomically
 def write(staging):
     staging.mkdir()
     (staging / "half.bin").write_bytes(b"half")
@@ -197,3 +201,83 @@ def test_paths_a_user_made_are_never_taken_for_staging(tmp_path):
     assert listing(tmp_path) == sorted(
         [*mine, ".photos.20240101.partial", "folder", "folder/model.safetensors", "folder/sub", "folder/sub/notes.txt", "out.txt"]
     )
+
+
+def write_staged(text: str):
+    """A ``write(hidden)`` for ``StagedFiles.stage`` that creates a file holding ``text``."""
+    return lambda hidden: hidden.write_text(text)
+
+
+def test_files_staged_together_are_replaced_together_or_not_at_all(tmp_path):
+    (tmp_path / "a").write_text("old a")
+    (tmp_path / "b").write_text("old b")
+    with pytest.raises(OutputError, match=f"cannot write {tmp_path / 'b'} .*; nothing was changed"), StagedFiles() as staged:
+        staged.stage(tmp_path / "a", write_staged("new a"))
+        staged.stage(tmp_path / "b", write_staged("new b"))
+        (tmp_path / "b").unlink()
+        (tmp_path / "b").mkdir()  # the second move fails: a folder appeared in the way
+        staged.commit()
+    assert (tmp_path / "a").read_text() == "old a" and listing(tmp_path) == ["a", "b"]
+    with StagedFiles() as staged:
+        staged.stage(tmp_path / "a", write_staged("new a"))
+        staged.stage(tmp_path / "c", write_staged("new c"))
+        staged.commit()
+    assert (tmp_path / "a").read_text() == "new a" and (tmp_path / "c").read_text() == "new c"
+    assert listing(tmp_path) == ["a", "b", "c"]
+
+
+def test_staged_files_not_committed_leave_nothing_and_an_output_is_staged_once(tmp_path):
+    (tmp_path / "a").write_text("old a")
+    with pytest.raises(Interrupted), StagedFiles() as staged:
+        staged.stage(tmp_path / "a", write_staged("new a"))
+        staged.stage(tmp_path / "sub" / "b", write_staged("new b"))
+        raise Interrupted("the run failed before its commit")
+    assert (tmp_path / "a").read_text() == "old a" and listing(tmp_path) == ["a", "sub"]
+    with pytest.raises(ValueError, match=f"{tmp_path / 'a'} would be written twice in one run"), StagedFiles() as staged:
+        staged.stage(tmp_path / "a", write_staged("first"))
+        staged.stage(tmp_path / "a", write_staged("second"))
+    assert (tmp_path / "a").read_text() == "old a" and listing(tmp_path) == ["a", "sub"]
+
+
+def test_staged_files_of_a_run_still_writing_are_left_alone(tmp_path):
+    with StagedFiles() as staged:
+        staged.stage(tmp_path / "a", write_staged("new a"))
+        write_atomically(tmp_path / "other.txt", write_text("other"))  # sweeps the folder while "a" is staged
+        staged.commit()
+    assert (tmp_path / "a").read_text() == "new a" and listing(tmp_path) == ["a", "other.txt"]
+
+
+def test_staged_files_of_a_killed_run_are_swept_and_replaced_outputs_put_back(tmp_path):
+    """SIGKILL during a run leaves its marked hidden files and their lock files, held by nobody: the next write into
+    the folder removes what was staged and puts each output moved aside back where the new one is missing."""
+    token = "0123456789abcdef" * 2
+    left = {
+        "kept": "old kept",  # killed after staging: the output was never touched
+        f".kept.vit-zoo-{token}.staged": "new kept",
+        f".moved.vit-zoo-{token}.previous": "old moved",  # killed mid-commit: moved aside, the new one not in yet
+        f".moved.vit-zoo-{token}.staged": "new moved",
+        "done": "new done",  # killed after the new output went in, before the previous one was deleted
+        f".done.vit-zoo-{token}.previous": "old done",
+    }
+    mine = {  # a user's files that merely look like ours
+        f".photo.vit-zoo-{token}.previous": "no lock file beside it: not ours",
+        f".notes.vit-zoo-{token[:31]}.staged": "31 hex digits",
+        f".notes.vit-zoo-{token.upper()}.staged": "not lowercase hex",
+        f".notes.vit-zoo-{token}.backup": "another kind",
+        f".notes.{token}.staged": "no vit-zoo mark",
+    }
+    for name, text in left.items():
+        (tmp_path / name).write_text(text)
+        if name.startswith("."):
+            (tmp_path / f"{name}.lock").touch()
+    for name, text in mine.items():
+        (tmp_path / name).write_text(text)
+        if not name.startswith(".photo."):
+            (tmp_path / f"{name}.lock").touch()
+    write_atomically(tmp_path / "next.txt", write_text("next"))
+    outputs = {name: (tmp_path / name).read_text() for name in ("kept", "moved", "done", "next.txt")}
+    assert outputs == {"kept": "old kept", "moved": "old moved", "done": "new done", "next.txt": "next"}
+    for name, text in mine.items():
+        assert (tmp_path / name).read_text() == text, f"{name} was changed"
+    locks = [f"{name}.lock" for name in mine if not name.startswith(".photo.")]
+    assert listing(tmp_path) == sorted(["kept", "moved", "done", "next.txt", *mine, *locks])
