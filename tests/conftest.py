@@ -2,9 +2,10 @@
 
 Read only, built once per process: ``reference_tiny_clip`` (an fp32 open_clip CLIP), ``tiny_clip`` and
 ``tiny_archive`` (an OpenAI-format checkpoint), ``model_folder`` (a saved vit_zoo folder), ``sharded_folder`` (the
-same in shards), ``clip_vision_folder`` (a transformers CLIP folder: another model type) and ``corrupt_safetensors``
-(damaged weights files). Per test: ``copied_folder`` (a copy of ``model_folder`` to damage), ``read_only_folder``,
-``fresh_dynamo`` and ``scratch_zoo``. Helpers that are not fixtures live in helpers.py, hostile inputs in hostile.py.
+same in shards), ``clip_vision_folder`` (a transformers CLIP folder: another model type), ``corrupt_safetensors``
+(damaged weights files) and ``image`` (a PNG to embed). Per test: ``copied_folder`` (a copy of ``model_folder`` to
+damage), ``read_only_folder``, ``fresh_dynamo`` and ``scratch_zoo``. Helpers that are not fixtures live in
+helpers.py, hostile inputs in hostile.py.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from checkpoints import openai_clip, write_torchscript_archive
 from helpers import tmpfs
 from hostile import damaged_safetensors
 from open_clip.model import CLIP
+from PIL import Image
 from reference import TINY, reference_clip
 
 from vit_zoo import VitZooConfig, VitZooModel, save_model_folder, zoo
@@ -58,6 +60,14 @@ def model_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     a test that damages a folder takes ``copied_folder``."""
     torch.manual_seed(0)
     return save_model_folder(VitZooModel(VitZooConfig(**TINY)).eval(), tmp_path_factory.mktemp("model") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 40x48 RGB gradient PNG to embed. Read only."""
+    path = tmp_path_factory.mktemp("image") / "image.png"
+    Image.linear_gradient("L").convert("RGB").resize((40, 48)).save(path)
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,6 @@ import struct
 import subprocess
 import sys
 import termios
-from pathlib import Path
 
 import pytest
 import torch
@@ -37,15 +36,6 @@ except SystemExit as exit:
     code = exit.code
 print(json.dumps({"heavy": sorted(set(HEAVY) & set(sys.modules)), "code": code}), file=sys.stderr)
 """
-
-
-@pytest.fixture(scope="module")
-def image(tmp_path_factory) -> Path:
-    from PIL import Image
-
-    path = tmp_path_factory.mktemp("images") / "cat.png"
-    Image.linear_gradient("L").convert("RGB").save(path)
-    return path
 
 
 @pytest.mark.parametrize(

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import torch
 from helpers import REPO_ROOT, assert_cli_error, call_main, listing, run_cli
-from hostile import CORRUPT_SAFETENSORS, HOSTILE_FOLDERS, hostile_images, make_evil
+from hostile import CORRUPT_SAFETENSORS, HOSTILE_FOLDERS, edit_json, edit_weights, hostile_images, make_evil
 from hub_server import WRITE_TOKEN
 from limits import twice_at_once
 from PIL import Image
 from reference import TINY
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torchvision import transforms
 from transformers import AutoImageProcessor
 
@@ -35,12 +35,8 @@ from vit_zoo.visualize import crop_box, reduce_attention, select_attention
 @pytest.fixture(scope="module")
 def cropping_folder(model_folder, tmp_path_factory):
     """The tiny model with crop_pct 32/36 < 1: shortest edge resized to 36, then a 32-pixel centre crop."""
-    folder = tmp_path_factory.mktemp("cropping") / "tiny"
-    folder.mkdir()
-    for path in model_folder.iterdir():
-        (folder / path.name).write_bytes(path.read_bytes())
-    settings = json.loads((folder / "preprocessor_config.json").read_text())
-    (folder / "preprocessor_config.json").write_text(json.dumps({**settings, "size": {"shortest_edge": 36}}))
+    folder = Path(shutil.copytree(model_folder, tmp_path_factory.mktemp("cropping") / "tiny"))
+    edit_json("preprocessor_config.json", size={"shortest_edge": 36})(folder)
     return folder
 
 
@@ -218,16 +214,10 @@ def test_overlays_of_a_huge_image_are_drawn_at_a_bounded_size(model_folder, tmp_
 
 
 @pytest.fixture
-def overflowing_folder(model_folder, tmp_path):
+def overflowing_folder(copied_folder):
     """Finite float32 weights whose embeddings overflow float16 (65504)."""
-    folder = tmp_path / "overflowing"
-    folder.mkdir()
-    for path in model_folder.iterdir():
-        (folder / path.name).write_bytes(path.read_bytes())
-    weights = load_file(folder / "model.safetensors")
-    weights["proj"] = torch.full_like(weights["proj"], 1e5)
-    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
-    return folder
+    edit_weights(lambda weights: weights["proj"].fill_(1e5))(copied_folder)
+    return copied_folder
 
 
 def test_non_finite_embeddings_end_the_run_naming_the_cause(overflowing_folder, images, tmp_path, capsys):

@@ -64,12 +64,6 @@ with open(f"{work}/metadata.json", "w") as file:
 
 
 @pytest.fixture(scope="module")
-def model_folder(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    return save_model_folder(VitZooModel(VitZooConfig(**TINY)).eval(), tmp_path_factory.mktemp("model") / "tiny")
-
-
-@pytest.fixture(scope="module")
 def core(model_folder):
     return VitZooModel.from_pretrained(model_folder).visual.eval()
 
