@@ -17,7 +17,7 @@ import onnx
 import onnxruntime
 import pytest
 import torch
-from helpers import REPO_ROOT, assert_cli_error, call_main
+from helpers import REPO_ROOT, assert_cli_error, call_main, listing
 from reference import TINY, relative_error
 from safetensors.torch import load_file, save_file
 
@@ -97,10 +97,6 @@ def assert_agrees(actual, expected, tolerance: float = 1e-5) -> None:
         got = torch.as_tensor(got)
         assert got.shape == wanted.shape and got.dtype == wanted.dtype
         assert relative_error(got, wanted) <= tolerance
-
-
-def listing(folder: Path) -> list[str]:
-    return sorted(str(path.relative_to(folder)) for path in folder.rglob("*"))
 
 
 def check_metadata(metadata: dict[str, str], model_folder: Path, names: tuple[str, ...], dtype: str = "float32") -> None:
