@@ -9,7 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class FileServer(ThreadingHTTPServer):
     """Serves ``files`` (URL path -> bytes). ``drops[path]`` lists byte counts after which the next responses
     are cut off (the connection closes early); ``ranges=False`` makes it ignore Range headers like a plain
-    server. ``endless`` paths stream zeros without a Content-Length until the client hangs up. ``requests``
+    server. ``endless`` paths stream zeros without a Content-Length until the client hangs up; ``redirects[path]``
+    answers ``302`` to that location. ``requests``
     records ``(path, Range header)`` of every GET, ``authorizations`` their Authorization headers."""
 
     daemon_threads = True
@@ -20,6 +21,7 @@ class FileServer(ThreadingHTTPServer):
         self.drops: dict[str, list[int]] = {}
         self.ranges = True
         self.endless: set[str] = set()
+        self.redirects: dict[str, str] = {}
         self.requests: list[tuple[str, str | None]] = []
         self.authorizations: list[str | None] = []
 
@@ -43,6 +45,12 @@ class _Handler(BaseHTTPRequestHandler):
         requested_range = self.headers.get("Range")
         self.server.requests.append((self.path, requested_range))
         self.server.authorizations.append(self.headers.get("Authorization"))
+        if self.path in self.server.redirects:
+            self.send_response(302)
+            self.send_header("Location", self.server.redirects[self.path])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if self.path in self.server.endless:
             self._stream_zeros()
             return

@@ -99,6 +99,12 @@ HOSTILE_FOLDERS: dict[str, tuple] = {  # case -> (edit, what the one-line error 
         edit_json("preprocessor_config.json", image_mean=None),
         "preprocessor_config.json: image_mean must be 3 finite numbers",
     ),
+    "rescale-1e300": (
+        edit_json("preprocessor_config.json", rescale_factor=1e300),
+        "preprocessor_config.json: rescale_factor, image_mean and image_std map 8-bit pixels as far as ",
+    ),
+    "mean-1e308": (edit_json("preprocessor_config.json", image_mean=[1e308, 0, 0]), "image_std map 8-bit pixels as far as "),
+    "std-subnormal": (edit_json("preprocessor_config.json", image_std=[1e-320, 1, 1]), "as far as inf from 0"),
     "shortest-edge-huge": (
         edit_json("preprocessor_config.json", size={"shortest_edge": 10**9}),
         "size.shortest_edge 1000000000 must lie between crop_size (32) and 4x it",

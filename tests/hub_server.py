@@ -402,6 +402,7 @@ class _Fault:
     status: int | None = None
     drop_after: int | None = None
     body: bytes | None = None
+    hang: bool = False
 
     def matches(self, method: str, path: str) -> bool:
         return self.remaining > 0 and self.substring in path and self.method in (None, method)
@@ -503,6 +504,10 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
         self.query = parse_qs(url.query)
         self.hub._record(RequestRecord(method, self.path, {k.lower(): v for k, v in self.headers.items()}))
         fault = self.hub._take_fault(method, self.path)
+        if fault is not None and fault.hang:
+            self.hub._released.wait()
+            self._drop_connection()
+            return
         if fault is not None and fault.drop_after == 0:
             self._drop_connection()
             return
@@ -865,6 +870,7 @@ class HubServer:
         self._faults: list[_Fault] = []
         self._pending_uploads: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._released = threading.Event()  # set at stop: requests held by hang_next are let go
         self._httpd: _HubHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -883,6 +889,7 @@ class HubServer:
         """Stop serving and release the port (idempotent)."""
         if self._httpd is None:
             return
+        self._released.set()
         self._httpd.shutdown()
         self._httpd.server_close()
         if self._thread is not None:
@@ -921,6 +928,11 @@ class HubServer:
         """
         with self._lock:
             self._faults.append(_Fault(path_substring, method, count, drop_after=after_bytes))
+
+    def hang_next(self, path_substring: str, count: int = 1, method: str | None = None) -> None:
+        """Accept the next `count` matching requests and never answer them (until the server stops): a Hub that hangs."""
+        with self._lock:
+            self._faults.append(_Fault(path_substring, method, count, hang=True))
 
     def answer_next(self, path_substring: str, body: bytes, count: int = 1, method: str | None = None) -> None:
         """Answer the next `count` matching requests with 200 and `body` as JSON content (a Hub that misbehaves)."""

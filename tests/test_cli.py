@@ -1,8 +1,10 @@
 """``vit_zoo.cli``: the ``vit-zoo`` command as a user meets it: quick answers, quiet pipes, ``--debug`` anywhere (the
-traceback, ending in the one line), plain errors, files written under the user's umask.
+traceback, ending in the one line), plain errors, files written under the user's umask, checks the CLI makes before
+any work (an embeddings file's names past the safetensors header cap).
 
-Every case runs the real command in a fresh interpreter (``python -m vit_zoo``), since start-up imports,
-TTY detection and exit codes are what is tested.
+The cases run the real command in a fresh interpreter (``python -m vit_zoo``), since start-up imports, TTY detection
+and exit codes are what is tested; the header-cap check calls ``vit_zoo.cli.main`` in this process, with the cap
+lowered.
 """
 
 from __future__ import annotations
@@ -20,10 +22,10 @@ import termios
 
 import pytest
 import torch
-from helpers import run_cli
+from helpers import assert_cli_error, call_main, run_cli
 from reference import TINY
 
-from vit_zoo import VisionTransformer
+from vit_zoo import VisionTransformer, cli
 
 HEAVY = ("torch", "timm", "transformers", "torchvision", "huggingface_hub")
 # Runs main() in a fresh interpreter and reports which heavy libraries the command imported.
@@ -53,6 +55,9 @@ print(json.dumps({"heavy": sorted(set(HEAVY) & set(sys.modules)), "code": code})
         (["export", "--help"], 0, "--format {onnx,pt2,aoti}"),
         (["export", "m", "--output", "x.onnx", "--format", "tflite"], 2, "invalid choice: 'tflite'"),
         (["export", "m", "--output", "x.pt2"], 1, "--output must end in .onnx for --format onnx, got x.pt2"),
+        (["push", "/nonexistent", "org/x"], 1, "/nonexistent is not a folder; give the --output folder of `vit-zoo convert`"),
+        (["embed", "m", "/nonexistent.png", "-o", "e.npy"], 1, "/nonexistent.png does not exist"),
+        (["embed", "m", "/nonexistent.png", "-o", "e.npy", "--batch-size", "0"], 1, "--batch-size must be"),
     ],
 )
 def test_help_list_and_argument_errors_import_no_heavy_library(args, code, output):
@@ -157,3 +162,15 @@ def test_written_files_honour_the_umask(tmp_path, model_folder, image):
     modes = {path.name: oct(stat.S_IMODE(path.stat().st_mode)) for path in written}
     assert set(modes.values()) == {"0o644"}, modes
     assert oct(stat.S_IMODE((tmp_path / "converted").stat().st_mode)) == "0o755"
+
+
+def test_names_past_a_safetensors_header_are_refused_before_the_work(model_folder, tmp_path, monkeypatch, capsys):
+    """8 200 long names failed after all the work with "header too large; choose ... a writable disk"."""
+    monkeypatch.setattr(cli, "SAFETENSORS_MAX_HEADER", 2 << 20)  # the real cap is 100 MB of names
+    listing = tmp_path / "paths.txt"
+    listing.write_text("".join(f"{tmp_path}/{'x' * 1000}{i}.png\n" for i in range(1200)))
+    message = assert_cli_error(
+        call_main(capsys, "embed", model_folder, listing, "--output", tmp_path / "e.safetensors"), "embed", "1200 file names take"
+    )
+    assert "use a .npy --output (names in <output>.files.txt) or --output-dir" in message
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["paths.txt"]

@@ -21,7 +21,15 @@ from reference import OPENAI_GEOMETRIES, TINY, relative_error
 from safetensors.torch import load_file, save_file
 from transformers import CLIPVisionModelWithProjection
 
-from vit_zoo import CheckpointError, OutputError, OutputExistsError, VisionTransformer, VitZooConfig, convert_checkpoint
+from vit_zoo import (
+    CheckpointError,
+    OutputError,
+    OutputExistsError,
+    VisionTransformer,
+    VitZooConfig,
+    check_folder,
+    convert_checkpoint,
+)
 from vit_zoo import convert as convert_module
 from vit_zoo import folder as folder_module
 
@@ -103,6 +111,30 @@ def test_dtype_converts_on_request_and_says_so(checkpoints, dtype, tmp_path):
     card = (output / "README.md").read_text()
     assert f"Weights: {dtype}, converted from the source's float16" in card
     assert f"--dtype {dtype}" in card
+
+
+@pytest.mark.parametrize("source_dtype", [torch.float64, torch.float8_e4m3fn])
+def test_float64_and_float8_sources_become_float32_folders_the_tools_read(checkpoints, source_dtype, tmp_path):
+    """A float64 source gave a folder with dtype float64, which embed and push refuse; a float8 one failed in torch."""
+    model, _, _ = checkpoints("tiny")
+    source = {k: v.to(source_dtype) for k, v in model.state_dict().items() if k.startswith("visual.")}
+    path = write_state_dict(source, tmp_path / "source.pt")
+    output = convert_checkpoint(path, tmp_path / "out", name="vit_zoo_tiny_patch8_test_32")
+    config, weights = load_folder(output)
+    assert config.dtype == torch.float32
+    assert all(torch.equal(weights[k.removeprefix("visual.")], v.float()) for k, v in source.items())
+    assert f"converted from the source's {str(source_dtype).removeprefix('torch.')}" in (output / "README.md").read_text()
+    check_folder(output)
+
+
+def test_float64_values_beyond_float32_are_refused(checkpoints, tmp_path):
+    model, _, _ = checkpoints("tiny")
+    source = {k: v.double() for k, v in model.state_dict().items() if k.startswith("visual.")}
+    source["visual.proj"][0, 0] = 1e300
+    path = write_state_dict(source, tmp_path / "source.pt")
+    with pytest.raises(CheckpointError, match=r"NaN or Inf values in proj: values beyond the range of float32"):
+        convert_checkpoint(path, tmp_path / "out", name="vit_zoo_tiny_patch8_test_32")
+    assert not (tmp_path / "out").exists()
 
 
 def test_zoo_name_supplies_heads_and_activation(checkpoints, tmp_path):

@@ -165,6 +165,26 @@ def test_credentials_in_the_url_are_sent_as_basic_auth_and_never_shown(server, t
     assert "s3cret" not in str(error.value) and str(error.value).startswith(f"cannot reach {down.url}/models/clip.pt (")
 
 
+def test_credentials_never_follow_a_redirect_to_another_host(server, tmp_path):
+    """A mirror's password went along a 302 to any host (urllib copies request headers onto redirects)."""
+    with FileServer() as other:
+        other.files["/models/clip.pt"] = PAYLOAD
+        mirror = server.url.replace("http://", "http://user:s3cret@")
+        server.redirects["/models/away.pt"] = f"{other.url.replace('127.0.0.1', 'localhost')}/models/clip.pt"
+        server.redirects["/models/here.pt"] = "/models/clip.pt"
+        assert fetch_verified(f"{mirror}/models/away.pt", SHA256, tmp_path / "away.pt", progress=False).read_bytes() == PAYLOAD
+        assert other.authorizations == [None] and server.authorizations == ["Basic dXNlcjpzM2NyZXQ="]
+        fetch_verified(f"{mirror}/models/here.pt", SHA256, tmp_path / "here.pt", progress=False)
+    assert server.authorizations[1:] == ["Basic dXNlcjpzM2NyZXQ="] * 2  # the same host keeps them, redirect included
+
+
+def test_locks_are_kept_out_of_sight(server, tmp_path):
+    with pytest.raises(DownloadError):
+        fetch_verified(f"{server.url}/models/missing.pt", SHA256, tmp_path / "missing.pt", progress=False)
+    fetch_verified(f"{server.url}/models/clip.pt", SHA256, tmp_path / "clip.pt", progress=False)
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".locks", "clip.pt"]
+
+
 def test_concurrent_downloads_of_one_name_take_turns(server, tmp_path):
     """Two downloads shared ``clip.pt.part``: both failed. Now the second waits and reuses the first's file."""
     server.drops["/models/clip.pt"] = [100_000]  # slow the first down with a resume

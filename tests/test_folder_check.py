@@ -18,7 +18,7 @@ from hostile import CORRUPT_SAFETENSORS, HOSTILE_FOLDERS, edit_weights
 from reference import TINY
 
 from vit_zoo import FolderError, VisionTransformer, save_model_folder
-from vit_zoo.folder_check import FORMAT_FILES, check_folder, folder_files, is_folder_file
+from vit_zoo.folder_check import FORMAT_FILES, check_folder, folder_files
 
 
 def refused(folder: Path, *fragments: str) -> str:
@@ -60,7 +60,7 @@ def test_integer_tensors_are_refused(copied_folder):
 
 
 @pytest.mark.parametrize(
-    "shard", ["../outside.safetensors", "/tmp/outside.safetensors", "sub/model.safetensors", ".x.safetensors"]
+    "shard", ["../outside.safetensors", "/tmp/outside.safetensors", "sub/model.safetensors", ".x.safetensors", "evil.py"]
 )
 def test_shard_index_naming_paths_out_of_the_folder(sharded_folder, tmp_path, shard):
     folder = Path(shutil.copytree(sharded_folder, tmp_path / "sharded"))
@@ -112,24 +112,3 @@ def test_folder_files_are_the_format_and_nothing_else(copied_folder, sharded_fol
     shards = sorted(path.name for path in sharded_folder.glob("model-*.safetensors"))
     assert len(shards) >= 2
     assert sorted(folder_files(sharded_folder)) == sorted([*FORMAT_FILES, "model.safetensors.index.json", *shards])
-
-
-@pytest.mark.parametrize(
-    "name, belongs",
-    [
-        ("config.json", True),
-        ("README.md", True),
-        ("modeling.py", True),
-        ("model.safetensors", True),
-        ("model.safetensors.index.json", True),
-        ("model-00001-of-00002.safetensors", True),
-        (".env", False),
-        (".hidden.safetensors", False),
-        ("sub/model.safetensors", False),
-        ("../model.safetensors", False),
-        ("notes.txt", False),
-        ("evil.py", False),
-    ],
-)
-def test_is_folder_file(name, belongs):
-    assert is_folder_file(name) is belongs

@@ -1,9 +1,10 @@
 """``vit_zoo.hub``: push and pull through the real huggingface_hub client against the local Hub-protocol server.
 
-Revisions, branches, private repos and the CLI; the Hub failing (401/403/404/500, refused connections, dropped
-uploads, a malformed file listing, offline mode) leaves the repo and the output as they were; push and pull move
-only sound vit_zoo folders (``hostile.HOSTILE_FOLDERS``, corrupt weights, files outside the format) and never into
-a read-only or full disk.
+Revisions, branches, private repos and the CLI; pull fetches the format's files (and the shards its index names),
+nothing else, and never onto an existing path; the Hub failing (401/403/404/500, refused connections, a Hub that
+never answers, dropped uploads, a malformed file listing, offline mode) leaves the repo and the output as they were;
+push and pull move only sound vit_zoo folders (``hostile.HOSTILE_FOLDERS``, corrupt weights, files outside the
+format) and never into a read-only or full disk.
 """
 
 import hashlib
@@ -164,6 +165,42 @@ def test_cli_errors_are_one_line(hub_server, tmp_path, args, message, capsys):
     assert len(result[2].strip().splitlines()) == 1
 
 
+def test_pull_fetches_the_folder_and_nothing_else(hub_server, tmp_path):
+    """Any ``*.safetensors`` in a repo was downloaded (an optimizer state, say): now only the format's files, and the
+    shards the index names."""
+    from huggingface_hub import HfApi
+
+    from vit_zoo import save_model_folder
+
+    model = VisionTransformer(**TINY)
+    folder = save_model_folder(model, tmp_path / "sharded", max_shard_size=100_000)
+    shards = sorted(path.name for path in folder.glob("model-*.safetensors"))
+    assert len(shards) > 1
+    push_folder(folder, "org/sharded", token=WRITE_TOKEN)
+    save_file({"step": torch.zeros(1 << 16)}, tmp_path / "optimizer_state.safetensors")
+    api = HfApi(endpoint=hub_server.endpoint, token=WRITE_TOKEN)
+    api.upload_file(
+        path_or_fileobj=tmp_path / "optimizer_state.safetensors",
+        path_in_repo="optimizer_state.safetensors",
+        repo_id="org/sharded",
+    )
+    hub_server.requests.clear()
+    pulled = pull("org/sharded")
+    fetched = {record.path.rpartition("/")[2] for record in hub_server.requests if "/resolve/" in record.path}
+    assert "optimizer_state.safetensors" not in fetched and set(shards) <= fetched
+    assert not (pulled / "optimizer_state.safetensors").exists()
+    loaded = {name: tensor for shard in shards for name, tensor in load_file(pulled / shard).items()}
+    assert all(torch.equal(loaded[name], tensor) for name, tensor in model.state_dict().items())
+
+
+def test_pull_onto_a_dangling_symlink_says_it_exists(hub_server, tmp_path):
+    push_folder(write_plain_folder(tmp_path / "model"), "org/tiny", token=WRITE_TOKEN)
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(OutputExistsError, match="link already exists; choose a new --output folder"):
+        pull("org/tiny", output=tmp_path / "link")
+    assert not (tmp_path / "nowhere").exists()
+
+
 # --- the Hub failing ---------------------------------------------------------------------------------------------
 
 
@@ -173,6 +210,33 @@ def no_backoff(monkeypatch):
     import huggingface_hub.utils._http as http
 
     monkeypatch.setattr(http.time, "sleep", lambda seconds: None)
+
+
+@pytest.fixture
+def one_second_hub_waits(monkeypatch):
+    """``VIT_ZOO_HUB_TIMEOUT=1``; huggingface_hub's client factory as it was afterwards (the CLI replaces it)."""
+    from huggingface_hub import set_client_factory
+    from huggingface_hub.utils import _http
+
+    monkeypatch.setenv("VIT_ZOO_HUB_TIMEOUT", "1")
+    previous = _http._GLOBAL_CLIENT_FACTORY
+    yield
+    set_client_factory(previous)
+
+
+@pytest.mark.parametrize("command", ["pull", "push"])
+def test_a_hub_that_never_answers_is_named_after_the_timeout(hub_server, one_second_hub_waits, tmp_path, command, capsys):
+    """A Hub that accepted connections and never answered held `pull` for minutes and `push` for ever."""
+    folder = write_plain_folder(tmp_path / "model")
+    push_folder(folder, "org/tiny", token=WRITE_TOKEN)
+    hub_server.hang_next("/", count=100)
+    args = ["pull", "org/tiny"] if command == "pull" else ["push", folder, "org/tiny", "--token", WRITE_TOKEN]
+    assert_cli_error(call_main(capsys, *args), command, f"the Hub at {hub_server.endpoint} did not answer within 1 s")
+
+
+def test_the_hub_timeout_setting_is_checked(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("VIT_ZOO_HUB_TIMEOUT", "soon")
+    assert_cli_error(call_main(capsys, "pull", "org/tiny"), "pull", "$VIT_ZOO_HUB_TIMEOUT='soon' is not a number of seconds")
 
 
 @pytest.mark.parametrize(

@@ -147,3 +147,19 @@ def test_timm_push_to_hf_hub_round_trips_and_pull_names_the_conversion(vit_zoo_f
         assert torch.equal(timm.create_model("hf-hub:org/timm-pushed", pretrained=True).eval()(IMAGES), model(IMAGES))
     assert_cli_error(call_main(capsys, "pull", "org/timm-pushed", "--output", tmp_path / "out"), "pull", "is timm's")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.hub
+def test_sharded_folders_load_whole_in_every_loader_from_disk_and_the_hub(vit_zoo_folder, hub_server, tmp_path, capsys):
+    """timm's ``local-dir:`` read the first shard of a sharded folder alone and refused it (missing tensors)."""
+    model = VitZooModel.from_pretrained(vit_zoo_folder).eval()
+    sharded = save_model_folder(model, tmp_path / "sharded", max_shard_size=100_000)
+    assert len(list(sharded.glob("model-*.safetensors"))) > 1 and not (sharded / "model.safetensors").exists()
+    with torch.no_grad():
+        expected = model(IMAGES).image_embeds
+    for loader, embedding in embeddings_of(sharded).items():
+        assert torch.equal(embedding, expected), loader
+    code, _, err = call_main(capsys, "push", sharded, "org/sharded", "--token", WRITE_TOKEN)
+    assert code == 0, err
+    for loader, embedding in embeddings_of("org/sharded").items():
+        assert torch.equal(embedding, expected), loader

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ._version import DISTRIBUTION, __version__, check_no_namesake
 from .download import BASE_URL_ENV, CACHE_ENV
-from .errors import CliError, first_line
+from .errors import CliError, FolderError, first_line
 from .exporter import DEFAULT_OPSET, EXPORT_DTYPES, FORMATS, export, output_names
 from .spec import ACTIVATIONS, DTYPE_NAMES
 from .zoo import list_entries, openai_names
@@ -93,8 +93,10 @@ def _add_convert_arguments(parser: argparse.ArgumentParser) -> None:
 def _run_convert(args: argparse.Namespace) -> int:
     """Convert CLIP weights (an OpenAI name or a local file) into a vit_zoo folder of safetensors."""
     from .convert import convert_checkpoint
-    from .hub import push_folder
+    from .hub import bound_hub_waits, push_folder
 
+    if args.push_to_hub:
+        bound_hub_waits()
     output = convert_checkpoint(
         args.source,
         args.output,
@@ -122,8 +124,11 @@ def _add_push_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run_push(args: argparse.Namespace) -> int:
     """Upload a converted folder to the Hugging Face Hub as one commit."""
-    from .hub import push_folder
+    if not Path(args.folder).is_dir():  # before the Hub's imports (torch: seconds, most of a GB)
+        raise FolderError.not_a_folder(args.folder)
+    from .hub import bound_hub_waits, push_folder
 
+    bound_hub_waits()
     commit = push_folder(
         args.folder,
         args.repo_id,
@@ -145,8 +150,9 @@ def _add_pull_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run_pull(args: argparse.Namespace) -> int:
     """Download a vit_zoo repo from the Hub (through the HF cache) and print its local folder."""
-    from .hub import pull
+    from .hub import bound_hub_waits, pull
 
+    bound_hub_waits()
     print(pull(args.repo_id, revision=args.revision, output=args.output, token=args.token))
     return 0
 
@@ -285,10 +291,27 @@ def _run_embed(args: argparse.Namespace) -> int:
             "an image's file name holds a line break, which the one-name-per-line .npy.files.txt cannot pair; "
             "use a .safetensors --output (names in its metadata)"
         )
+    if args.output is not None and args.output.endswith(".safetensors"):
+        _check_names_fit_a_header(inputs.paths)
     file_inputs = inputs if isinstance(inputs, FileInputs) else None
     if Path(args.model).is_dir():
         check_not_inside(outputs, Path(args.model), file_inputs)
     return _embed(args, inputs, outputs, file_inputs)
+
+
+SAFETENSORS_MAX_HEADER = 100_000_000  # safetensors refuses to read (or write) a longer header
+
+
+def _check_names_fit_a_header(paths: Sequence[str]) -> None:
+    """The file names go into the .safetensors header (JSON): past its cap the write would fail after all the work."""
+    import json
+
+    size = len(json.dumps(list(paths)))
+    if size > SAFETENSORS_MAX_HEADER - (1 << 20):  # a megabyte left for the rest of the header
+        raise CliError(
+            f"the {len(paths)} file names take {size} bytes, more than a .safetensors header holds "
+            f"({SAFETENSORS_MAX_HEADER} bytes); use a .npy --output (names in <output>.files.txt) or --output-dir"
+        )
 
 
 def _embed(args: argparse.Namespace, inputs, outputs, file_inputs) -> int:
@@ -299,7 +322,9 @@ def _embed(args: argparse.Namespace, inputs, outputs, file_inputs) -> int:
 
     from .embed import AttentionChoice, Embedder, RunOptions, distributed_environment, print_skipped, resolve_model_folder
     from .embed_inputs import check_head_and_layer, check_not_inside
+    from .hub import bound_hub_waits
 
+    bound_hub_waits()
     rank, world_size, local_rank, local_world_size = distributed_environment()
     folder = resolve_model_folder(args.model, args.cache_dir)
     check_not_inside(outputs, folder, file_inputs)

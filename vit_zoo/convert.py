@@ -57,7 +57,8 @@ def convert_checkpoint(
     Args:
         source: checkpoint file (any format ``load_checkpoint`` reads) or OpenAI model name (``ViT-B/32``...).
         output_dir: folder to create; must not exist.
-        dtype: ``float32``/``float16``/``bfloat16`` to convert to; default keeps the source dtype.
+        dtype: ``float32``/``float16``/``bfloat16`` to convert to; default keeps the source dtype, except that
+            float64 and float8 weights become float32 (float64 values beyond its range are refused).
         name: zoo variant the checkpoint must match (its heads, eps and activation are used).
         activation: ``quick_gelu`` (OpenAI) or ``gelu`` (open_clip non-QuickGELU models); weights cannot tell.
             Default: the zoo variant's, else ``quick_gelu``.
@@ -97,15 +98,19 @@ def convert_checkpoint(
     overrides: dict[str, Any] = {} if activation is None else {"activation": activation}
     config = entry.config(**overrides) if entry else VitZooConfig(**geometry, **overrides)
     check_state_dict(tower, config.geometry)
+    source_dtype = _dtype_name(tower)
+    # float8 widens exactly (and torch has no isfinite for it); float64 has no place in a folder: float32 it is
+    tower = {key: value.float() if value.dtype.itemsize == 1 else value for key, value in tower.items()}
     refuse_non_finite(
         tower.items(), "the checkpoint is damaged (a diverged training run or a corrupt file); convert an intact copy"
     )
-    source_dtype = _dtype_name(tower)
+    if target_dtype is None and any(value.dtype not in DTYPES.values() for value in tower.values()):
+        target_dtype = torch.float32
     if target_dtype is not None:
         tower = {key: value.to(target_dtype) for key, value in tower.items()}
+        advice = "convert to float32 or bfloat16" if target_dtype == torch.float16 else "no CLIP tower holds such values"
         refuse_non_finite(
-            tower.items(),
-            f"values beyond the range of {_dtype_name(tower)} became Inf in the conversion; convert to float32 or bfloat16",
+            tower.items(), f"values beyond the range of {_dtype_name(tower)} became Inf in the conversion; {advice}"
         )
     provenance = Provenance(
         source=release.url if release and release.url else path.name,

@@ -3,15 +3,15 @@
 The cache folder is ``$VIT_ZOO_CACHE``, else ``$XDG_CACHE_HOME/vit_zoo``, else ``~/.cache/vit_zoo``. A file
 is written as ``<name>.part`` (an interrupted download resumes from it with an HTTP Range request) and
 renamed into place only once its SHA-256 matches, so the cache never holds a wrong or partial checkpoint
-under its real name; a lock file beside it makes concurrent downloads of one name wait for each other. A
+under its real name; a lock file in ``.locks/`` beside it makes concurrent downloads of one name wait for each other. A
 download that grows past ``MAX_DOWNLOAD_BYTES`` is discarded. ``$VIT_ZOO_OPENAI_BASE_URL`` points OpenAI's
 downloads at a mirror of ``https://openaipublic.azureedge.net/clip/models``; credentials in it
-(``https://user:pass@host``) are sent as HTTP basic authentication and never shown in messages.
+(``https://user:pass@host``) are sent as HTTP basic authentication to that host and port only (never along a
+redirect to another) and never shown in messages.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import http.client
 import os
@@ -125,7 +125,9 @@ def fetch_verified(
     """``target``, reused when its SHA-256 matches, else downloaded from ``url`` (at most ``max_bytes``) and verified.
     Concurrent calls for one ``target`` take turns (a lock file beside it), so the second reuses the first's file."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(target.with_name(target.name + ".lock")):
+    locks = target.parent / ".locks"  # as huggingface_hub keeps them: out of sight, one per name, reused
+    locks.mkdir(exist_ok=True)
+    with FileLock(locks / (target.name + ".lock")):
         return _fetch_verified(url, sha256, target, progress, max_bytes)
 
 
@@ -163,13 +165,17 @@ def shown_url(url: str) -> str:
     return parsed._replace(netloc=parsed.netloc.rpartition("@")[2]).geturl() if "@" in parsed.netloc else url
 
 
-def _request(url: str, headers: dict[str, str]) -> urllib.request.Request:
-    """A request for ``url`` whose ``user:password@`` (if any) travels as basic authentication, not in the URL."""
+def _opener(url: str) -> urllib.request.OpenerDirector:
+    """An opener for ``url`` whose ``user:password@`` (if any) travels as basic authentication to that scheme, host
+    and port alone: a redirect elsewhere is followed without it (urllib copies plain request headers onto every
+    redirect, wherever it points)."""
     parsed = urlparse(url)
-    if parsed.username is not None:
-        credentials = f"{unquote(parsed.username)}:{unquote(parsed.password or '')}".encode()
-        headers = {**headers, "Authorization": "Basic " + base64.b64encode(credentials).decode()}
-    return urllib.request.Request(shown_url(url), headers=headers)
+    if parsed.username is None:
+        return urllib.request.build_opener()
+    passwords = urllib.request.HTTPPasswordMgrWithPriorAuth()
+    origin = f"{parsed.scheme}://{parsed.netloc.rpartition('@')[2]}/"
+    passwords.add_password(None, origin, unquote(parsed.username), unquote(parsed.password or ""), is_authenticated=True)
+    return urllib.request.build_opener(urllib.request.HTTPBasicAuthHandler(passwords))
 
 
 def _fetch(url: str, partial: Path, progress: bool | None, max_bytes: int) -> None:
@@ -179,8 +185,8 @@ def _fetch(url: str, partial: Path, progress: bool | None, max_bytes: int) -> No
     start = partial.stat().st_size if partial.is_file() else 0
     shown = shown_url(url)
     try:
-        request = _request(url, {"Range": f"bytes={start}-"} if start else {})
-        response = urllib.request.urlopen(request, timeout=TIMEOUT_S)
+        request = urllib.request.Request(shown, headers={"Range": f"bytes={start}-"} if start else {})
+        response = _opener(url).open(request, timeout=TIMEOUT_S)
     except urllib.error.HTTPError as error:
         if error.code == 416 and start:  # nothing left past what we have: the hash check decides
             return

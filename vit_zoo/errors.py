@@ -45,6 +45,10 @@ class HubError(RuntimeError):
 class FolderError(ValueError):
     """A folder is not a complete vit_zoo folder (what push, pull and embed trust)."""
 
+    @classmethod
+    def not_a_folder(cls, path: object) -> FolderError:
+        return cls(f"{path} is not a folder; give the --output folder of `vit-zoo convert`")
+
 
 class CliError(Exception):
     """A user-facing error of the command line: its message is printed as is."""

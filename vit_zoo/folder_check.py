@@ -19,7 +19,7 @@ from .image_processing import load_image_processor
 from .spec import DTYPE_NAMES, check_weights_fit, read_weight_map, safetensors_header
 from .state_dicts import refuse_non_finite
 
-__all__ = ["FORMAT_FILES", "REMOTE_CODE_FILES", "check_folder", "folder_files", "is_folder_file", "read_config"]
+__all__ = ["FORMAT_FILES", "REMOTE_CODE_FILES", "WEIGHT_FILES", "check_folder", "folder_files", "read_config", "weight_files"]
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 # what transformers copies for trust_remote_code: modeling.py and the siblings it imports
@@ -38,9 +38,9 @@ def check_folder(folder: str | os.PathLike) -> Path:
     leading out of it (a Hub cache snapshot may link into its own ``blobs``)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FolderError(f"{folder} is not a folder; give the --output folder of `vit-zoo convert`")
+        raise FolderError.not_a_folder(folder)
     config = read_config(folder / "config.json")
-    weights = _weight_files(folder)
+    weights = weight_files(folder)
     for path in [folder / name for name in FORMAT_FILES] + weights:
         _check_inside(path, folder)
     headers = _headers(weights)
@@ -66,12 +66,7 @@ def folder_files(folder: str | os.PathLike) -> list[str]:
     names = [name for name in FORMAT_FILES if (folder / name).is_file()]
     if (folder / WEIGHT_FILES[1]).is_file():
         names.append(WEIGHT_FILES[1])
-    return names + [path.name for path in _weight_files(folder)]
-
-
-def is_folder_file(name: str) -> bool:
-    """Whether a repo path can belong to a vit_zoo folder (a format file, the weights or a shard)."""
-    return name in FORMAT_FILES or name in WEIGHT_FILES or (bool(_SHARD_NAME.match(name)) and not name.startswith("."))
+    return names + [path.name for path in weight_files(folder)]
 
 
 def read_config(path: Path) -> VitZooConfig:
@@ -121,7 +116,7 @@ def _check_inside(path: Path, folder: Path) -> None:
         raise FolderError(f"{path} is a symlink to {target}, outside the folder; copy the file into the folder")
 
 
-def _weight_files(folder: Path) -> list[Path]:
+def weight_files(folder: Path) -> list[Path]:
     """``model.safetensors``, or the shards its index names (plain file names in the folder, nothing else)."""
     index = folder / WEIGHT_FILES[1]
     if not index.is_file():
@@ -132,7 +127,7 @@ def _weight_files(folder: Path) -> list[Path]:
         shards = sorted(set(read_weight_map(index).values()))
     except CheckpointError as error:
         raise FolderError(first_line(error)) from None
-    unsafe = next((shard for shard in shards if not is_folder_file(shard)), None)
+    unsafe = next((shard for shard in shards if not _SHARD_NAME.match(shard) or shard.startswith(".")), None)
     if unsafe is not None:
         raise FolderError(
             f"{index} names shard {shown(unsafe)}, which is not a .safetensors file in the folder (a path out of "

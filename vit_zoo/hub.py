@@ -7,6 +7,7 @@ usual places (``HF_ENDPOINT``, ``HF_TOKEN``, ``hf auth login``); pulls go throug
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -15,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import CommitOperationAdd, HfApi, constants
+from huggingface_hub import CommitOperationAdd, HfApi, constants, set_client_factory
 from huggingface_hub.errors import (
     EntryNotFoundError,
     HfHubHTTPError,
@@ -23,17 +24,50 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
+from huggingface_hub.utils._http import default_client_factory  # what set_client_factory replaces; no public name
 
 from .card import REPO_ID_PLACEHOLDER
 from .errors import FolderError, HubError, OutputExistsError, first_line
 from .folder import save_model_folder
-from .folder_check import check_folder, check_model_type, folder_files, is_folder_file
+from .folder_check import FORMAT_FILES, WEIGHT_FILES, check_folder, check_model_type, folder_files, weight_files
 from .model import VisionTransformer
 from .modeling import VitZooPreTrainedModel
 from .outputs import write_atomically
 from .zoo import ZooEntry
 
 __all__ = ["pull", "push_folder", "push_to_hub"]
+
+
+HUB_TIMEOUT_ENV = "VIT_ZOO_HUB_TIMEOUT"
+DEFAULT_HUB_TIMEOUT_S = 60.0
+
+
+def hub_timeout() -> float:
+    """Seconds any one wait on the Hub may take (connecting, each read, each write): ``$VIT_ZOO_HUB_TIMEOUT``, else 60."""
+    raw = os.environ.get(HUB_TIMEOUT_ENV)
+    if raw is None:
+        return DEFAULT_HUB_TIMEOUT_S
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise ValueError(f"${HUB_TIMEOUT_ENV}={raw!r} is not a number of seconds > 0; unset it for {DEFAULT_HUB_TIMEOUT_S:g} s")
+    return seconds
+
+
+def bound_hub_waits() -> None:
+    """Give the HTTP client that huggingface_hub shares a timeout (``hub_timeout()``) on every wait: it has none, so a
+    Hub that accepts a connection and never answers holds a push for ever. The ``vit-zoo`` commands call it; a program
+    may too (it replaces huggingface_hub's client factory for the whole process, as ``set_client_factory`` does)."""
+    seconds = hub_timeout()
+
+    def bounded_client() -> Any:
+        client = default_client_factory()
+        client.timeout = seconds
+        return client
+
+    set_client_factory(bounded_client)
 
 
 def push_to_hub(
@@ -82,7 +116,12 @@ def _explain(error: Exception, repo_id: str, revision: str | None, writing: bool
             return _http_error(cause, where, writing)
         if isinstance(cause, OfflineModeIsEnabled) or (constants.HF_HUB_OFFLINE and isinstance(cause, EntryNotFoundError)):
             return HubError(f"{where} is not in the local cache and HF_HUB_OFFLINE is set; pull it once online")
-        if isinstance(cause, (ConnectionError, TimeoutError)) or type(cause).__module__.startswith("httpx"):
+        if isinstance(cause, TimeoutError) or type(cause).__name__.endswith("Timeout"):  # httpx's ReadTimeout...
+            return HubError(
+                f"the Hub at {constants.ENDPOINT} did not answer within {hub_timeout():g} s for {where}; check the "
+                f"network (or HF_ENDPOINT) and try again, or allow longer waits with ${HUB_TIMEOUT_ENV}"
+            )
+        if isinstance(cause, ConnectionError) or type(cause).__module__.startswith("httpx"):
             return HubError(
                 f"cannot reach the Hub at {constants.ENDPOINT} for {where} ({first_line(cause)}); check the network "
                 "(or HF_ENDPOINT) and try again"
@@ -185,20 +224,25 @@ def pull(
     with _hub_errors(repo_id, revision):
         if not constants.HF_HUB_OFFLINE:
             # One request without huggingface_hub's retries: an unreachable Hub is reported at once, not after ~25 s
-            api.model_info(repo_id, revision=revision)
+            api.model_info(repo_id, revision=revision, timeout=hub_timeout())
         config_path = Path(api.hf_hub_download(repo_id, "config.json", revision=revision))
         check_model_type(config_path)
         snapshot, commit = config_path.parent, config_path.parent.name  # the cache's snapshots/<commit>/
         if constants.HF_HUB_OFFLINE:
             snapshot = Path(api.snapshot_download(repo_id, revision=commit))
         else:
-            for name in _repo_files(api, repo_id, commit):
-                if is_folder_file(name):
+            listed = set(_repo_files(api, repo_id, commit))
+            for name in (*FORMAT_FILES, *WEIGHT_FILES):
+                if name in listed:
                     api.hf_hub_download(repo_id, name, revision=commit)
+            if WEIGHT_FILES[1] in listed:  # the shards its index names, and no other .safetensors the repo holds
+                for shard in weight_files(snapshot):
+                    if shard.name in listed:
+                        api.hf_hub_download(repo_id, shard.name, revision=commit)
     folder = check_folder(snapshot)
     if output is None:
         return folder
-    if Path(output).exists():
+    if Path(output).exists() or Path(output).is_symlink():  # a dangling link too: the folder would land where it points
         raise OutputExistsError(f"{output} already exists; choose a new --output folder or remove it")
     return write_atomically(output, lambda staging: _copy_files(folder, folder_files(folder), staging))
 

@@ -24,6 +24,7 @@ from .zoo import ZooEntry, get_entry
 
 PROCESSOR_TYPES = ("CLIPImageProcessor", "CLIPImageProcessorPil")
 MAX_RESIZE_FACTOR = 4  # shortest edge / crop side: crop_pct down to 0.25
+MAX_NORMALISED_PIXEL = 1000.0  # how far normalising may take a pixel from 0 (OpenAI's reach 2.15)
 _STEPS = ("do_resize", "do_center_crop", "do_rescale", "do_normalize", "do_convert_rgb")
 
 
@@ -93,6 +94,12 @@ def load_image_processor(path: str | os.PathLike) -> CLIPImageProcessorPil:
     rescale_factor = settings.get("rescale_factor", 1 / 255)
     if not _finite_number(rescale_factor) or rescale_factor <= 0:
         raise ValueError(f"{path}: rescale_factor {shown(rescale_factor)} must be a positive number (1/255 for 8-bit images)")
+    reach = max(max(abs(mean[c]), abs(255 * rescale_factor - mean[c])) / std[c] for c in range(3))
+    if not reach <= MAX_NORMALISED_PIXEL:
+        raise ValueError(
+            f"{path}: rescale_factor, image_mean and image_std map 8-bit pixels as far as {reach:.3g} from 0, past "
+            f"{MAX_NORMALISED_PIXEL:g} (OpenAI's map them within 2.2; extreme values make NaN embeddings); fix these fields"
+        )
     return CLIPImageProcessorPil(
         size={"shortest_edge": shortest_edge},
         crop_size={"height": crop, "width": crop},

@@ -35,10 +35,12 @@ from safetensors.torch import load_file
 
 from .errors import CheckpointError, first_line, os_reason, shown
 from .files import regular_file_size
+from .spec import read_weight_map
 
 EXPECTED = "expected an OpenAI CLIP .pt archive, a torch.save state dict or a .safetensors file"
 WRAPPER_KEYS = ("state_dict", "model")
 _ZIP_MAGIC = b"PK\x03\x04"
+SHARD_INDEX_SUFFIX = ".safetensors.index.json"
 _PICKLE_PROTO = 0x80
 _LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")
 _STORAGE_DTYPES = {
@@ -60,13 +62,16 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
     Reads OpenAI's fp16 TorchScript archives (as a zip, never through ``torch.jit.load``; names as
     ``torch.jit.load(path).state_dict()`` gives them), ``torch.save`` files (``weights_only=True``) and
-    safetensors files. ``state_dict``/``model`` wrappers and a ``module.`` prefix on every key are removed.
+    safetensors files, one or sharded (``model.safetensors.index.json``: the shards it names, beside it).
+    ``state_dict``/``model`` wrappers and a ``module.`` prefix on every key are removed.
     Tensors of archives and zip pickles are memory-mapped: only what is used is read.
 
     Raises:
         CheckpointError: the file is missing, empty, truncated, not a checkpoint, or needs code to load.
     """
     path = Path(path)
+    if path.name.endswith(SHARD_INDEX_SUFFIX):
+        return _read_shards(path)
     head = _read_head(path)
     if head.startswith(_ZIP_MAGIC):
         contents = _read_zip(path)
@@ -123,6 +128,16 @@ def _check_legacy_pickles(path: Path) -> None:
                 _check_pickle(file, size, "the pickle")
             except CheckpointError as error:
                 raise CheckpointError(f"{path}: {error}") from None
+
+
+def _read_shards(index: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a sharded safetensors checkpoint: every shard its index names, each a file beside it."""
+    tensors: dict[str, torch.Tensor] = {}
+    for shard in sorted(set(read_weight_map(index).values())):
+        if Path(shard).name != shard or not shard.endswith(".safetensors"):
+            raise CheckpointError(f"{index} names shard {shown(shard)}, not a .safetensors file beside it; {EXPECTED}")
+        tensors.update(load_checkpoint(index.parent / shard))
+    return tensors
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:

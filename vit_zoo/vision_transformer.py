@@ -529,7 +529,9 @@ def _create(entry: ZooEntry, pretrained: bool, kwargs: dict[str, Any]) -> TimmVi
         raise ValueError(f"{entry.name}: {error} (timm's img_size is input_resolution, in_chans in_channels)") from None
     if pretrained:
         _fetch_release(cfg, entry, kwargs.get("cache_dir"))
-        _check_hub_weights(cfg, geometry, entry.name)
+        index = _check_hub_weights(cfg, geometry, entry.name)
+        if index is not None:  # timm reads one .safetensors file of a folder or repo: load_pretrained reads the shards
+            cfg.update(source="", file=index, custom_load=True)
     out_indices = kwargs.pop("out_indices", min(3, kwargs["layers"]))
     return build_model_with_cfg(
         TimmVisionTransformer,
@@ -555,20 +557,21 @@ def _fetch_release(cfg: dict[str, Any], entry: ZooEntry, cache_dir: str | os.Pat
         cfg["file"] = str(download_url(url, sha256, cache_dir))
 
 
-def _check_hub_weights(cfg: Mapping[str, Any], geometry: Geometry, name: str) -> None:
+def _check_hub_weights(cfg: Mapping[str, Any], geometry: Geometry, name: str) -> str | None:
     """The weights of a ``local-dir:`` folder or an ``hf-hub:`` repo against ``model_args``' geometry, from their
     headers, before anything is built (a config.json claiming 20 000 layers or a 4096x MLP must not build them).
-    The patch kernel, positional embedding and projection are left to ``pretrained_filter_fn``, which fits them."""
+    The patch kernel, positional embedding and projection are left to ``pretrained_filter_fn``, which fits them.
+    Returns the local path of the index of sharded safetensors weights (their shards fetched beside it), else None."""
     if cfg.get("source") == "local-dir":
         source, hub_kwargs = str(cfg["file"]), {}
     elif cfg.get("source") == "hf-hub":
         repo_id, _, revision = str(cfg["hf_hub_id"]).partition("@")
         source, hub_kwargs = repo_id, {"revision": revision or None}
     else:
-        return
+        return None
     found = weight_shapes(source, hub_kwargs)
     if found is None:
-        return  # no weights there: timm's loader says so in its own words
+        return None  # no weights there: timm's loader says so in its own words
     filename, shapes = found
     on_meta = {key: torch.empty(shape, device="meta") for key, shape in shapes.items() if not key.startswith("head.")}
     try:
@@ -577,6 +580,11 @@ def _check_hub_weights(cfg: Mapping[str, Any], geometry: Geometry, name: str) ->
         raise CheckpointError(f"{source} ({filename}): {error}") from None
     adapted = ("conv1.weight", "positional_embedding", "proj")
     _check_fits(weights, geometry, geometry.in_channels, f"{source} ({filename})", name, adapted)
+    if filename != "model.safetensors":
+        return None
+    from transformers.utils import cached_file
+
+    return cached_file(source, "model.safetensors.index.json", _raise_exceptions_for_missing_entries=False, **hub_kwargs)
 
 
 def _entrypoint(entry: ZooEntry):
