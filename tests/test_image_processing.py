@@ -165,6 +165,12 @@ def test_load_image_processor_accepts_what_the_pil_backend_saves_and_any_shortes
     assert loaded.size == {"shortest_edge": 128} and loaded.resample == PILImageResampling.BILINEAR
 
 
+def test_load_image_processor_accepts_normalisation_reaching_up_to_1000_from_0(settings_file):
+    """std 0.001 takes a white pixel to 1000: the edge of what is accepted (OpenAI's mean and std reach 2.15)."""
+    loaded = load_image_processor(settings_file(image_mean=[0, 0, 0], image_std=[0.001] * 3))
+    assert tuple(loaded.image_std) == (0.001, 0.001, 0.001)
+
+
 @pytest.mark.parametrize(
     "changes, message",
     [
@@ -192,6 +198,13 @@ def test_load_image_processor_accepts_what_the_pil_backend_saves_and_any_shortes
         (dict(rescale_factor=0), "rescale_factor 0 must be a positive number (1/255 for 8-bit images)"),
         (dict(rescale_factor="1/255"), "rescale_factor '1/255' must be a positive number"),
         (dict(rescale_factor=float("inf")), "rescale_factor inf must be a positive number"),
+        (
+            dict(rescale_factor=1e300),
+            "rescale_factor, image_mean and image_std map 8-bit pixels as far as 9.76e+302 from 0, past 1000 (OpenAI's",
+        ),
+        (dict(image_mean=[1e6, 0, 0]), "map 8-bit pixels as far as 3.72e+06 from 0, past 1000"),
+        (dict(image_std=[1e-320, 1, 1]), "map 8-bit pixels as far as inf from 0, past 1000"),
+        (dict(image_mean=[0, 0, 0], image_std=[0.000999] * 3), "map 8-bit pixels as far as 1e+03 from 0, past 1000"),
     ],
     ids=lambda value: str(value)[:32] if isinstance(value, dict) else None,
 )
