@@ -220,7 +220,8 @@ def test_interrupted_download_by_name(mirror, tmp_path, capsys):
     assert listing(tmp_path) == [
         "cache",
         "cache/checkpoints",
-        "cache/checkpoints/ViT-B-32.pt.lock",
+        "cache/checkpoints/.locks",
+        "cache/checkpoints/.locks/ViT-B-32.pt.lock",
         "cache/checkpoints/ViT-B-32.pt.part",
     ]
     assert [request[1] for request in server.requests] == [None, "bytes=1000-", "bytes=2000-"]
@@ -236,4 +237,9 @@ def test_download_by_name_from_a_mirror_that_is_down(mirror, tmp_path, capsys):
         "cannot reach ",
         "check the network or set $VIT_ZOO_OPENAI_BASE_URL to a mirror",
     )
-    assert listing(tmp_path) == ["cache", "cache/checkpoints", "cache/checkpoints/ViT-B-32.pt.lock"]  # no data
+    assert listing(tmp_path) == [  # no data
+        "cache",
+        "cache/checkpoints",
+        "cache/checkpoints/.locks",
+        "cache/checkpoints/.locks/ViT-B-32.pt.lock",
+    ]
