@@ -323,13 +323,20 @@ def test_pull_of_a_malformed_file_listing(model_folder, hub_server, body, messag
     assert_cli_error(call_main(capsys, "pull", "org/tiny", "--output", tmp_path / "out"), "pull", message)
 
 
-def test_offline_pull_after_an_interrupted_pull_is_refused(model_folder, hub_server, no_backoff, tmp_path, capsys, monkeypatch):
-    """An offline pull exited 0 with no preprocessor_config.json in its output."""
+def test_offline_pull_of_a_partly_cached_repo_is_refused(model_folder, hub_server, no_backoff, tmp_path, capsys, monkeypatch):
+    """An offline pull exited 0 with no preprocessor_config.json in its output. The cache holds part of a repo after an
+    interrupted pull (the weights come after the format's files) or after transformers loaded the model (its config
+    and weights, no preprocessing)."""
     import huggingface_hub.constants as constants
+    from transformers import AutoModel
 
     push_folder(model_folder, "org/tiny", token=WRITE_TOKEN)
     hub_server.fail_next("/preprocessor_config.json", 500, count=10)
     assert call_main(capsys, "pull", "org/tiny")[0] == 1
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert_cli_error(call_main(capsys, "pull", "org/tiny", "--output", tmp_path / "out"), "pull", "has no model.safetensors")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    AutoModel.from_pretrained("org/tiny")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     assert_cli_error(
         call_main(capsys, "pull", "org/tiny", "--output", tmp_path / "out"), "pull", "preprocessor_config.json is missing"
