@@ -108,9 +108,10 @@ def run_timm(folder: Path, images: Path, output: Path, args) -> int:
     return len(paths)
 
 
-def run_vit_zoo(folder: Path, images: Path, output: Path, args, attention: bool = False) -> int:
+def run_vit_zoo(folder: Path, images: Path, output: Path, args, attention: bool = False, engine: str = "torch") -> int:
     command = ["embed", str(folder), str(images), "--output-dir", str(output), "--batch-size", "64", "--quiet"]
     command += ["--num-workers", str(args.workers), "--device", args.device, "--dtype", args.dtype]
+    command += ["--engine", engine, "--cache-dir", str(output.parent / "cache")]
     if attention:
         command.append("--attention-map")
     if cli.main(command) != 0:
@@ -125,9 +126,19 @@ def speed(work: Path, args) -> list[dict]:
         "vit_zoo": lambda folder, out: run_vit_zoo(folder, images, out, args),
         "vit_zoo+attention": lambda folder, out: run_vit_zoo(folder, images, out, args, attention=True),
     }
+    if args.device == "cpu":  # the ONNX files are exported into the cache before the first round (see below)
+        cases["vit_zoo+onnxruntime"] = lambda folder, out: run_vit_zoo(folder, images, out, args, engine="onnxruntime")
+        cases["vit_zoo+onnxruntime+attention"] = lambda folder, out: run_vit_zoo(
+            folder, images, out, args, attention=True, engine="onnxruntime"
+        )
     rows = []
     for layers in args.layers:
         folder = b32_folder(work, layers)
+        if args.device == "cpu":
+            from vit_zoo.exporter import cached_onnx
+
+            for attention in (False, True):
+                cached_onnx(folder, attention, work / "cache")
         seconds: dict[str, list[float]] = {name: [] for name in cases}
         for round_index in range(args.rounds):
             names = list(cases)

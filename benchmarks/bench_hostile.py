@@ -1,5 +1,6 @@
 """How fast, and with how little memory, vit-zoo refuses hostile inputs: pickle bombs, regex-hostile archives,
-devices and pipes, endless downloads, image bombs and folders whose config claims a huge model.
+devices and pipes, endless downloads, image bombs, folders whose config claims a huge model (through every
+loader), oversized configs and headers, absurd preprocessing and float64 weights past float32.
 
 Each case runs in this process after its fixtures are built; the peak resident memory is reset before it
 (``/proc/self/clear_refs``), so "extra MB" is what the refusal itself took beyond the memory already held.
@@ -24,16 +25,25 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
+import timm  # noqa: E402
 import torch  # noqa: E402
 from checkpoints import openai_clip, write_torchscript_archive  # noqa: E402
 from file_server import FileServer  # noqa: E402
 from PIL import Image  # noqa: E402
 from reference import TINY  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
 
-from vit_zoo import VitZooConfig  # noqa: E402
+from vit_zoo import (  # noqa: E402
+    VisionTransformer,
+    VitZooConfig,
+    VitZooModel,
+    check_folder,
+    convert_checkpoint,
+    save_model_folder,  # noqa: E402
+)
 from vit_zoo.download import fetch_verified  # noqa: E402
 from vit_zoo.embed_data import Preprocess, load_image  # noqa: E402
-from vit_zoo.image_processing import image_processor_for  # noqa: E402
+from vit_zoo.image_processing import image_processor_for, load_image_processor  # noqa: E402
 from vit_zoo.readers import load_checkpoint  # noqa: E402
 
 BLANK_LINES = 300_000
@@ -102,6 +112,37 @@ def header_only_png(folder: Path) -> Path:
     return path
 
 
+def hostile_folders(work: Path) -> dict[str, Path]:
+    """Copies of a tiny folder, each edited one hostile way."""
+    torch.manual_seed(0)
+    plain = save_model_folder(VisionTransformer(**TINY), work / "plain")
+
+    def copy(name: str, config: dict | None = None, processor: dict | None = None) -> Path:
+        folder = work / name
+        shutil.copytree(plain, folder)
+        for file, changes in (("config.json", config), ("preprocessor_config.json", processor)):
+            if changes:
+                settings = json.loads((folder / file).read_text())
+                (folder / file).write_text(json.dumps({**settings, **changes}))
+        return folder
+
+    layers = copy("layers-2000", {"layers": 2000, "model_args": {"layers": 2000}})
+    weights = load_file(layers / "model.safetensors")
+    weights.update({f"transformer.resblocks.{i}.ln_1.weight": torch.zeros(1) for i in range(TINY["layers"], 2000)})
+    save_file(weights, layers / "model.safetensors")
+    zeros = copy("zero-size-tensors")
+    save_file(
+        {**load_file(zeros / "model.safetensors"), **{f"z{i}": torch.zeros(0) for i in range(300_000)}},
+        zeros / "model.safetensors",
+    )
+    big = copy("config-89MB", {"junk": "x" * 89_000_000})
+    rescale = copy("rescale-1e300", processor={"rescale_factor": 1e300})
+    source = {f"visual.{k}": v.double() for k, v in VisionTransformer(**TINY).state_dict().items()}
+    source["visual.proj"][0, 0] = 1e300
+    save_file(source, work / "float64-1e300.safetensors")
+    return {"layers": layers, "zeros": zeros, "big": big, "rescale": rescale, "float64": work / "float64-1e300.safetensors"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, help="also write the rows here")
@@ -118,6 +159,7 @@ def main() -> None:
         os.mkfifo(work / "fifo")
         geometry = VitZooConfig(input_resolution=224, patch_size=32, width=64, layers=1, heads=1, output_dim=8)
         preprocess = Preprocess(image_processor_for(geometry))  # OpenAI's, at a 224-pixel edge
+        folders = hostile_folders(work)
         cases: dict[str, Callable[[], object]] = {
             f"pickle: tuple nested (t, t) {NESTING} deep ({nested.stat().st_size} B)": lambda: load_checkpoint(nested),
             f"archive: {BLANK_LINES} blank lines in its code ({padded.stat().st_size >> 10} KB)": lambda: load_checkpoint(padded),
@@ -129,12 +171,22 @@ def main() -> None:
             "download: endless response, 64 MB cap": lambda: fetch_verified(
                 f"{server.url}/endless.pt", "0" * 64, work / "cache" / "endless.pt", False, max_bytes=64 << 20
             ),
+            "AutoModel: config layers=2000, a tiny tensor per block": lambda: VitZooModel.from_pretrained(folders["layers"]),
+            "timm local-dir: config layers=2000, a tiny tensor per block": lambda: timm.create_model(
+                f"local-dir:{folders['layers']}", pretrained=True
+            ),
+            "check_folder: 300000 zero-size tensors": lambda: check_folder(folders["zeros"]),
+            "check_folder: an 89 MB config.json": lambda: check_folder(folders["big"]),
+            "preprocessor: rescale_factor 1e300": lambda: load_image_processor(folders["rescale"] / "preprocessor_config.json"),
+            "convert: a float64 weight of 1e300": lambda: convert_checkpoint(
+                folders["float64"], work / "converted", name="vit_zoo_tiny_patch8_test_32"
+            ),
         }
         rows = []
         for name, case in cases.items():
             seconds, extra_mb, outcome = measure(case)
             rows.append(dict(case=name, seconds=round(seconds, 4), extra_mb=round(extra_mb, 1), outcome=outcome))
-            print(f"{name:<58} {seconds * 1000:8.1f} ms {extra_mb:7.1f} MB  {outcome}")
+            print(f"{name:<62} {seconds * 1000:8.1f} ms {extra_mb:7.1f} MB  {outcome}")
         worst_time = max(rows, key=lambda row: row["seconds"])
         worst_memory = max(rows, key=lambda row: row["extra_mb"])
         print(f"worst time:   {worst_time['seconds'] * 1000:.1f} ms ({worst_time['case']})")

@@ -29,7 +29,7 @@ from vit_zoo.embed import Embedder
 from vit_zoo.embed_data import Preprocess, load_image
 from vit_zoo.embed_inputs import overlay_names
 from vit_zoo.image_processing import load_image_processor
-from vit_zoo.visualize import crop_box, reduce_attention, select_attention
+from vit_zoo.visualize import crop_box, framed, reduce_attention, select_attention
 
 
 @pytest.fixture(scope="module")
@@ -96,22 +96,28 @@ def test_embed_writes_embeddings_attention_maps_and_bounded_overlays(model_folde
     torch.testing.assert_close(maps, reduce_attention(attention_map, all_layers=True).half(), rtol=0, atol=1e-3)
 
     for path in expected_paths:
-        overlay = Image.open(tmp_path / "maps" / f"{path.stem}.attention.png")
+        overlay = unframed(Image.open(tmp_path / "maps" / f"{path.stem}.attention.png"))
         assert (
             max(overlay.size) == 40
             and abs(overlay.size[0] / overlay.size[1] - Image.open(path).size[0] / Image.open(path).size[1]) < 0.1
         )
-        grid = Image.open(tmp_path / "maps" / f"{path.stem}.layers.png")
+        grid = unframed(Image.open(tmp_path / "maps" / f"{path.stem}.layers.png"))
         assert grid.size == (overlay.size[0] * TINY["layers"], overlay.size[1])
 
     # The overlay's brightest region is where the mean last-layer attention is highest.
-    heat = Image.open(tmp_path / "maps" / "b_gradient.attention.png").convert("L")
+    heat = unframed(Image.open(tmp_path / "maps" / "b_gradient.attention.png")).convert("L")
     left, top, right, bottom = crop_box(heat.size)
     grid = select_attention(attention_map[:, 1]).numpy()
     row, col = np.unravel_index(grid.argmax(), grid.shape)
     cell = (right - left) // grid.shape[1]
     patch = np.asarray(heat)[top + row * cell : top + (row + 1) * cell, left + col * cell : left + (col + 1) * cell]
     assert patch.mean() >= np.asarray(heat)[top:bottom, left:right].mean()
+
+
+def unframed(picture: Image.Image) -> Image.Image:
+    """The overlay inside what ``vit_zoo.visualize.framed`` adds below it (the colour scale; no note here)."""
+    scale = framed(Image.new("RGB", (picture.width, 1))).height - 1
+    return picture.crop((0, 0, picture.width, picture.height - scale))
 
 
 def test_preprocessing_with_crop_pct_below_one_is_the_folders_processor_exactly(cropping_folder, tmp_path, capsys):
@@ -210,7 +216,7 @@ def test_overlays_of_a_huge_image_are_drawn_at_a_bounded_size(model_folder, tmp_
         capsys, "embed", model_folder, tmp_path / "big.png", "-o", tmp_path / "e.safetensors", "--overlays", tmp_path / "maps"
     )
     assert code == 0, err
-    assert Image.open(tmp_path / "maps" / "big.attention.png").size == (512, 384)
+    assert unframed(Image.open(tmp_path / "maps" / "big.attention.png")).size == (512, 384)
 
 
 @pytest.fixture

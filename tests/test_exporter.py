@@ -360,3 +360,47 @@ def test_onnx_opset_is_the_one_asked_for(model_folder, core, images, tmp_path):
     session = onnxruntime.InferenceSession(output, providers=["CPUExecutionProvider"])
     outputs = session.run(None, {"pixel_values": images[3].numpy()})
     assert_agrees([torch.from_numpy(output) for output in outputs], eager(core, images[3], False, True))
+
+
+def test_embed_on_onnxruntime_gives_torch_s_outputs_and_exports_once(model_folder, tmp_path, capsys):
+    """`vit-zoo embed --engine onnxruntime`: the folder exported once into the cache, its embeddings and attention maps
+    those of the torch engine (maps are float16 reductions), resumable runs told apart by the engine."""
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for index in range(5):
+        Image.effect_noise((40, 36), 30 + 20 * index).convert("RGB").save(images / f"{index}.png")
+    cache, results = tmp_path / "cache", {}
+    for engine in ("torch", "onnxruntime", "onnxruntime"):
+        output = tmp_path / f"{engine}-{len(results)}.safetensors"
+        args = ["embed", model_folder, images, "-o", output, "--attention-map", "--engine", engine, "--cache-dir", cache]
+        code, _, err = call_main(capsys, *args)
+        assert code == 0, err
+        results[output.name] = load_file(output)
+    torch_run, onnx_run, again = results.values()
+    assert_agrees(onnx_run["embeddings"], torch_run["embeddings"])
+    assert torch.allclose(onnx_run["attention_map"].float(), torch_run["attention_map"].float(), rtol=1e-3, atol=1e-4)
+    assert torch.equal(again["embeddings"], onnx_run["embeddings"])
+    assert [path.name.endswith("-attention-map.onnx") for path in (cache / "onnx").glob("*.onnx")] == [True]
+    code, _, err = call_main(capsys, "embed", model_folder, images, "--output-dir", tmp_path / "sharded", "--cache-dir", cache)
+    assert code == 0, err
+    assert_cli_error(
+        call_main(capsys, "embed", model_folder, images, "--output-dir", tmp_path / "sharded", "--engine", "onnxruntime"),
+        "embed",
+        "engine",
+    )
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (["--device", "cuda"], "--engine onnxruntime runs on cpu alone (--device cuda)"),
+        (["--dtype", "float16"], "--engine onnxruntime runs on float32 alone (--dtype float16)"),
+        (["--compile"], "--compile applies to --engine torch"),
+    ],
+)
+def test_embed_engine_combinations_that_cannot_work_are_refused_at_once(model_folder, tmp_path, capsys, option, message):
+    args = ["embed", model_folder, tmp_path, "-o", tmp_path / "e.npy", "--engine", "onnxruntime", *option]
+    assert_cli_error(call_main(capsys, *args), "embed", message)
+    assert listing(tmp_path) == []

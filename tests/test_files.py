@@ -1,5 +1,5 @@
 """``vit_zoo.files``: what vit_zoo reads is a regular file of a bounded size. ``regular_file_size`` names a missing
-path, a folder, a pipe, a socket or a device before anything is opened (a FIFO would block a reader forever,
+path, a folder, a FIFO, a socket or a device before anything is opened (a FIFO would block a reader forever,
 ``/dev/zero`` never ends); ``read_json_object`` also refuses a file past its size cap, text that is not UTF-8, JSON
 nested too deeply and JSON that is not an object, each in one line naming the file."""
 
@@ -37,7 +37,7 @@ def test_what_is_not_a_regular_file_is_named_before_it_is_opened(read, tmp_path)
         refused(read, tmp_path / "sock", f"{tmp_path / 'sock'} is a socket, not a regular file")
     (tmp_path / "file").write_text("{}")
     (tmp_path / "to-zero").symlink_to("/dev/zero")
-    refused(read, tmp_path / "fifo", f"{tmp_path / 'fifo'} is a pipe, not a regular file")
+    refused(read, tmp_path / "fifo", f"{tmp_path / 'fifo'} is a FIFO (named pipe), not a regular file")
     refused(read, tmp_path, f"{tmp_path} is a folder, not a regular file")
     refused(read, Path("/dev/zero"), "/dev/zero is a device, not a regular file")
     refused(read, tmp_path / "to-zero", f"{tmp_path / 'to-zero'} is a device, not a regular file")

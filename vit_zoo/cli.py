@@ -193,6 +193,13 @@ def _add_embed_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--dtype", default="float32", choices=DTYPE_NAMES, help="compute dtype (default float32)")
     parser.add_argument("--compile", action="store_true", help="run the model through torch.compile")
+    parser.add_argument(
+        "--engine",
+        default="torch",
+        choices=ENGINES,
+        help="torch (default), or onnxruntime: the model exported to ONNX once (cached) and run by onnxruntime "
+        "(CPU, float32; faster on CPUs; needs the [export] extra)",
+    )
     parser.add_argument("--normalize", action="store_true", help="L2-normalise the embeddings (clip-retrieval's output is)")
     parser.add_argument(
         "--embedding-dtype", default="float32", choices=("float32", "float16"), help="dtype of the written embeddings"
@@ -209,6 +216,22 @@ def _add_embed_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overlays", metavar="DIR", help="also draw each image's attention over it as PNGs here")
     parser.add_argument("--overlay-size", type=int, default=512, metavar="PX", help="longest edge of overlays (default 512)")
     parser.add_argument("--cache-dir", metavar="DIR", help="where zoo names are downloaded and converted")
+
+
+ENGINES = ("torch", "onnxruntime")
+
+
+def _check_onnxruntime_engine(args: argparse.Namespace) -> None:
+    import importlib.util
+
+    for option, value, only in (("--device", args.device, "cpu"), ("--dtype", args.dtype, "float32")):
+        if value != only:
+            raise CliError(f"--engine onnxruntime runs on {only} alone ({option} {value}); use --engine torch for it")
+    if args.compile:
+        raise CliError("--compile applies to --engine torch; onnxruntime optimises the exported graph itself")
+    missing = [name for name in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise CliError(f"--engine onnxruntime needs {', '.join(missing)}: pip install 'vit-zoo-clip[export]'")
 
 
 def _check_embed_arguments(args: argparse.Namespace) -> None:
@@ -240,6 +263,8 @@ def _check_embed_arguments(args: argparse.Namespace) -> None:
     args.heads = parse_heads(args.heads or "mean")
     args.layer = -1 if args.layer is None else args.layer
     check_device(args.device)
+    if args.engine == "onnxruntime":
+        _check_onnxruntime_engine(args)
     if args.output_dir is None:
         sharded = [
             option
@@ -320,7 +345,7 @@ def _embed(args: argparse.Namespace, inputs, outputs, file_inputs) -> int:
 
     import torch
 
-    from .embed import AttentionChoice, Embedder, RunOptions, distributed_environment, print_skipped, resolve_model_folder
+    from .embed import AttentionChoice, RunOptions, distributed_environment, print_skipped, resolve_model_folder
     from .embed_inputs import check_head_and_layer, check_not_inside
     from .hub import bound_hub_waits
 
@@ -342,22 +367,15 @@ def _embed(args: argparse.Namespace, inputs, outputs, file_inputs) -> int:
         normalize=args.normalize,
         embedding_dtype=args.embedding_dtype,
         compile=args.compile,
+        engine=args.engine,
         attention=AttentionChoice(args.layer, args.heads, args.all_layers) if maps_wanted else None,
         overlays=Path(args.overlays) if args.overlays is not None else None,
         overlay_size=args.overlay_size,
+        overlay_note=note[:200] if isinstance(note := config.get("provenance_note"), str) else None,
         num_workers=cores if args.num_workers is None else args.num_workers,
         device=device,
     )
-    embedder = Embedder.from_folder(
-        folder,
-        device=device,
-        dtype=args.dtype,
-        compile=args.compile,
-        check=False,  # resolve_model_folder checked it
-        normalize=args.normalize,
-        embedding_dtype=args.embedding_dtype,
-        attention=options.attention,
-    )
+    embedder = _embedder(args, folder, device, options, cores)
     if args.output_dir is None:
         from .embed import embed_to_file
 
@@ -369,6 +387,21 @@ def _embed(args: argparse.Namespace, inputs, outputs, file_inputs) -> int:
         print(line)
         return 0
     return _embed_sharded(args, embedder, inputs, folder, options, rank, world_size)
+
+
+def _embedder(args: argparse.Namespace, folder: Path, device: str, options, cores: int):
+    """The ``Embedder`` of the checked ``folder`` (resolve_model_folder checked it) on the chosen engine."""
+    from .embed import Embedder
+
+    settings = dict(normalize=args.normalize, embedding_dtype=args.embedding_dtype, attention=options.attention)
+    if args.engine == "torch":
+        return Embedder.from_folder(folder, device=device, dtype=args.dtype, compile=args.compile, check=False, **settings)
+    from .exporter import OnnxRuntimeModel, cached_onnx
+    from .image_processing import load_image_processor
+
+    maps = options.attention is not None
+    model = OnnxRuntimeModel(cached_onnx(folder, maps, args.cache_dir), threads=cores, output_attention_map=maps)
+    return Embedder(model, load_image_processor(folder / "preprocessor_config.json"), **settings)
 
 
 def _embed_sharded(args: argparse.Namespace, embedder, inputs, folder: Path, options, rank: int, world_size: int) -> int:

@@ -122,13 +122,15 @@ class Embedder:
     """A model and its preprocessing, turning images into embeddings ``[n, output_dim]`` and, with ``attention``,
     reduced CLS->patch maps (float16 ``[n, grid, grid]``, or ``[n, layers, grid, grid]`` with ``all_layers``).
 
-    ``normalize`` L2-normalises the embeddings (in float32, before the cast); ``embedding_dtype`` is ``"float32"`` or
-    ``"float16"``. Only what is asked for is computed: without ``attention`` the forward is the plain one.
+    ``model`` is the core tower, or a tower run elsewhere and called like it (``vit_zoo.exporter.OnnxRuntimeModel``,
+    which also has ``geometry``, ``device`` and ``dtype``). ``normalize`` L2-normalises the embeddings (in float32,
+    before the cast); ``embedding_dtype`` is ``"float32"`` or ``"float16"``. Only what is asked for is computed:
+    without ``attention`` the forward is the plain one.
     """
 
     def __init__(
         self,
-        model: VisionTransformer,
+        model: VisionTransformer | Any,
         processor,
         *,
         normalize: bool = False,
@@ -141,8 +143,11 @@ class Embedder:
         self.normalize = normalize
         self.embedding_dtype = EMBEDDING_DTYPES[embedding_dtype]
         self.attention = attention
-        parameter = next(model.parameters())
-        self.device, self.dtype = parameter.device, parameter.dtype
+        if isinstance(model, torch.nn.Module):
+            parameter = next(model.parameters())
+            self.device, self.dtype = parameter.device, parameter.dtype
+        else:  # a tower run elsewhere (vit_zoo.exporter.OnnxRuntimeModel) says where it takes its input
+            self.device, self.dtype = model.device, model.dtype
 
     @classmethod
     def from_folder(
@@ -244,9 +249,11 @@ class RunOptions:
     normalize: bool = False
     embedding_dtype: str = "float32"
     compile: bool = False
+    engine: str = "torch"
     attention: AttentionChoice | None = None
     overlays: Path | None = None
     overlay_size: int = 512
+    overlay_note: str | None = None  # the model folder's provenance note (random weights...), on every overlay
     num_workers: int = 0
     device: str = "cpu"
 
@@ -261,6 +268,7 @@ class RunOptions:
             "dtype": self.dtype,
             "device_type": torch.device(self.device).type,
             "compile": self.compile,
+            "engine": self.engine,
             "normalize": self.normalize,
             "embedding_dtype": self.embedding_dtype,
             "attention": attention,
@@ -409,7 +417,9 @@ def _with_overlays(embedded, inputs, embedder: Embedder, options: RunOptions, wr
         for record, preview, image_maps in zip(batch.records, batch.previews or [], maps if maps is not None else []):
             name = names[record.position] if names is not None else _safe_name(record.key)
             layers = torch.from_numpy(image_maps).float()
-            written += write_overlays(options.overlays, name, preview, layers, embedder.attention.layer, crop_pct, write)
+            written += write_overlays(
+                options.overlays, name, preview, layers, embedder.attention.layer, crop_pct, write, options.overlay_note
+            )
         batch.previews = None
         yield batch, embeddings, maps
 

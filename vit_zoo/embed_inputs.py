@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import shown
+from .files import file_kind
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 LIST_SUFFIXES = (".txt", ".csv", ".parquet")
@@ -119,10 +120,7 @@ def _checked_file(name: str) -> bool:
         raise ValueError(f"{name} cannot be read ({error.strerror}); check its permissions") from None
     if stat.S_ISREG(mode):
         return True
-    kind = (
-        "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket"
-    )
-    raise ValueError(f"{name} is {kind}, not an image file; save the image to a file and give its path")
+    raise ValueError(f"{name} is {file_kind(mode)}, not an image file; save the image to a file and give its path")
 
 
 def _scan_folder(folder: Path) -> list[Path]:

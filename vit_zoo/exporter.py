@@ -103,6 +103,23 @@ def export(
     return WRITERS[format](_with_outputs(tower, names), output, metadata, opset)
 
 
+def cached_onnx(folder: Path, attention_map: bool, cache_dir: str | os.PathLike | None = None) -> Path:
+    """The float32 ONNX file of a checked vit_zoo ``folder`` (with ``attention_map`` if asked), exported once into
+    ``<cache>/onnx/`` under the folder's content hash and reused; concurrent runs (torchrun ranks) take turns."""
+    from filelock import FileLock
+
+    from .download import default_cache_dir
+    from .embed import model_digest
+
+    cache = Path(cache_dir or default_cache_dir()) / "onnx"
+    cache.mkdir(parents=True, exist_ok=True)
+    path = cache / f"{model_digest(folder)[:32]}-{'attention-map' if attention_map else 'embeds'}.onnx"
+    with FileLock(cache / ".locks" / (path.name + ".lock")):
+        if not path.is_file():
+            export(folder, path, attention_map=attention_map)
+    return path
+
+
 def _check_request(output: Path, format: str, dtype: str, opset: int | None) -> int | None:
     """Refuse, before the model is loaded, what cannot be exported; return the opset to use (``None`` unless ONNX)."""
     if format not in FORMATS:

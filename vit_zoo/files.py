@@ -28,16 +28,16 @@ def regular_file_size(path: Path) -> int:
         raise ValueError(f"{path} cannot be read ({os_reason(error)})") from None
     if stat.S_ISREG(mode):
         return size
-    kind = (
-        "a folder"
-        if stat.S_ISDIR(mode)
-        else "a pipe"
-        if stat.S_ISFIFO(mode)
-        else "a socket"
-        if stat.S_ISSOCK(mode)
-        else "a device"
-    )
-    raise ValueError(f"{path} is {kind}, not a regular file")
+    raise ValueError(f"{path} is {file_kind(mode)}, not a regular file")
+
+
+def file_kind(mode: int) -> str:
+    """What a ``st_mode`` that is not a regular file's holds, for a message: ``a folder``, ``a FIFO (named pipe)``..."""
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    return "a socket" if stat.S_ISSOCK(mode) else "a device"
 
 
 def read_json_object(path: str | os.PathLike, max_bytes: int = MAX_JSON_BYTES) -> dict[str, Any]:

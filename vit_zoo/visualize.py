@@ -1,4 +1,9 @@
-"""Attention-map pictures: CLS->patch attention upsampled onto the image and blended with a colormap."""
+"""Attention-map pictures: CLS->patch attention upsampled onto the image and blended with a colormap.
+
+What ``vit-zoo embed --overlays`` writes is framed: a colour scale under the picture (each map is min-max
+normalised, so the scale reads "low" to "high", not absolute values), ``layer N`` on each tile of the all-layers
+grid, and, when the model folder carries a provenance note (``random weights, not OpenAI's``), a banner saying it.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from .embed_inputs import check_head_and_layer, parse_heads
 
@@ -87,8 +92,8 @@ def overlay(image: Image.Image, attention: torch.Tensor, crop_pct: float = 1.0, 
 
 
 def overlay_grid(image: Image.Image, attention_maps: torch.Tensor, crop_pct: float = 1.0, columns: int = 4) -> Image.Image:
-    """One overlay per layer of ``attention_maps [layers, gh, gw]``, tiled row-major into one picture."""
-    tiles = [overlay(image, layer_map, crop_pct) for layer_map in attention_maps]
+    """One overlay per layer of ``attention_maps [layers, gh, gw]``, each labelled ``layer N``, tiled row-major."""
+    tiles = [_labelled(overlay(image, layer_map, crop_pct), f"layer {index}") for index, layer_map in enumerate(attention_maps)]
     columns = min(columns, len(tiles))
     rows = -(-len(tiles) // columns)
     width, height = tiles[0].size
@@ -98,16 +103,82 @@ def overlay_grid(image: Image.Image, attention_maps: torch.Tensor, crop_pct: flo
     return grid
 
 
+def framed(picture: Image.Image, note: str | None = None) -> Image.Image:
+    """``picture`` with the colour scale under it and, given a ``note``, a banner above it saying so."""
+    parts = ([_banner(note, picture.width)] if note else []) + [picture, _colour_scale(picture.width)]
+    result = Image.new("RGB", (picture.width, sum(part.height for part in parts)), "white")
+    top = 0
+    for part in parts:
+        result.paste(part, (0, top))
+        top += part.height
+    return result
+
+
+_TEXT_PX = 11
+
+
+def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    return ImageFont.load_default(size=_TEXT_PX)
+
+
+def _labelled(tile: Image.Image, label: str) -> Image.Image:
+    draw = ImageDraw.Draw(tile)
+    box = draw.textbbox((3, 2), label, font=_font())
+    draw.rectangle((0, 0, box[2] + 3, box[3] + 2), fill="black")
+    draw.text((3, 2), label, fill="white", font=_font())
+    return tile
+
+
+def _colour_scale(width: int) -> Image.Image:
+    """The colormap from low to high (each map min-max normalised), with its labels: a strip ``width`` wide."""
+    ramp = colorize(torch.linspace(0, 1, width)[None].expand(8, width))
+    strip = Image.new("RGB", (width, 8 + _TEXT_PX + 4), "white")
+    strip.paste(Image.fromarray(ramp.numpy(), mode="RGB"), (0, 0))
+    draw = ImageDraw.Draw(strip)
+    draw.text((2, 9), "low", fill="black", font=_font())
+    draw.text((width - 2, 9), "high", fill="black", font=_font(), anchor="ra")
+    draw.text((width // 2, 9), "CLS attention", fill="black", font=_font(), anchor="ma")
+    return strip
+
+
+def _banner(note: str, width: int) -> Image.Image:
+    """``note`` in white on red, wrapped at words to ``width``."""
+    lines = _wrapped(note, width - 8)
+    banner = Image.new("RGB", (width, len(lines) * (_TEXT_PX + 3) + 5), (190, 20, 30))
+    draw = ImageDraw.Draw(banner)
+    for index, line in enumerate(lines):
+        draw.text((4, 4 + index * (_TEXT_PX + 3)), line, fill="white", font=_font())
+    return banner
+
+
+def _wrapped(text: str, width: int) -> list[str]:
+    lines: list[str] = []
+    for word in text.split():
+        if lines and _font().getlength(f"{lines[-1]} {word}") <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines or [""]
+
+
 def write_overlays(
-    folder: Path, name: str, preview: Image.Image, maps: torch.Tensor, layer: int, crop_pct: float, write
+    folder: Path,
+    name: str,
+    preview: Image.Image,
+    maps: torch.Tensor,
+    layer: int,
+    crop_pct: float,
+    write,
+    note: str | None = None,
 ) -> list[Path]:
     """``<name>.attention.png`` (the ``layer`` map over ``preview``) and, for ``maps [layers, gh, gw]``, also
-    ``<name>.layers.png``; ``maps [gh, gw]`` is one layer. ``write(target, save)`` puts each file in place
-    (atomically). Returns the targets."""
+    ``<name>.layers.png``; ``maps [gh, gw]`` is one layer. Each is ``framed`` (colour scale; ``note`` as a banner).
+    ``write(target, save)`` puts each file in place (atomically). Returns the targets."""
     per_layer = maps.dim() == 3
     targets = [folder / f"{name}.attention.png"]
-    write(targets[0], lambda path: overlay(preview, maps[layer] if per_layer else maps, crop_pct).save(path, "PNG"))
+    single = overlay(preview, maps[layer] if per_layer else maps, crop_pct)
+    write(targets[0], lambda path: framed(single, note).save(path, "PNG"))
     if per_layer:
         targets.append(folder / f"{name}.layers.png")
-        write(targets[1], lambda path: overlay_grid(preview, maps, crop_pct).save(path, "PNG"))
+        write(targets[1], lambda path: framed(overlay_grid(preview, maps, crop_pct), note).save(path, "PNG"))
     return targets
