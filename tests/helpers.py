@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +54,29 @@ def assert_cli_error(result: tuple[int, str, str], command: str, *fragments: str
     for fragment in fragments:
         assert fragment in lines[-1], lines[-1]
     return lines[-1]
+
+
+def listing(folder: Path) -> list[str]:
+    """Every path under ``folder``, relative to it and sorted (``[]`` when it does not exist): what a run left."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
+
+
+@contextmanager
+def tmpfs(folder: Path, options: str) -> Iterator[bool]:
+    """Mount a tmpfs with ``options`` on ``folder`` if this process may (root with mount rights); yields whether it
+    did."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        yield False
+        return
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        subprocess.run(["umount", "--lazy", str(folder)], check=True)
 
 
 def sdpa_calls(function) -> int:

@@ -1,7 +1,10 @@
-"""The ``vit-zoo`` command as a user meets it: quick answers, quiet pipes, ``--debug`` anywhere, plain errors.
+"""``vit_zoo.cli``: the ``vit-zoo`` command as a user meets it: quick answers, quiet pipes, ``--debug`` anywhere (the
+traceback, ending in the one line), plain errors, files written under the user's umask, checks the CLI makes before
+any work (an embeddings file's names past the safetensors header cap).
 
-Every case runs the real command in a fresh interpreter (``python -m vit_zoo``), since start-up imports,
-TTY detection and exit codes are what is tested.
+The cases run the real command in a fresh interpreter (``python -m vit_zoo``), since start-up imports, TTY detection
+and exit codes are what is tested; the header-cap check calls ``vit_zoo.cli.main`` in this process, with the cap
+lowered.
 """
 
 from __future__ import annotations
@@ -16,14 +19,13 @@ import struct
 import subprocess
 import sys
 import termios
-from pathlib import Path
 
 import pytest
 import torch
 from helpers import assert_cli_error, call_main, run_cli
 from reference import TINY
 
-from vit_zoo import VisionTransformer, VitZooConfig, VitZooModel, cli, save_model_folder
+from vit_zoo import VisionTransformer, cli
 
 HEAVY = ("torch", "timm", "transformers", "torchvision", "huggingface_hub")
 # Runs main() in a fresh interpreter and reports which heavy libraries the command imported.
@@ -36,21 +38,6 @@ except SystemExit as exit:
     code = exit.code
 print(json.dumps({"heavy": sorted(set(HEAVY) & set(sys.modules)), "code": code}), file=sys.stderr)
 """
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    return save_model_folder(VitZooModel(VitZooConfig(**TINY)), tmp_path_factory.mktemp("model") / "tiny")
-
-
-@pytest.fixture(scope="module")
-def image(tmp_path_factory) -> Path:
-    from PIL import Image
-
-    path = tmp_path_factory.mktemp("images") / "cat.png"
-    Image.linear_gradient("L").convert("RGB").save(path)
-    return path
 
 
 @pytest.mark.parametrize(
@@ -83,17 +70,24 @@ def test_help_list_and_argument_errors_import_no_heavy_library(args, code, outpu
 
 @pytest.mark.parametrize("where", ["before", "after"])
 def test_debug_shows_the_traceback_before_or_after_the_subcommand(tmp_path, where):
-    command = ["convert", str(tmp_path / "missing.pt"), "--output", str(tmp_path / "out")]
-    plain = run_cli(*command)
+    (tmp_path / "notes.txt").write_text("not a checkpoint")
+    message = (
+        "notes.txt is not a checkpoint (unknown file type); expected an OpenAI CLIP .pt archive, a torch.save state "
+        "dict or a .safetensors file"
+    )
+    command = ["convert", "notes.txt", "--output", "out"]
+    plain = run_cli(*command, cwd=tmp_path)
     assert plain.returncode == 1 and "Traceback" not in plain.stderr
     assert len(plain.stderr.strip().splitlines()) == 1 and plain.stderr.startswith("vit-zoo convert: error:")
-    debug = run_cli(*(["--debug", *command] if where == "before" else [*command, "--debug"]))
+    assert plain.stderr.rstrip().endswith(message), plain.stderr
+    debug = run_cli(*(["--debug", *command] if where == "before" else [*command, "--debug"]), cwd=tmp_path)
     assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr
+    assert debug.stderr.rstrip().endswith(message) and "vit_zoo/readers.py" in debug.stderr, debug.stderr
     assert not (tmp_path / "out").exists()
 
 
-def test_embed_through_a_pipe_prints_no_progress_bar(tmp_path, folder, image):
-    result = run_cli("embed", str(folder), str(image), "--output", str(tmp_path / "emb.safetensors"))
+def test_embed_through_a_pipe_prints_no_progress_bar(tmp_path, model_folder, image):
+    result = run_cli("embed", str(model_folder), str(image), "--output", str(tmp_path / "emb.safetensors"))
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"embedded 1 image into {tmp_path / 'emb.safetensors'} (0 skipped)\n"
     assert result.stderr == ""
@@ -121,8 +115,8 @@ def _on_a_terminal(args: list[str]) -> tuple[int, str]:
 
 
 @pytest.mark.parametrize("quiet", [False, True])
-def test_progress_bars_on_a_terminal_unless_quiet(tmp_path, folder, image, quiet):
-    args = ["embed", str(folder), str(image), "--output", str(tmp_path / "emb.safetensors")]
+def test_progress_bars_on_a_terminal_unless_quiet(tmp_path, model_folder, image, quiet):
+    args = ["embed", str(model_folder), str(image), "--output", str(tmp_path / "emb.safetensors")]
     code, terminal = _on_a_terminal([*args, "--quiet"] if quiet else args)
     assert code == 0, terminal
     assert ("embedding" in terminal) is not quiet, terminal  # the tqdm bar's label
@@ -152,14 +146,14 @@ def test_pull_honours_hf_hub_offline(tmp_path):
     )
 
 
-def test_written_files_honour_the_umask(tmp_path, folder, image):
+def test_written_files_honour_the_umask(tmp_path, model_folder, image):
     """A converted folder and an embeddings file are meant to be shared or served: 0644 under umask 022."""
     checkpoint = tmp_path / "clip.pt"
     state_dict = {f"visual.{name}": value for name, value in VisionTransformer(**TINY).state_dict().items()}
     torch.save(state_dict, checkpoint)
     commands = [
         ["convert", str(checkpoint), "--output", str(tmp_path / "converted")],
-        ["embed", str(folder), str(image), "--output", str(tmp_path / "emb.npy")],
+        ["embed", str(model_folder), str(image), "--output", str(tmp_path / "emb.npy")],
     ]
     for command in commands:
         result = run_cli(*command, preexec_fn=lambda: os.umask(0o022))
@@ -170,13 +164,13 @@ def test_written_files_honour_the_umask(tmp_path, folder, image):
     assert oct(stat.S_IMODE((tmp_path / "converted").stat().st_mode)) == "0o755"
 
 
-def test_names_past_a_safetensors_header_are_refused_before_the_work(folder, tmp_path, monkeypatch, capsys):
+def test_names_past_a_safetensors_header_are_refused_before_the_work(model_folder, tmp_path, monkeypatch, capsys):
     """8 200 long names failed after all the work with "header too large; choose ... a writable disk"."""
     monkeypatch.setattr(cli, "SAFETENSORS_MAX_HEADER", 2 << 20)  # the real cap is 100 MB of names
     listing = tmp_path / "paths.txt"
     listing.write_text("".join(f"{tmp_path}/{'x' * 1000}{i}.png\n" for i in range(1200)))
     message = assert_cli_error(
-        call_main(capsys, "embed", folder, listing, "--output", tmp_path / "e.safetensors"), "embed", "1200 file names take"
+        call_main(capsys, "embed", model_folder, listing, "--output", tmp_path / "e.safetensors"), "embed", "1200 file names take"
     )
     assert "use a .npy --output (names in <output>.files.txt) or --output-dir" in message
     assert sorted(path.name for path in tmp_path.iterdir()) == ["paths.txt"]

@@ -15,18 +15,13 @@ from reference import TINY, relative_error
 
 from vit_zoo import VisionTransformer
 
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")
+
 FORWARDS = {
     "plain": dict(),
     "attention_map": dict(output_attention_map=True),
     "all_features_and_map": dict(output_all_features=True, output_attention_map=True),
 }
-
-
-@pytest.fixture(autouse=True)
-def fresh_dynamo():
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
 
 
 def tiny_model_and_images() -> tuple[VisionTransformer, torch.Tensor]:

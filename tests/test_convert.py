@@ -1,16 +1,24 @@
-"""Converting OpenAI-format checkpoints into vit_zoo folders: parity with OpenAI's encode_image, dtypes, atomicity."""
+"""``vit_zoo.convert``: OpenAI-format checkpoints into vit_zoo folders. Parity with OpenAI's encode_image, dtypes,
+the model card; bad checkpoints (empty tensors, NaN/Inf, values beyond float16, corrupt safetensors) refused; an
+output that cannot be written (read-only, full disk, a run killed mid-write) leaves nothing behind."""
 
+import errno
 import importlib.util
 import json
 import os
+import signal
 import stat
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from checkpoints import openai_clip, reference_image_embedding, write_state_dict, write_torchscript_archive
+from helpers import REPO_ROOT, TINY_NAME, assert_cli_error, call_main, listing, tmpfs
 from reference import OPENAI_GEOMETRIES, TINY, relative_error
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import CLIPVisionModelWithProjection
 
 from vit_zoo import (
@@ -23,6 +31,7 @@ from vit_zoo import (
     convert_checkpoint,
 )
 from vit_zoo import convert as convert_module
+from vit_zoo import folder as folder_module
 
 
 class Checkpoints:
@@ -247,3 +256,130 @@ def test_written_folder_honours_the_umask(checkpoints, tmp_path, umask):
     modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in [folder, *folder.iterdir()]}
     assert modes.pop("out") == 0o777 & ~umask
     assert "model.safetensors" in modes and set(modes.values()) == {0o666 & ~umask}, modes
+
+
+# --- checkpoints that must not become a folder ---------------------------------------------------------------------
+
+
+def visual_tower(clip) -> dict[str, torch.Tensor]:
+    return {k: v.float().clone() for k, v in clip.state_dict().items() if k.startswith("visual.")}
+
+
+def test_zero_length_tensors_are_refused(tiny_clip, tmp_path):
+    empty = {k: torch.zeros(0, dtype=v.dtype) for k, v in visual_tower(tiny_clip).items()}
+    save_file(empty, tmp_path / "empty-tensors.safetensors")
+    with pytest.raises(CheckpointError, match="do not have the shapes of a ViT"):
+        convert_checkpoint(tmp_path / "empty-tensors.safetensors", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_nan_or_inf_weights_are_refused(tiny_clip, value, tmp_path):
+    tower = visual_tower(tiny_clip)
+    tower["visual.transformer.resblocks.0.mlp.c_fc.weight"][3, 5] = value
+    path = write_state_dict(tower, tmp_path / "damaged.pt")
+    with pytest.raises(CheckpointError) as error:
+        convert_checkpoint(path, tmp_path / "out")
+    assert str(error.value) == (
+        "NaN or Inf values in transformer.resblocks.0.mlp.c_fc.weight: the checkpoint is damaged (a diverged "
+        "training run or a corrupt file); convert an intact copy"
+    )
+    assert listing(tmp_path) == ["damaged.pt"]
+
+
+def test_values_beyond_float16_are_refused_only_when_converting_to_float16(tiny_clip, tmp_path):
+    tower = visual_tower(tiny_clip)
+    tower["visual.proj"][0, 0] = 2.0**20  # exact in float32 and bfloat16, Inf in float16
+    path = write_state_dict(tower, tmp_path / "wide.pt")
+    with pytest.raises(CheckpointError, match="NaN or Inf values in proj: values beyond the range of float16 became"):
+        convert_checkpoint(path, tmp_path / "fp16", dtype="float16", name=TINY_NAME)
+    assert not (tmp_path / "fp16").exists()
+    for dtype in ("float32", "bfloat16"):
+        folder = convert_checkpoint(path, tmp_path / dtype, dtype=dtype, name=TINY_NAME)
+        assert load_file(folder / "model.safetensors")["proj"][0, 0].item() == 2.0**20
+
+
+@pytest.mark.parametrize("damage", ["garbage-header", "header-past-the-end", "truncated"])
+def test_corrupt_safetensors_file_as_convert_source(corrupt_safetensors, damage, tmp_path, capsys):
+    message = assert_cli_error(
+        call_main(capsys, "convert", corrupt_safetensors[damage], "--output", tmp_path / "out"),
+        "convert",
+        f"{damage}.safetensors is a",
+        "corrupt safetensors file",
+    )
+    assert "expected an OpenAI CLIP .pt archive" in message
+    assert listing(tmp_path) == []
+
+
+# --- outputs that cannot be written ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def full_disk(tmp_path, monkeypatch) -> Iterator[Path]:
+    """A folder on a 64 KiB tmpfs (the tiny model's weights take 400 KiB); where mounting is not allowed, the
+    weights writer is made to fail as a full disk does, after writing part of its file."""
+    folder = tmp_path / "full"
+    with tmpfs(folder, "size=64k") as mounted:
+        if not mounted:
+            real_save = folder_module.save_torch_state_dict
+
+            def save_until_full(state_dict, save_directory, **kwargs):
+                real_save(state_dict, save_directory, **kwargs)
+                weights = Path(save_directory) / "model.safetensors"
+                weights.write_bytes(weights.read_bytes()[:65536])
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+            monkeypatch.setattr(folder_module, "save_torch_state_dict", save_until_full)
+        yield folder
+
+
+def test_convert_into_a_read_only_folder(tiny_archive, read_only_folder, capsys):
+    message = assert_cli_error(
+        call_main(capsys, "convert", tiny_archive, "--output", read_only_folder / "sub" / "out"), "convert"
+    )
+    assert message.startswith(f"vit-zoo convert: error: cannot write {read_only_folder / 'sub' / 'out'} (")
+    assert "(Read-only file system)" in message or "(Permission denied)" in message
+    assert message.endswith("choose an output folder on a writable disk with free space")
+    assert listing(read_only_folder) == []
+
+
+def test_convert_onto_a_full_disk(tiny_archive, full_disk, capsys):
+    message = assert_cli_error(call_main(capsys, "convert", tiny_archive, "--output", full_disk / "nested" / "out"), "convert")
+    assert message.startswith(f"vit-zoo convert: error: cannot write {full_disk / 'nested' / 'out'} (")
+    assert "No space left on device" in message
+    assert listing(full_disk) == []  # neither the staging folder nor the parent made for it
+
+
+SLOW_CONVERT = """
+import sys, time
+import vit_zoo.folder as folder
+real = folder.save_torch_state_dict
+def slow(*args, **kwargs):
+    real(*args, **kwargs)
+    print("staged", flush=True)
+    time.sleep(300)
+folder.save_torch_state_dict = slow
+from vit_zoo.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_killed_convert_leaves_nothing_once_the_next_run_starts(tiny_archive, tmp_path, signal_number, capsys):
+    """SIGTERM left ``.out.*.partial`` (SIGINT was handled); after SIGKILL the next run sweeps it."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    command = [sys.executable, "-c", SLOW_CONVERT, "convert", tiny_archive, "--output", tmp_path / "out"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert process.stdout.readline() == "staged\n", process.stderr.read()
+        assert any(name.endswith(".partial") for name in listing(tmp_path))
+        process.send_signal(signal_number)
+        process.wait(timeout=120)
+    finally:
+        process.kill()
+        process.communicate()
+    if signal_number == signal.SIGTERM:
+        assert process.returncode == 143 and listing(tmp_path) == []
+    code, _, err = call_main(capsys, "convert", tiny_archive, "--output", tmp_path / "next")
+    assert code == 0, err
+    assert [name for name in listing(tmp_path) if "/" not in name] == ["next"]

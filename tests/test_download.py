@@ -1,10 +1,14 @@
-"""Downloads against a local HTTP server: verified, resumable, atomic; nothing wrong or partial under a real name."""
+"""``vit_zoo.download``: downloads against a local HTTP server. Verified, resumable, atomic, capped in size, taking
+turns; nothing wrong or partial under a real name, also when ``vit-zoo convert NAME`` is interrupted or its mirror
+is down."""
 
 import hashlib
 import os
+from collections.abc import Iterator
 
 import pytest
 from file_server import FileServer
+from helpers import assert_cli_error, call_main, listing
 from limits import twice_at_once
 
 from vit_zoo.download import (
@@ -189,3 +193,53 @@ def test_concurrent_downloads_of_one_name_take_turns(server, tmp_path):
     assert errors == [] and results == [tmp_path / "clip.pt"] * 2
     assert [path for path, _ in server.requests] == ["/models/clip.pt"] * 2  # one download, resumed once
     assert files_under(tmp_path) == ["clip.pt"]
+
+
+# --- downloads by name, through ``vit-zoo convert`` --------------------------------------------------------------
+
+
+@pytest.fixture
+def mirror(monkeypatch) -> Iterator[tuple[FileServer, str]]:
+    """A local mirror of OpenAI's download folder serving a stand-in for ViT-B/32's file, and its URL path."""
+    with FileServer() as server:
+        path = f"/{get_entry('ViT-B/32').pretrained['openai'].sha256}/ViT-B-32.pt"
+        server.files[path] = os.urandom(10_000)
+        monkeypatch.setenv("VIT_ZOO_OPENAI_BASE_URL", server.url)
+        yield server, path
+
+
+def test_interrupted_download_by_name(mirror, tmp_path, capsys):
+    server, path = mirror
+    server.drops[path] = [1000] * ATTEMPTS
+    assert_cli_error(
+        call_main(capsys, "convert", "ViT-B/32", "--output", tmp_path / "out", "--cache-dir", tmp_path / "cache"),
+        "convert",
+        f"was interrupted {ATTEMPTS} times (connection closed after {1000 * ATTEMPTS} of 10000 bytes); run again to "
+        f"resume from the {1000 * ATTEMPTS} bytes kept in",
+    )
+    assert listing(tmp_path) == [
+        "cache",
+        "cache/checkpoints",
+        "cache/checkpoints/.locks",
+        "cache/checkpoints/.locks/ViT-B-32.pt.lock",
+        "cache/checkpoints/ViT-B-32.pt.part",
+    ]
+    assert [request[1] for request in server.requests] == [None, "bytes=1000-", "bytes=2000-"]
+
+
+def test_download_by_name_from_a_mirror_that_is_down(mirror, tmp_path, capsys):
+    server, _ = mirror
+    server.shutdown()
+    server.server_close()
+    assert_cli_error(
+        call_main(capsys, "convert", "ViT-B/32", "--output", tmp_path / "out", "--cache-dir", tmp_path / "cache"),
+        "convert",
+        "cannot reach ",
+        "check the network or set $VIT_ZOO_OPENAI_BASE_URL to a mirror",
+    )
+    assert listing(tmp_path) == [  # no data
+        "cache",
+        "cache/checkpoints",
+        "cache/checkpoints/.locks",
+        "cache/checkpoints/.locks/ViT-B-32.pt.lock",
+    ]

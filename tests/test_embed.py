@@ -1,46 +1,42 @@
-"""`vit-zoo embed` into one file, the preprocessing, the Python API and the refusals (the sharded output:
-test_embed_sharded.py); and `vit-zoo list`."""
+"""``vit_zoo.embed``: `vit-zoo embed` into one file, the preprocessing, the Python API and the refusals (the sharded
+output: test_embed_sharded.py); `vit-zoo list`; and (the section at the end) hostile images, folders, repos and
+outputs given to embed. ``StagedFiles``, which replaces the outputs together, is tested in test_outputs.py."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import REPO_ROOT, assert_cli_error, call_main, run_cli
+from helpers import REPO_ROOT, assert_cli_error, call_main, listing, run_cli
+from hostile import CORRUPT_SAFETENSORS, HOSTILE_FOLDERS, edit_json, edit_weights, hostile_images, make_evil
+from hub_server import WRITE_TOKEN
+from limits import twice_at_once
 from PIL import Image
 from reference import TINY
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torchvision import transforms
 from transformers import AutoImageProcessor
 
-from vit_zoo import VitZooConfig, VitZooModel, list_entries, save_model_folder
+from vit_zoo import VitZooModel, convert_checkpoint, embed, list_entries
 from vit_zoo.embed import Embedder
 from vit_zoo.embed_data import Preprocess, load_image
 from vit_zoo.embed_inputs import overlay_names
 from vit_zoo.image_processing import load_image_processor
-from vit_zoo.outputs import StagedFiles
 from vit_zoo.visualize import crop_box, framed, reduce_attention, select_attention
-
-
-@pytest.fixture(scope="module")
-def model_folder(tmp_path_factory):
-    torch.manual_seed(0)
-    return save_model_folder(VitZooModel(VitZooConfig(**TINY)).eval(), tmp_path_factory.mktemp("model") / "tiny")
 
 
 @pytest.fixture(scope="module")
 def cropping_folder(model_folder, tmp_path_factory):
     """The tiny model with crop_pct 32/36 < 1: shortest edge resized to 36, then a 32-pixel centre crop."""
-    folder = tmp_path_factory.mktemp("cropping") / "tiny"
-    folder.mkdir()
-    for path in model_folder.iterdir():
-        (folder / path.name).write_bytes(path.read_bytes())
-    settings = json.loads((folder / "preprocessor_config.json").read_text())
-    (folder / "preprocessor_config.json").write_text(json.dumps({**settings, "size": {"shortest_edge": 36}}))
+    folder = Path(shutil.copytree(model_folder, tmp_path_factory.mktemp("cropping") / "tiny"))
+    edit_json("preprocessor_config.json", size={"shortest_edge": 36})(folder)
     return folder
 
 
@@ -200,24 +196,6 @@ def test_npy_output_keeps_names_that_are_not_utf8_and_a_failed_run_changes_nothi
     assert {path.name: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()} == before
 
 
-def test_files_staged_together_are_replaced_together_or_not_at_all(tmp_path):
-    (tmp_path / "a").write_text("old a")
-    (tmp_path / "b").write_text("old b")
-    with pytest.raises(OSError, match="cannot write"), StagedFiles() as staged:
-        staged.stage(tmp_path / "a", lambda path: path.write_text("new a"))
-        staged.stage(tmp_path / "b", lambda path: path.write_text("new b"))
-        (tmp_path / "b").unlink()
-        (tmp_path / "b").mkdir()  # the second move fails: a folder appeared in the way
-        staged.commit()
-    assert (tmp_path / "a").read_text() == "old a" and sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
-    with StagedFiles() as staged:
-        staged.stage(tmp_path / "a", lambda path: path.write_text("new a"))
-        staged.stage(tmp_path / "c", lambda path: path.write_text("new c"))
-        staged.commit()
-    assert (tmp_path / "a").read_text() == "new a" and (tmp_path / "c").read_text() == "new c"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "c"]
-
-
 def test_overlays_count_what_is_written_and_name_copies_uniquely(model_folder, images, tmp_path, capsys):
     """``IMG IMG --attention-map M`` said "wrote 2 attention overlays" and wrote one; naming 20 000 copies of one
     path took 81 s (quadratic)."""
@@ -242,16 +220,10 @@ def test_overlays_of_a_huge_image_are_drawn_at_a_bounded_size(model_folder, tmp_
 
 
 @pytest.fixture
-def overflowing_folder(model_folder, tmp_path):
+def overflowing_folder(copied_folder):
     """Finite float32 weights whose embeddings overflow float16 (65504)."""
-    folder = tmp_path / "overflowing"
-    folder.mkdir()
-    for path in model_folder.iterdir():
-        (folder / path.name).write_bytes(path.read_bytes())
-    weights = load_file(folder / "model.safetensors")
-    weights["proj"] = torch.full_like(weights["proj"], 1e5)
-    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
-    return folder
+    edit_weights(lambda weights: weights["proj"].fill_(1e5))(copied_folder)
+    return copied_folder
 
 
 def test_non_finite_embeddings_end_the_run_naming_the_cause(overflowing_folder, images, tmp_path, capsys):
@@ -295,7 +267,10 @@ def test_embedder_api_matches_the_command(model_folder, images, tmp_path, capsys
         (["{model}", "{images}", "--layer", "99"], "--layer chooses an attention map, but none is asked for"),
         (["{model}", "{images}", "--heads", "garbage"], "--heads chooses an attention map, but none is asked for"),
         (["{model}", "{images}", "--all-layers"], "--all-layers chooses an attention map"),
-        (["{model}", "{images}", "--output", "{tmp}/e.txt"], "--output must end in .safetensors or .npy"),
+        (
+            ["{model}", "{images}", "-o", "{tmp}/e.txt", "--overlays", "{tmp}/maps"],
+            "--output must end in .safetensors or .npy, got e.txt",
+        ),
         (["{model}", "{images}", "--output", "{tmp}/e.npy", "--attention-map"], "--attention-map needs a .safetensors"),
         (["{model}", "{images}", "--batch-size", "0"], "--batch-size must be at least 1, got 0"),
         (["{model}", "{images}", "--num-workers", "-1"], "--num-workers must be at least 0"),
@@ -310,6 +285,8 @@ def test_embedder_api_matches_the_command(model_folder, images, tmp_path, capsys
         (["{model}", "{images}", "--overlays", "{tmp}/existing.png"], "--overlays {tmp}/existing.png is a file, not a folder"),
         (["not-a-model", "{images}"], "no such folder not-a-model, and not a zoo name or a Hub repo id"),
         (["./vit-b-61", "{images}"], "no such folder ./vit-b-61, and not a zoo name or a Hub repo id (ORG/NAME)"),
+        (["models/vit-b/61", "{images}"], "no such folder models/vit-b/61, and not a zoo name or a Hub repo id"),
+        (["~/vit-b-61", "{images}"], "no such folder ~/vit-b-61, and not a zoo name or a Hub repo id"),
         (["vit_zoo_tiny_patch8_test_32", "{images}"], "has no pretrained weights"),
         (["{model}", "{images}/d_corrupt.png"], "none of the 1 inputs could be read as an image"),
         (["{model}", "{images}/a_noise.png", "{tmp}/data.tar"], "give either images (files, folders, path lists) or webdataset"),
@@ -376,3 +353,169 @@ def test_list_shows_every_zoo_entry():
     assert "openai (ViT-L/14@336px)" in result.stdout
     names = run_cli("list", "--names-only").stdout.split()
     assert names == [entry.name for entry in list_entries()]
+
+
+# --- hostile images, folders, repos and outputs given to embed ---------------------------------------------------------
+# (moved here from test_bad_input.py; they drive `vit-zoo embed` through vit_zoo.cli.main in this process)
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.fromarray(np.full((40, 50, 3), 120, np.uint8)).save(folder / "good.png")
+    return folder
+
+
+def test_embed_skips_bombs_and_broken_images(model_folder, image_folder, tmp_path, capsys):
+    for name, content in hostile_images().items():
+        (image_folder / name).write_bytes(content)
+    code, out, err = call_main(capsys, "embed", model_folder, image_folder, "--output", tmp_path / "e.safetensors")
+    assert code == 0 and out.startswith("embedded 1 image into") and "(5 skipped)" in out, (out, err)
+    assert "Traceback" not in err and "DecompressionBomb" not in err
+    skipped = [line.removeprefix("vit-zoo embed: skipped ") for line in err.splitlines() if "skipped" in line]
+    reasons = dict(line.split(": ", 1) for line in skipped)
+    assert reasons == {
+        str(image_folder / "float-offsets.tif"): "'float' object cannot be interpreted as an integer",
+        str(image_folder / "garbage-chunk.png"): "broken PNG file (chunk b'\\x00\\x01\\xff\\x7f')",
+        str(image_folder / "header-only.png"): "Image size (200000000 pixels) exceeds limit of 178956970 pixels, could be "
+        "decompression bomb DOS attack.",  # PIL's own refusal, raised by Image.open
+        str(image_folder / "thin.png"): "1x200000 pixels would become 32x6400000 at a 32-pixel shortest edge, more "
+        "than 4194304 pixels; crop it to a less extreme aspect ratio",
+        str(image_folder / "wide.png"): "400000x1 pixels would become 12800000x32 at a 32-pixel shortest edge, more "
+        "than 4194304 pixels; crop it to a less extreme aspect ratio",
+    }
+
+
+def test_overlays_of_images_sharing_a_stem_are_all_kept(model_folder, tmp_path, capsys):
+    for relative in ("a/x.png", "b/x.png", "a/x.jpg", "a/y.png"):
+        (tmp_path / relative).parent.mkdir(exist_ok=True)
+        Image.fromarray(np.full((40, 40, 3), len(relative) * 20, np.uint8)).save(tmp_path / relative)
+    code, out, _ = call_main(
+        capsys,
+        "embed",
+        model_folder,
+        tmp_path / "a",
+        tmp_path / "b",
+        "--output",
+        tmp_path / "e.safetensors",
+        "--overlays",
+        tmp_path / "maps",
+    )
+    assert code == 0 and "wrote 4 attention overlays" in out
+    assert listing(tmp_path / "maps") == [
+        "a__x.jpg.attention.png",
+        "a__x.png.attention.png",
+        "b__x.png.attention.png",
+        "y.attention.png",
+    ]
+
+
+def test_outputs_never_land_in_the_model_folder_or_on_an_input(copied_folder, image_folder, tmp_path, capsys):
+    """``--output M/model.safetensors`` replaced the weights; every later embed ran on random ones with exit 0."""
+    before = listing(copied_folder), (copied_folder / "model.safetensors").read_bytes()
+    image = image_folder / "good.png"
+    for flags in (
+        ["--output", copied_folder / "model.safetensors"],
+        ["--output", tmp_path / "e.npy", "--overlays", copied_folder / "maps"],
+    ):
+        assert_cli_error(call_main(capsys, "embed", copied_folder, image, *flags), "embed", "is inside the model folder")
+    (tmp_path / "e.npy").write_bytes(b"an input")  # files named directly are embedded whatever their suffix
+    assert_cli_error(
+        call_main(capsys, "embed", copied_folder, tmp_path / "e.npy", "--output", tmp_path / "e.npy"),
+        "embed",
+        "e.npy is one of the input images; choose an output that does not overwrite an input",
+    )
+    assert (listing(copied_folder), (copied_folder / "model.safetensors").read_bytes()) == before
+
+
+def test_names_a_npy_files_list_cannot_pair_are_refused_before_any_work(model_folder, image_folder, tmp_path, capsys):
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(image_folder / "two\nlines.png")
+    assert_cli_error(
+        call_main(capsys, "embed", model_folder, image_folder, "--output", tmp_path / "e.npy", "--overlays", tmp_path / "maps"),
+        "embed",
+        "holds a line break, which the one-name-per-line .npy.files.txt cannot pair; use a .safetensors --output",
+    )
+    assert listing(tmp_path) == ["images", "images/good.png", "images/two\nlines.png"]
+
+
+def test_embed_into_a_read_only_folder(model_folder, image_folder, read_only_folder, capsys):
+    output = read_only_folder / "embeddings.safetensors"
+    message = assert_cli_error(call_main(capsys, "embed", model_folder, image_folder, "--output", output), "embed")
+    assert message.endswith(f"--output {output}: {read_only_folder} is not writable; choose an output folder you can write to")
+    assert listing(read_only_folder) == []
+
+
+def test_embed_never_offers_or_runs_repo_code(copied_folder, image_folder, tmp_path, capsys):
+    make_evil(copied_folder)
+    code, out, err = call_main(capsys, "embed", copied_folder, image_folder, "--output", tmp_path / "e.safetensors")
+    assert code == 0 and "embedded 1 image into" in out, err
+    assert not (copied_folder / "marker").exists() and "custom code" not in err
+
+
+@pytest.mark.hub
+@pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
+def test_embed_of_a_hub_repo_never_offers_or_runs_repo_code(copied_folder, image_folder, hub_server, tmp_path, capsys):
+    from huggingface_hub import HfApi
+
+    hub_server.create_repo("org/evil")
+    HfApi(token=WRITE_TOKEN).upload_folder(repo_id="org/evil", folder_path=make_evil(copied_folder), repo_type="model")
+    code, out, err = call_main(capsys, "embed", "org/evil", image_folder, "--output", tmp_path / "e.safetensors")
+    assert code == 0 and "embedded 1 image into" in out, err
+    assert "custom code" not in err and not list(Path(os.environ["HF_HOME"]).rglob("marker"))
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_FOLDERS))
+def test_embed_refuses_folders_that_would_give_wrong_numbers(copied_folder, image_folder, tmp_path, case, capsys):
+    """Each of these folders made transformers fill gaps with random values (or NaN) and embed exit 0."""
+    edit, *fragments = HOSTILE_FOLDERS[case]
+    edit(copied_folder)
+    message = assert_cli_error(
+        call_main(capsys, "embed", copied_folder, image_folder, "--output", tmp_path / "e.npy"), "embed", *fragments
+    )
+    assert len(message) < 400 and not (tmp_path / "e.npy").exists()
+
+
+def test_embed_refuses_a_folder_with_corrupt_weights(corrupt_safetensors, copied_folder, image_folder, tmp_path, capsys):
+    shutil.copyfile(corrupt_safetensors["truncated"], copied_folder / "model.safetensors")
+    expected = f"{copied_folder / 'model.safetensors'}: {CORRUPT_SAFETENSORS['truncated']}"
+    assert_cli_error(call_main(capsys, "embed", copied_folder, image_folder, "--output", tmp_path / "e.npy"), "embed", expected)
+    assert not (tmp_path / "e.npy").exists()
+
+
+def test_embed_refuses_a_folder_of_another_model_type(clip_vision_folder, image_folder, tmp_path, capsys):
+    assert_cli_error(
+        call_main(capsys, "embed", clip_vision_folder, image_folder, "--output", tmp_path / "e.npy"),
+        "embed",
+        "describes a 'clip_vision_model' model, not a 'vit_zoo' one; use a repo written by vit-zoo",
+    )
+
+
+@pytest.mark.parametrize("shard", ["../outside.safetensors", "/tmp/outside.safetensors", "sub/model.safetensors"])
+def test_shard_index_naming_paths_out_of_the_folder(sharded_folder, image_folder, tmp_path, shard, capsys):
+    folder = Path(shutil.copytree(sharded_folder, tmp_path / "sharded"))
+    index_path = folder / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    first = next(iter(index["weight_map"]))
+    index["weight_map"][first] = shard
+    index_path.write_text(json.dumps(index))
+    assert_cli_error(
+        call_main(capsys, "embed", folder, image_folder, "--output", tmp_path / "e.npy"),
+        "embed",
+        f"model.safetensors.index.json names shard '{shard}', which is not a .safetensors file in the folder",
+    )
+
+
+def test_concurrent_embeds_of_one_zoo_name_convert_once(tiny_archive, tmp_path, monkeypatch):
+    """The loser of two ``embed NAME`` runs failed with "appeared while converting" though a valid folder existed."""
+    conversions = []
+
+    def convert_slowly(name, output, cache_dir=None):
+        conversions.append(name)
+        time.sleep(1)  # both runs are in here at once without the lock
+        return convert_checkpoint(tiny_archive, output)
+
+    monkeypatch.setattr(embed, "convert_checkpoint", convert_slowly)
+    results, errors = twice_at_once(lambda: embed.resolve_model_folder("ViT-B/32", tmp_path / "cache"))
+    assert errors == [] and len(conversions) == 1
+    assert results == [tmp_path / "cache" / "converted" / "vit_zoo_base_patch32_clip_224"] * 2

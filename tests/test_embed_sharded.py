@@ -17,24 +17,16 @@ import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 import webdataset
 from helpers import REPO_ROOT, assert_cli_error, call_main
 from PIL import Image
 from reference import TINY
 from safetensors.numpy import load_file
 
-from vit_zoo import VitZooConfig, VitZooModel, save_model_folder
 from vit_zoo.embed import Embedder
 
 NPY_HEADER = re.compile(r"'shape': \(([0-9]+), ([0-9]+)\)")  # what embedding-reader parses, and only 2-D
 NPY_DTYPE = re.compile(r"'descr': '([<f0-9]+)'")
-
-
-@pytest.fixture(scope="module")
-def model_folder(tmp_path_factory):
-    torch.manual_seed(0)
-    return save_model_folder(VitZooModel(VitZooConfig(**TINY)).eval(), tmp_path_factory.mktemp("model") / "tiny")
 
 
 def write_images(folder, names, seed=0):

@@ -17,7 +17,7 @@ import onnx
 import onnxruntime
 import pytest
 import torch
-from helpers import REPO_ROOT, assert_cli_error, call_main
+from helpers import REPO_ROOT, assert_cli_error, call_main, listing
 from reference import TINY, relative_error
 from safetensors.torch import load_file, save_file
 
@@ -64,12 +64,6 @@ with open(f"{work}/metadata.json", "w") as file:
 
 
 @pytest.fixture(scope="module")
-def model_folder(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    return save_model_folder(VitZooModel(VitZooConfig(**TINY)).eval(), tmp_path_factory.mktemp("model") / "tiny")
-
-
-@pytest.fixture(scope="module")
 def core(model_folder):
     return VitZooModel.from_pretrained(model_folder).visual.eval()
 
@@ -103,10 +97,6 @@ def assert_agrees(actual, expected, tolerance: float = 1e-5) -> None:
         got = torch.as_tensor(got)
         assert got.shape == wanted.shape and got.dtype == wanted.dtype
         assert relative_error(got, wanted) <= tolerance
-
-
-def listing(folder: Path) -> list[str]:
-    return sorted(str(path.relative_to(folder)) for path in folder.rglob("*"))
 
 
 def check_metadata(metadata: dict[str, str], model_folder: Path, names: tuple[str, ...], dtype: str = "float32") -> None:

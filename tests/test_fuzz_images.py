@@ -11,11 +11,11 @@ from __future__ import annotations
 import io
 import random
 import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hostile import png_chunk
 from limits import ALLOCATION_FAILURE, Hang, budget, run_cases, unexpected
 from PIL import Image
 
@@ -58,16 +58,12 @@ def truncate(rng: random.Random, data: bytes) -> bytes:
     return data[: rng.randrange(len(data))]
 
 
-def _png_chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-
 def resize_header(rng: random.Random, data: bytes) -> bytes:
     """Width and height fields set to extreme values, checksums kept valid where the format has them."""
     width, height = rng.choice(SIZES), rng.choice(SIZES)
     if data.startswith(b"\x89PNG"):
         header = struct.pack(">II", width, height) + data[24:29]
-        return data[:8] + _png_chunk(b"IHDR", header) + data[33:]
+        return data[:8] + png_chunk(b"IHDR", header) + data[33:]
     if data.startswith(b"GIF"):
         return data[:6] + struct.pack("<HH", width % 65536, height % 65536) + data[10:]
     if data.startswith(b"BM"):

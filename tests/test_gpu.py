@@ -12,7 +12,11 @@ from reference import OPENAI_GEOMETRIES, TINY, relative_error
 
 from vit_zoo import VisionTransformer
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+    pytest.mark.usefixtures("fresh_dynamo"),
+]
 
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2}
 FORWARDS = {
@@ -22,13 +26,6 @@ FORWARDS = {
 }
 # (geometry, dtype): the tiny test tower in fp32, and ViT-B/16's widths (2 blocks) in bf16 as GPUs run it
 CASES = {"tiny-float32": (TINY, torch.float32), "B16-bfloat16": (OPENAI_GEOMETRIES["ViT-B/16"], torch.bfloat16)}
-
-
-@pytest.fixture(autouse=True)
-def fresh_dynamo():
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
 
 
 def model_and_images(geometry: dict, dtype: torch.dtype, batch: int = 2) -> tuple[VisionTransformer, torch.Tensor]:

@@ -1,10 +1,21 @@
-"""Push and pull through the real huggingface_hub client against the local Hub-protocol server."""
+"""``vit_zoo.hub``: push and pull through the real huggingface_hub client against the local Hub-protocol server.
 
+Revisions, branches, private repos and the CLI; pull fetches the format's files (and the shards its index names),
+nothing else, and never onto an existing path; the Hub failing (401/403/404/500, refused connections, a Hub that
+never answers, dropped uploads, a malformed file listing, offline mode) leaves the repo and the output as they were;
+push and pull move only sound vit_zoo folders (``hostile.HOSTILE_FOLDERS``, corrupt weights, files outside the
+format) and never into a read-only or full disk.
+"""
+
+import hashlib
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
-from helpers import assert_cli_error, call_main, run_cli
+from helpers import assert_cli_error, call_main, listing, run_cli, tmpfs
+from hostile import CORRUPT_SAFETENSORS, HOSTILE_FOLDERS
 from hub_server import READ_TOKEN, WRITE_TOKEN
 from reference import TINY
 from safetensors.torch import load_file, save_file
@@ -182,6 +193,25 @@ def test_pull_fetches_the_folder_and_nothing_else(hub_server, tmp_path):
     assert all(torch.equal(loaded[name], tensor) for name, tensor in model.state_dict().items())
 
 
+def test_pull_onto_a_dangling_symlink_says_it_exists(hub_server, tmp_path):
+    push_folder(write_plain_folder(tmp_path / "model"), "org/tiny", token=WRITE_TOKEN)
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(OutputExistsError, match="link already exists; choose a new --output folder"):
+        pull("org/tiny", output=tmp_path / "link")
+    assert not (tmp_path / "nowhere").exists()
+
+
+# --- the Hub failing ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_backoff(monkeypatch):
+    """huggingface_hub retries a failed request after 1, 2, 4, 8 and 8 s: the retries still happen, the waits not."""
+    import huggingface_hub.utils._http as http
+
+    monkeypatch.setattr(http.time, "sleep", lambda seconds: None)
+
+
 @pytest.fixture
 def one_second_hub_waits(monkeypatch):
     """``VIT_ZOO_HUB_TIMEOUT=1``; huggingface_hub's client factory as it was afterwards (the CLI replaces it)."""
@@ -209,9 +239,181 @@ def test_the_hub_timeout_setting_is_checked(monkeypatch, tmp_path, capsys):
     assert_cli_error(call_main(capsys, "pull", "org/tiny"), "pull", "$VIT_ZOO_HUB_TIMEOUT='soon' is not a number of seconds")
 
 
-def test_pull_onto_a_dangling_symlink_says_it_exists(hub_server, tmp_path):
-    push_folder(write_plain_folder(tmp_path / "model"), "org/tiny", token=WRITE_TOKEN)
-    (tmp_path / "link").symlink_to(tmp_path / "nowhere")
-    with pytest.raises(OutputExistsError, match="link already exists; choose a new --output folder"):
-        pull("org/tiny", output=tmp_path / "link")
-    assert not (tmp_path / "nowhere").exists()
+@pytest.mark.parametrize(
+    "fault, token, message",
+    [
+        (None, READ_TOKEN, "the token may not write to org/tiny (403); use a token with write access"),
+        (("/preupload/", 404), WRITE_TOKEN, "the Hub answered 404 for org/tiny"),
+        (("/commit/", 500), WRITE_TOKEN, "the Hub answered 500 for org/tiny: "),
+        (("/lfs-upload/", 403), WRITE_TOKEN, "the token may not write to org/tiny (403)"),
+    ],
+    ids=["403-read-token", "404", "500-commit", "403-lfs-upload"],
+)
+def test_cli_push_refused_by_the_hub(model_folder, hub_server, fault, token, message, capsys):
+    hub_server.create_repo("org/tiny")
+    before = hub_server.list_commits("org/tiny")
+    if fault is not None:
+        hub_server.fail_next(*fault)
+    assert_cli_error(call_main(capsys, "push", model_folder, "org/tiny", "--token", token), "push", message)
+    assert hub_server.list_commits("org/tiny") == before
+
+
+@pytest.mark.parametrize(
+    "fault, token, message",
+    [
+        (None, "hf_wrong", "the Hub refused the token (401) for org/tiny; log in again"),
+        (("/resolve/main/config.json", 403), None, "access to org/tiny was refused (403): the repo is gated"),
+        (("/model.safetensors", 500), None, "the Hub answered 500 for org/tiny: "),
+        (("/tree/", 500), None, "the Hub answered 500 for org/tiny: "),
+    ],
+    ids=["401-wrong-token", "403-gated", "500-weights", "500-file-list"],
+)
+def test_cli_pull_refused_by_the_hub(model_folder, hub_server, no_backoff, fault, token, message, tmp_path, capsys):
+    push_folder(model_folder, "org/tiny", token=WRITE_TOKEN)
+    if fault is not None:  # on every try: a single 5xx is retried away by huggingface_hub
+        hub_server.fail_next(*fault, count=10)
+    token_args = ["--token", token] if token else []
+    assert_cli_error(call_main(capsys, "pull", "org/tiny", "--output", tmp_path / "out", *token_args), "pull", message)
+    assert not [path for path in tmp_path.iterdir() if "out" in path.name]  # no output, no staging folder
+
+
+def test_hub_that_refuses_connections(model_folder, hub_server, no_backoff, capsys):
+    endpoint = hub_server.endpoint
+    hub_server.stop()
+    expected = f"cannot reach the Hub at {endpoint} for org/tiny ("
+    assert_cli_error(call_main(capsys, "pull", "org/tiny"), "pull", expected, "check the network (or HF_ENDPOINT)")
+    assert_cli_error(call_main(capsys, "push", model_folder, "org/tiny", "--token", WRITE_TOKEN), "push", expected)
+
+
+def weights_upload(folder: Path) -> str:
+    """The LFS upload path of the folder's ``model.safetensors`` on the test Hub."""
+    return f"/lfs-upload/{hashlib.sha256((folder / 'model.safetensors').read_bytes()).hexdigest()}"
+
+
+def test_lfs_upload_dropped_once_is_retried_and_the_commit_is_whole(model_folder, hub_server, no_backoff):
+    hub_server.drop_connection_on(weights_upload(model_folder), method="PUT")
+    push_folder(model_folder, "org/tiny", token=WRITE_TOKEN)
+    assert sum(r.path == weights_upload(model_folder) for r in hub_server.requests) == 2
+    pushed = hub_server.files("org/tiny")
+    assert pushed["model.safetensors"] == (model_folder / "model.safetensors").read_bytes()
+    assert {name for name in pushed if name != ".gitattributes"} == {p.name for p in model_folder.iterdir()}
+
+
+def test_lfs_upload_dropped_every_time_leaves_the_repo_as_it_was(model_folder, hub_server, no_backoff, capsys):
+    hub_server.create_repo("org/tiny")
+    before = hub_server.list_commits("org/tiny"), hub_server.files("org/tiny")
+    hub_server.drop_connection_on(weights_upload(model_folder), method="PUT", count=100)
+    assert_cli_error(
+        call_main(capsys, "push", model_folder, "org/tiny", "--token", WRITE_TOKEN),
+        "push",
+        f"cannot reach the Hub at {hub_server.endpoint} for org/tiny (",
+    )
+    assert sum(r.path == weights_upload(model_folder) for r in hub_server.requests) == 6  # a try and five retries
+    assert (hub_server.list_commits("org/tiny"), hub_server.files("org/tiny")) == before
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [(b"<html>not json</html>", "is not a JSON list of files"), (b'{"path": "x"}', "is not a JSON list of files")],
+    ids=["not-json", "object"],
+)
+def test_pull_of_a_malformed_file_listing(model_folder, hub_server, body, message, tmp_path, capsys):
+    push_folder(model_folder, "org/tiny", token=WRITE_TOKEN)
+    hub_server.answer_next("/tree/", body)
+    assert_cli_error(call_main(capsys, "pull", "org/tiny", "--output", tmp_path / "out"), "pull", message)
+
+
+def test_offline_pull_of_a_partly_cached_repo_is_refused(model_folder, hub_server, no_backoff, tmp_path, capsys, monkeypatch):
+    """An offline pull exited 0 with no preprocessor_config.json in its output. The cache holds part of a repo after an
+    interrupted pull (the weights come after the format's files) or after transformers loaded the model (its config
+    and weights, no preprocessing)."""
+    import huggingface_hub.constants as constants
+    from transformers import AutoModel
+
+    push_folder(model_folder, "org/tiny", token=WRITE_TOKEN)
+    hub_server.fail_next("/preprocessor_config.json", 500, count=10)
+    assert call_main(capsys, "pull", "org/tiny")[0] == 1
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert_cli_error(call_main(capsys, "pull", "org/tiny", "--output", tmp_path / "out"), "pull", "has no model.safetensors")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    AutoModel.from_pretrained("org/tiny")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert_cli_error(
+        call_main(capsys, "pull", "org/tiny", "--output", tmp_path / "out"), "pull", "preprocessor_config.json is missing"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_pull_into_a_read_only_or_full_output(model_folder, hub_server, read_only_folder, tmp_path, capsys):
+    push_folder(model_folder, "org/tiny", token=WRITE_TOKEN)
+    message = assert_cli_error(call_main(capsys, "pull", "org/tiny", "--output", read_only_folder / "out"), "pull")
+    assert message.startswith(f"vit-zoo pull: error: cannot write {read_only_folder / 'out'} (")
+    assert listing(read_only_folder) == []
+    with tmpfs(tmp_path / "full", "size=64k") as mounted:
+        if mounted:
+            message = assert_cli_error(call_main(capsys, "pull", "org/tiny", "--output", tmp_path / "full" / "out"), "pull")
+            assert "No space left on device" in message and listing(tmp_path / "full") == []
+
+
+# --- push and pull move only sound vit_zoo folders ------------------------------------------------------------------
+
+
+def test_push_and_pull_refuse_unsound_folders(copied_folder, hub_server, tmp_path, capsys):
+    """push and pull checked only model_type: they moved width: "big", missing tensors and NaN weights."""
+    from huggingface_hub import HfApi
+
+    for case in ("width-big", "missing-proj", "nan-weight"):
+        folder = Path(shutil.copytree(copied_folder, tmp_path / case))
+        edit, *fragments = HOSTILE_FOLDERS[case]
+        edit(folder)
+        assert_cli_error(call_main(capsys, "push", folder, f"org/{case}", "--token", WRITE_TOKEN), "push", *fragments)
+        hub_server.create_repo(f"org/{case}")
+        HfApi(token=WRITE_TOKEN).upload_folder(repo_id=f"org/{case}", folder_path=folder, repo_type="model")
+        assert_cli_error(call_main(capsys, "pull", f"org/{case}", "--output", tmp_path / f"{case}-out"), "pull", *fragments)
+        assert not (tmp_path / f"{case}-out").exists()
+
+
+def test_push_refuses_a_folder_with_corrupt_weights(corrupt_safetensors, copied_folder, hub_server, capsys):
+    shutil.copyfile(corrupt_safetensors["truncated"], copied_folder / "model.safetensors")
+    expected = f"{copied_folder / 'model.safetensors'}: {CORRUPT_SAFETENSORS['truncated']}"
+    assert_cli_error(call_main(capsys, "push", copied_folder, "org/corrupt", "--token", WRITE_TOKEN), "push", expected)
+    assert hub_server.requests == []
+
+
+def test_push_uploads_exactly_the_folder_format(copied_folder, hub_server, tmp_path, capsys):
+    """Dotfiles, stray files and symlinks leaving the folder went up to a repo that is public by default."""
+    (tmp_path / "secret.txt").write_text("password")
+    (copied_folder / ".env").write_text("HF_TOKEN=hf_secret")
+    (copied_folder / "notes.txt").write_text("private notes")
+    (copied_folder / "linked.txt").symlink_to(tmp_path / "secret.txt")
+    expected = sorted(path.name for path in copied_folder.iterdir() if path.name not in (".env", "notes.txt", "linked.txt"))
+    code, out, err = call_main(capsys, "push", copied_folder, "org/tiny", "--token", WRITE_TOKEN)
+    assert code == 0, err
+    assert sorted(name for name in hub_server.files("org/tiny") if name != ".gitattributes") == expected
+    (copied_folder / "README.md").unlink()
+    (copied_folder / "README.md").symlink_to(tmp_path / "secret.txt")
+    assert_cli_error(
+        call_main(capsys, "push", copied_folder, "org/tiny", "--token", WRITE_TOKEN),
+        "push",
+        f"README.md is a symlink to {tmp_path / 'secret.txt'}, outside the folder; copy the file into the folder",
+    )
+
+
+def test_push_private_onto_an_existing_public_repo_is_refused(model_folder, hub_server, capsys):
+    hub_server.create_repo("org/public")
+    before = hub_server.list_commits("org/public")
+    assert_cli_error(
+        call_main(capsys, "push", model_folder, "org/public", "--private", "--token", WRITE_TOKEN),
+        "push",
+        "org/public exists and is public; --private only makes a new repo private",
+    )
+    assert hub_server.list_commits("org/public") == before
+
+
+def test_push_of_a_readme_that_is_not_utf8_names_it(copied_folder, hub_server, capsys):
+    (copied_folder / "README.md").write_bytes(b"# caf\xe9\n")
+    assert_cli_error(
+        call_main(capsys, "push", copied_folder, "org/tiny", "--token", WRITE_TOKEN),
+        "push",
+        f"{copied_folder / 'README.md'} is not UTF-8 text",
+    )

@@ -1,8 +1,10 @@
-"""The core VisionTransformer: the seed's outputs, OpenAI parity, properties and bad input."""
+"""``vit_zoo.model``: the core VisionTransformer. The seed's outputs, OpenAI parity, the one block loop, properties
+and bad input (geometry; images: ``hostile.BAD_IMAGES``, which the timm and transformers models refuse alike)."""
 
 import pytest
 import torch
 from helpers import sdpa_calls
+from hostile import BAD_IMAGES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference import (
@@ -257,17 +259,10 @@ def test_bad_geometry_is_refused_at_construction(kwargs, message):
         VisionTransformer(**{**TINY, **kwargs})
 
 
-@pytest.mark.parametrize(
-    "images, message",
-    [
-        (torch.randn(3, 32, 32), r"4D image batch .* got a 3D tensor"),
-        (torch.randn(1, 1, 32, 32), "expected 3 channels, got 1"),
-        (torch.randn(1, 3, 64, 64), "expected images of 32x32, got 64x64"),
-        (torch.zeros(1, 3, 32, 32, dtype=torch.uint8), "floating-point"),
-        ([[1.0]], "torch.Tensor"),
-    ],
-)
+@pytest.mark.parametrize("images, message", list(BAD_IMAGES.values()), ids=list(BAD_IMAGES))
 def test_bad_input_raises_clear_value_error(images, message):
     model = VisionTransformer(**TINY)
-    with pytest.raises(ValueError, match=message):
-        model(images)
+    for method in (model, model.encode):
+        with pytest.raises(ValueError) as error:
+            method(images)
+        assert message in str(error.value) and "\n" not in str(error.value), str(error.value)

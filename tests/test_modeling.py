@@ -1,41 +1,38 @@
-"""VitZooModel / VitZooForImageClassification: transformers' ModelTesterMixin checks that apply, OpenAI
-parity, the image processor and bad input."""
+"""``vit_zoo.modeling``: VitZooModel / VitZooForImageClassification. transformers' ModelTesterMixin checks that
+apply, OpenAI parity, saving and loading (transformers' partial-loading contract), pipelines; bad images
+(``hostile.BAD_IMAGES``), configs of another model type, corrupt weights and configs asking for more blocks than
+the weights hold are refused before anything is built."""
 
-import json
+import re
+import shutil
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from helpers import sdpa_calls
+from hostile import BAD_IMAGES, CORRUPT_SAFETENSORS, HOSTILE_FOLDERS
+from hub_server import WRITE_TOKEN
+from limits import budget
 from PIL import Image
 from reference import OPENAI_GEOMETRIES, TINY, reference_attention_maps, reference_clip, relative_error, visual_state_dict
 from safetensors.torch import load_file, save_file
-from torchvision import transforms
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
     AutoModel,
     AutoModelForImageClassification,
-    CLIPImageProcessor,
-    CLIPImageProcessorPil,
     CLIPVisionConfig,
-    CLIPVisionModel,
     pipeline,
     set_seed,
 )
-from transformers.image_utils import PILImageResampling
 
 from vit_zoo import (
     VitZooConfig,
     VitZooForImageClassification,
     VitZooModel,
     VitZooModelOutput,
-    get_entry,
-    image_processor_for,
 )
-from vit_zoo.folder import save_model_folder
-from vit_zoo.zoo import parse_entry
 
 MODEL_CLASSES = (VitZooModel, VitZooForImageClassification)
 
@@ -458,149 +455,102 @@ def test_matches_openai_reference_through_auto_model(tmp_path, name):
     assert (out.attention_map - expected_maps).abs().max().item() <= 1e-5
 
 
-# ---------------------------------------------------------------- image processor
-
-
-def smooth_test_image(height: int = 300, width: int = 420) -> Image.Image:
-    noise = (np.random.default_rng(0).random((height // 10, width // 10, 3)) * 255).astype("uint8")
-    return Image.fromarray(noise).resize((width, height), Image.BILINEAR)
-
-
-def openai_preprocess(entry, image: Image.Image) -> torch.Tensor:
-    """OpenAI CLIP's `_transform`: torchvision transforms on the PIL image."""
-    resolution = entry.input_resolution
-    return transforms.Compose(
-        [
-            transforms.Resize(resolution, interpolation=transforms.InterpolationMode.BICUBIC),
-            transforms.CenterCrop(resolution),
-            transforms.ToTensor(),
-            transforms.Normalize(entry.preprocessing.mean, entry.preprocessing.std),
-        ]
-    )(image.convert("RGB"))
-
-
-@pytest.mark.parametrize("name", ["vit_zoo_base_patch32_clip_224", "ViT-L/14@336px"])
-def test_image_processor_has_the_variants_settings(name):
-    entry = get_entry(name)
-    processor = image_processor_for(name)
-    assert isinstance(processor, CLIPImageProcessorPil)
-    resolution = entry.input_resolution
-    assert processor.size["shortest_edge"] == resolution
-    assert (processor.crop_size["height"], processor.crop_size["width"]) == (resolution, resolution)
-    assert processor.resample == PILImageResampling.BICUBIC
-    assert tuple(processor.image_mean) == entry.preprocessing.mean
-    assert tuple(processor.image_std) == entry.preprocessing.std
-    assert isinstance(image_processor_for(entry, backend="torchvision"), CLIPImageProcessor)
-
-
-def test_image_processor_reproduces_openai_preprocessing():
-    entry, image = get_entry("ViT-B/32"), smooth_test_image()
-    expected = openai_preprocess(entry, image)
-    pil = image_processor_for(entry)(images=image, return_tensors="pt")["pixel_values"][0]
-    torch.testing.assert_close(pil, expected, rtol=0, atol=1e-6)
-    fast = image_processor_for(entry, backend="torchvision")(images=image, return_tensors="pt")["pixel_values"][0]
-    assert (fast - expected).abs().max().item() < 2.5 / 255 / min(entry.preprocessing.std)
-
-
-def test_image_processor_saved_with_the_model_loads_with_auto_image_processor(tmp_path):
-    entry = get_entry("vit_zoo_tiny_patch8_test_32")
-    model = VitZooModel(entry.config()).eval()
-    model.save_pretrained(tmp_path)
-    image_processor_for(entry).save_pretrained(tmp_path)
-    saved = json.loads((tmp_path / "preprocessor_config.json").read_text())
-    assert saved["image_processor_type"] == "CLIPImageProcessor"
-    for backend, processor_class in (("pil", CLIPImageProcessorPil), ("torchvision", CLIPImageProcessor)):
-        loaded = AutoImageProcessor.from_pretrained(tmp_path, backend=backend)
-        assert type(loaded) is processor_class
-        assert loaded.size["shortest_edge"] == 32 and loaded.crop_size["height"] == 32
-        assert loaded.resample == PILImageResampling.BICUBIC
-        pixel_values = loaded(images=smooth_test_image(), return_tensors="pt")["pixel_values"]
-        with torch.no_grad():
-            assert model(pixel_values).image_embeds.shape == (1, entry.model["output_dim"])
-
-
-def test_image_processor_crop_pct_and_interpolation():
-    entry = parse_entry(
-        {
-            "name": "cropped_test",
-            "model": {**TINY, "input_resolution": 224, "patch_size": 32},
-            "preprocessing": {"crop_pct": 0.875, "interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.25] * 3},
-        }
-    )
-    processor = image_processor_for(entry)
-    assert processor.size["shortest_edge"] == 256 and processor.crop_size["height"] == 224
-    assert processor.resample == PILImageResampling.BILINEAR
-    assert tuple(processor.image_mean) == (0.5, 0.5, 0.5)
-    # a bare config records no preprocessing: OpenAI's is used
-    assert tuple(image_processor_for(tiny_config()).image_std) == get_entry("ViT-B/32").preprocessing.std
-
-
-def test_image_processor_bad_input():
-    with pytest.raises(ValueError, match="RGB images, but this variant takes 1 channels"):
-        image_processor_for(tiny_config(in_channels=1))
-    with pytest.raises(ValueError, match="backend must be one of"):
-        image_processor_for(tiny_config(), backend="opencv")
-    with pytest.raises(KeyError, match="unknown zoo variant"):
-        image_processor_for("ViT-H/14")
-
-
 # ---------------------------------------------------------------- bad input
 
 
-@pytest.mark.parametrize(
-    "overrides, message",
-    [
-        (dict(width=-64), "width must be a positive int"),
-        (dict(width="64"), "width must be a positive int"),
-        (dict(heads=3), "divisible by heads"),
-        (dict(input_resolution=30), "divisible by patch_size"),
-        (dict(activation="relu"), "activation must be one of"),
-        (dict(layer_norm_eps=0), "layer_norm_eps must be a positive number"),
-    ],
-)
-def test_invalid_config_values_raise_value_error(overrides, message):
-    with pytest.raises(ValueError, match=message):
-        tiny_config(**overrides)
-
-
-def test_config_of_another_model_type_is_refused(tmp_path):
-    clip_config = CLIPVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8
-    )
-    CLIPVisionModel(clip_config).save_pretrained(tmp_path)
-    for loader in (VitZooConfig, VitZooModel, VitZooForImageClassification):
-        with pytest.raises(ValueError, match="describes a 'clip_vision_model' model, not 'vit_zoo'"):
-            loader.from_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="needs a VitZooConfig .* got CLIPVisionConfig"):
-        VitZooModel(clip_config)
-
-
-@pytest.mark.parametrize(
-    "pixel_values, message",
-    [
-        (torch.randn(3, 32, 32), r"expected a 4D image batch \[batch, 3, 32, 32\], got a 3D tensor of shape \(3, 32"),
-        (torch.randn(2, 1, 32, 32), r"expected 3 channels, got 1"),
-        (torch.randn(2, 3, 32, 40), r"expected images of 32x32, got 32x40"),
-        (torch.zeros(2, 3, 32, 32, dtype=torch.uint8), r"expected floating-point pixel values, got dtype torch.uint8"),
-        (None, r"expected a torch.Tensor of images"),
-    ],
-)
+@pytest.mark.parametrize("images, message", list(BAD_IMAGES.values()), ids=list(BAD_IMAGES))
 @pytest.mark.parametrize("model_class", MODEL_CLASSES)
-def test_wrong_pixel_values_raise_value_error(model_class, pixel_values, message):
+def test_bad_images_raise_the_cores_value_error(model_class, images, message):
     model = model_class(tiny_config())
-    with pytest.raises(ValueError, match=message):
-        model(pixel_values)
+    for call in (lambda: model(images), lambda: model(pixel_values=images)):
+        with pytest.raises(ValueError) as error:
+            call()
+        assert message in str(error.value) and "\n" not in str(error.value), str(error.value)
+
+
+def test_empty_batch_gives_empty_outputs():
+    torch.manual_seed(0)
+    model = VitZooModel(tiny_config()).eval()
+    with torch.no_grad():
+        outputs = model(torch.zeros(0, 3, 32, 32), output_attention_map=True)
+    assert outputs.image_embeds.shape == (0, 32) and outputs.attention_map.shape == (TINY["layers"], 0, 4, 4, 4)
+
+
+def test_folder_of_another_model_type_is_refused(clip_vision_folder):
+    for loader in (VitZooModel, VitZooForImageClassification):
+        with pytest.raises(ValueError, match="describes a 'clip_vision_model' model, not 'vit_zoo'"):
+            loader.from_pretrained(clip_vision_folder)
+    with pytest.raises(ValueError, match="needs a VitZooConfig .* got CLIPVisionConfig"):
+        VitZooModel(CLIPVisionConfig.from_pretrained(clip_vision_folder))
+
+
+@pytest.mark.parametrize("damage", list(CORRUPT_SAFETENSORS))
+def test_corrupt_safetensors_in_a_folder(corrupt_safetensors, copied_folder, damage):
+    shutil.copyfile(corrupt_safetensors[damage], copied_folder / "model.safetensors")
+    for loader in (AutoModel, VitZooModel):
+        with pytest.raises(ValueError) as error:
+            loader.from_pretrained(copied_folder)
+        message = str(error.value)
+        assert message.startswith(f"{copied_folder / 'model.safetensors'}") and CORRUPT_SAFETENSORS[damage] in message
+        assert message.endswith("convert or download the weights again") and "\n" not in message
+
+
+def test_a_config_asking_for_more_blocks_than_the_weights_hold_is_refused(copied_folder):
+    """transformers built all 20 000 blocks of a tampered config.json for minutes, filled them with random values
+    and returned the model; the block count is now read from the weights' header before anything is built."""
+    HOSTILE_FOLDERS["layers-20000"][0](copied_folder)
+    message = f"(model.safetensors): the config asks for layers=20000 but the weights hold {TINY['layers']} blocks"
+    for loader in (AutoModel, AutoModelForImageClassification):
+        with budget(60), pytest.raises(ValueError) as error:  # 20 000 blocks would take minutes and gigabytes
+            loader.from_pretrained(copied_folder)
+        assert message in str(error.value) and "\n" not in str(error.value), str(error.value)
+    with budget(60), pytest.raises(ValueError, match=re.escape(message.replace("20000", "4"))):
+        VitZooModel.from_pretrained(copied_folder, config=VitZooConfig(**dict(TINY, layers=4)))
+
+
+@pytest.mark.hub
+@pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
+def test_a_hub_repo_claiming_more_layers_than_its_weights_hold_is_refused(copied_folder, hub_server):
+    from huggingface_hub import HfApi
+
+    HOSTILE_FOLDERS["layers-20000"][0](copied_folder)
+    hub_server.create_repo("org/layers-20000")
+    HfApi(token=WRITE_TOKEN).upload_folder(repo_id="org/layers-20000", folder_path=copied_folder, repo_type="model")
+    with budget(60), pytest.raises(ValueError, match="org/layers-20000 .model.safetensors.: the config asks for layers=20000"):
+        AutoModel.from_pretrained("org/layers-20000")
+
+
+def test_fewer_layers_truncate_as_transformers_does_for_its_own_models(model_folder):
+    """``layers=N`` below the weights' block count keeps the first N blocks (transformers' ``num_hidden_layers``
+    idiom), reporting the rest as unexpected."""
+    truncated, loading_info = AutoModel.from_pretrained(model_folder, layers=1, output_loading_info=True)
+    assert len(truncated.visual.transformer.resblocks) == 1
+    assert {name.split(".")[2] for name in loading_info["unexpected_keys"]} == {"1", "2"}
+
+
+def test_a_missing_tensor_is_reported_as_transformers_does_for_its_own_models(copied_folder):
+    """transformers' contract (its ``test_model_weights_reload_no_missing_tied_weights``): tensors missing from
+    the weights are initialised and reported, not refused. ``vit-zoo embed`` refuses such a folder."""
+    HOSTILE_FOLDERS["missing-proj"][0](copied_folder)
+    _, loading_info = AutoModel.from_pretrained(copied_folder, output_loading_info=True)
+    assert loading_info["missing_keys"] == {"visual.proj"}
+
+
+def test_a_new_classifier_head_is_still_initialised(model_folder):
+    classifier, loading_info = AutoModelForImageClassification.from_pretrained(
+        model_folder, num_labels=3, output_loading_info=True
+    )
+    assert sorted(loading_info["missing_keys"]) == ["classifier.bias", "classifier.weight"]
+    assert classifier(torch.randn(1, 3, 32, 32)).logits.shape == (1, 3)
 
 
 # ---------------------------------------------------------------- pipelines
 
 
 @pytest.fixture(scope="module")
-def saved_folder(tmp_path_factory):
-    """A vit_zoo folder as `vit-zoo convert` writes it (weights, config, image processor, remote code)."""
-    set_seed(0)
-    model = VitZooModel(tiny_config()).eval()
-    return model, save_model_folder(model, tmp_path_factory.mktemp("pipelines") / "model")
+def saved_folder(model_folder):
+    """The model of ``model_folder`` (a folder as ``vit-zoo convert`` writes it), and the folder."""
+    return VitZooModel.from_pretrained(model_folder).eval(), model_folder
 
 
 def photo() -> Image.Image:

@@ -1,4 +1,6 @@
-"""Reading checkpoints safely: TorchScript archives as zips, pickles only with weights_only, bad files refused."""
+"""``vit_zoo.readers``: checkpoints read safely. TorchScript archives as zips (memory-mapped, never run), pickles
+only with weights_only, state-dict wrappers unwrapped; missing, empty, truncated, malicious and forged files
+refused with one line; a TorchScript archive carrying code converts without that code running."""
 
 import pickle
 import sys
@@ -17,10 +19,11 @@ from checkpoints import (
     write_state_dict,
     write_torchscript_archive,
 )
+from helpers import TINY_NAME
 from reference import OPENAI_GEOMETRIES, TINY
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
-from vit_zoo import CheckpointError, load_checkpoint
+from vit_zoo import CheckpointError, convert_checkpoint, load_checkpoint
 
 
 def jit_state_dict(path):
@@ -209,3 +212,90 @@ def test_archive_whose_module_tree_loops_is_refused(tmp_path, monkeypatch):
         archive.writestr("loop/code/__torch__.py", "class Loop(Module):\n  __parameters__ = []\n  __buffers__ = []\n")
         archive.writestr("loop/constants.pkl", pickle.dumps((), protocol=2))
     refused(path, "module child appears twice in the module tree")
+
+
+def test_tensors_larger_than_their_storage_are_refused(tmp_path):
+    """A zero-stride view claims 10^10 elements over one stored value: copying it would need 40 GB."""
+    huge = torch.zeros(1).expand(100_000, 100_000)
+    clip = openai_clip(TINY)
+    clip.register_buffer("huge", huge)
+    archive = write_torchscript_archive(clip, tmp_path / "huge-archive.pt")
+    state_dict = write_state_dict({"visual.proj": huge}, tmp_path / "huge-state-dict.pt")
+    for path, name in ((archive, "huge"), (state_dict, "visual.proj")):
+        with pytest.raises(CheckpointError, match=f"tensor {name} of size \\[100000, 100000\\] claims more elements"):
+            load_checkpoint(path)
+
+
+def test_wrapper_holding_itself_is_refused_not_looped_over(tmp_path):
+    wrapper: dict = {}
+    wrapper["state_dict"] = wrapper
+    path = write_state_dict(wrapper, tmp_path / "loop.pt")
+    with pytest.raises(CheckpointError, match="holds no tensors"):
+        load_checkpoint(path)
+
+
+def test_zip_member_claiming_more_than_the_file_is_refused(tiny_archive, tmp_path):
+    """The central directory says data.pkl holds 2 GB: reading it would allocate that before finding out."""
+    data = bytearray(tiny_archive.read_bytes())
+    with zipfile.ZipFile(tiny_archive) as archive:
+        start = archive.start_dir
+    entry = data.index(b"ViT-T-8/data.pkl", start) - 46  # the central directory record of data.pkl
+    data[entry + 20 : entry + 28] = (2**31 - 1).to_bytes(4, "little") * 2  # compressed and uncompressed size
+    (tmp_path / "forged.pt").write_bytes(data)
+    with pytest.raises(CheckpointError, match="ViT-T-8/data.pkl claims 2147483647 bytes, more than the whole file holds"):
+        load_checkpoint(tmp_path / "forged.pt")
+
+
+# --- TorchScript code inside an archive is never run ------------------------------------------------------------
+
+
+class Payload(torch.nn.Module):
+    """A TorchScript submodule whose ``__setstate__`` creates a file when ``torch.jit.load`` restores it (a stand-in
+    for anything harmful: TorchScript code has file and tensor ops at hand)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+
+    @torch.jit.export
+    def __getstate__(self) -> tuple[str, bool]:
+        return self.path, self.training
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[str, bool]) -> None:
+        self.path = state[0]
+        self.training = state[1] and torch.from_file(self.path, True, 1).numel() > 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+@pytest.fixture
+def trojan_archive(tmp_path) -> tuple[Path, Path, torch.nn.Module]:
+    """An OpenAI-format archive of a whole CLIP plus a ``Payload`` that would create ``marker`` if run."""
+    marker = tmp_path / "marker"
+    clip = openai_clip(TINY, seed=2)
+    clip.payload = Payload(str(marker))
+    archive = write_torchscript_archive(clip, tmp_path / "trojan.pt")
+    del clip.payload
+    assert not marker.exists()
+    return archive, marker, clip
+
+
+def test_trojan_archive_runs_its_code_under_torch_jit_load(trojan_archive):
+    """Control for the next test: the payload is live."""
+    archive, marker, _ = trojan_archive
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.load(str(archive))
+    assert marker.exists()
+
+
+def test_trojan_archive_converts_without_running_its_code(trojan_archive, tmp_path):
+    archive, marker, clip = trojan_archive
+    folder = convert_checkpoint(archive, tmp_path / "out", name=TINY_NAME)
+    weights = load_file(folder / "model.safetensors")
+    expected = {k.removeprefix("visual."): v for k, v in clip.state_dict().items() if k.startswith("visual.")}
+    assert sorted(weights) == sorted(expected)
+    assert all(torch.equal(weights[k], v) for k, v in expected.items())
+    assert not marker.exists()

@@ -39,13 +39,6 @@ def vit_zoo_folder(tmp_path_factory) -> Path:
     return save_model_folder(timm.create_model(TINY_NAME).eval(), tmp_path_factory.mktemp("vit-zoo") / "tiny")
 
 
-@pytest.fixture(scope="module")
-def image(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("image") / "image.png"
-    Image.linear_gradient("L").convert("RGB").resize((40, 48)).save(path)
-    return path
-
-
 def embeddings_of(folder: Path | str) -> dict[str, torch.Tensor]:
     """``IMAGES`` through every loader that takes ``folder`` (a folder or a Hub repo id)."""
     with torch.no_grad():

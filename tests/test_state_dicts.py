@@ -1,4 +1,5 @@
-"""Key maps (OpenAI/open_clip, bare, transformers CLIP and back), geometry inference and state-dict checks."""
+"""``vit_zoo.state_dicts``: key maps (OpenAI/open_clip, bare, transformers CLIP and back), geometry inference and
+state-dict checks."""
 
 import pytest
 import torch
@@ -26,17 +27,12 @@ def assert_bit_exact(actual: dict, expected: dict):
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    return reference_clip(**TINY)
+def tiny_tower(reference_tiny_clip):
+    return visual_state_dict(reference_tiny_clip)
 
 
-@pytest.fixture(scope="module")
-def tiny_tower(tiny):
-    return visual_state_dict(tiny)
-
-
-def test_openai_layout_keeps_the_image_tower_only(tiny, tiny_tower):
-    state_dict = {**tiny.state_dict(), "input_resolution": torch.tensor(32), "vocab_size": torch.tensor(64)}
+def test_openai_layout_keeps_the_image_tower_only(reference_tiny_clip, tiny_tower):
+    state_dict = {**reference_tiny_clip.state_dict(), "input_resolution": torch.tensor(32), "vocab_size": torch.tensor(64)}
     tower = to_vit_zoo_state_dict(state_dict)
     assert_bit_exact(tower, tiny_tower)
     assert set(tower) == set(VisionTransformer(**TINY).state_dict())
@@ -83,7 +79,7 @@ def test_transformers_clip_model_checkpoint(tiny_tower):
     assert_bit_exact(to_vit_zoo_state_dict(state_dict), tiny_tower)
 
 
-def test_open_clip_gelu_models_need_the_gelu_activation(tiny, tiny_tower):
+def test_open_clip_gelu_models_need_the_gelu_activation():
     """open_clip's non-QuickGELU CLIPs have the same weights; only the activation tells them apart."""
     gelu_clip = reference_clip(**TINY)
     for block in gelu_clip.visual.transformer.resblocks:
@@ -123,8 +119,8 @@ def test_resnet_clip_is_refused():
     refused(visual_state_dict(resnet), "ResNet CLIP")
 
 
-def test_text_only_checkpoints_are_refused(tiny):
-    refused({k: v for k, v in tiny.state_dict().items() if not k.startswith("visual.")}, "text-only checkpoint")
+def test_text_only_checkpoints_are_refused(reference_tiny_clip):
+    refused({k: v for k, v in reference_tiny_clip.state_dict().items() if not k.startswith("visual.")}, "text-only checkpoint")
     refused({"text_model.embeddings.token_embedding.weight": torch.zeros(4, 2)}, "text-only checkpoint")
 
 

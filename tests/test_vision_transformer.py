@@ -1,10 +1,13 @@
-"""vit_zoo entries as timm models: registry, interface, pretrained loading from every source, bad input."""
+"""``vit_zoo.vision_transformer``: vit_zoo entries as timm models. Registry, interface, pretrained loading from
+every source, user variants; bad kwargs, images (``hostile.BAD_IMAGES``) and checkpoints refused, and ``local-dir:``
+/ ``hf-hub:`` folders that are corrupt, of another model type or claim more layers than their weights hold."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +20,9 @@ import yaml
 from checkpoints import openai_clip, reference_image_embedding, write_torchscript_archive
 from file_server import FileServer
 from helpers import REPO_ROOT, TINY_NAME
+from hostile import BAD_IMAGES, CORRUPT_SAFETENSORS
+from hub_server import WRITE_TOKEN
+from limits import budget
 from reference import OPENAI_GEOMETRIES, TINY, reference_clip, relative_error, visual_state_dict
 from timm.data import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from timm.layers import resample_abs_pos_embed
@@ -40,11 +46,6 @@ IMAGES = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 def tiny_model(**kwargs) -> TimmVisionTransformer:
     torch.manual_seed(0)
     return timm.create_model(TINY_NAME, **kwargs).eval()
-
-
-@pytest.fixture(scope="module")
-def reference_tiny_clip():
-    return reference_clip(**TINY)
 
 
 @pytest.fixture(scope="module")
@@ -596,3 +597,66 @@ def test_non_clip_file_is_refused_with_what_was_expected(tmp_path):
     text.write_text("not a checkpoint")
     with pytest.raises(CheckpointError, match=str(text)):
         timm.create_model(TINY_NAME, pretrained=True, pretrained_cfg_overlay=dict(file=str(text)))
+
+
+@pytest.mark.parametrize("images, message", list(BAD_IMAGES.values()), ids=list(BAD_IMAGES))
+def test_bad_images_raise_the_cores_value_error(images, message):
+    model = timm.create_model(TINY_NAME).eval()
+    for method in (model, model.forward_features, model.forward_intermediates):
+        with pytest.raises(ValueError) as error:
+            method(images)
+        assert message in str(error.value) and "\n" not in str(error.value), str(error.value)
+
+
+def test_empty_batch_gives_empty_outputs():
+    with torch.no_grad():
+        assert tiny_model()(torch.zeros(0, 3, 32, 32)).shape == (0, TINY["output_dim"])
+
+
+# --- local-dir: and hf-hub: folders that must not load ---------------------------------------------------------------
+
+
+def _set_model_args(folder: Path, **changes) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    config["model_args"].update(changes)
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def test_model_args_with_wrong_values(copied_folder):
+    _set_model_args(copied_folder, width="big")
+    with pytest.raises(ValueError, match=f"{TINY_NAME}: width must be a positive int, got 'big' \\(str\\)"):
+        timm.create_model(f"local-dir:{copied_folder}", pretrained=True)
+
+
+def test_local_dir_claiming_more_layers_than_its_weights_hold(copied_folder):
+    _set_model_args(copied_folder, layers=20000)
+    message = f"the config asks for layers=20000 but the weights hold {TINY['layers']} blocks"
+    with budget(60), pytest.raises(CheckpointError, match=message):
+        timm.create_model(f"local-dir:{copied_folder}", pretrained=True)
+
+
+@pytest.mark.hub
+@pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
+def test_hf_hub_repo_claiming_more_layers_than_its_weights_hold(copied_folder, hub_server):
+    from huggingface_hub import HfApi
+
+    _set_model_args(copied_folder, layers=20000)
+    hub_server.create_repo("org/timm-bomb")
+    HfApi(token=WRITE_TOKEN).upload_folder(repo_id="org/timm-bomb", folder_path=copied_folder, repo_type="model")
+    with budget(60), pytest.raises(CheckpointError, match="the config asks for layers=20000 but the weights hold"):
+        timm.create_model("hf-hub:org/timm-bomb", pretrained=True)
+
+
+def test_folder_of_another_model_type(clip_vision_folder):
+    with pytest.raises(KeyError, match="architecture"):  # timm's local-dir: reads config.json before any vit_zoo code
+        timm.create_model(f"local-dir:{clip_vision_folder}", pretrained=True)
+
+
+@pytest.mark.parametrize("damage", list(CORRUPT_SAFETENSORS))
+def test_corrupt_safetensors_in_a_folder(corrupt_safetensors, copied_folder, damage):
+    shutil.copyfile(corrupt_safetensors[damage], copied_folder / "model.safetensors")
+    with pytest.raises(CheckpointError) as error:
+        timm.create_model(f"local-dir:{copied_folder}", pretrained=True)
+    message = str(error.value)
+    assert message.startswith(f"{copied_folder / 'model.safetensors'}") and CORRUPT_SAFETENSORS[damage] in message
+    assert message.endswith("convert or download the weights again") and "\n" not in message

@@ -143,9 +143,9 @@ class StagedFiles:
                 moved.append((target, backup))
                 os.replace(hidden, target)
         except OSError as error:
-            for target, backup in reversed(moved):
+            for output, backup in reversed(moved):  # ``target`` still names the output whose move failed
                 with contextlib.suppress(OSError):
-                    os.replace(backup, target) if backup is not None else target.unlink(missing_ok=True)
+                    os.replace(backup, output) if backup is not None else output.unlink(missing_ok=True)
             raise OutputError(f"cannot write {target} ({os_reason(error)}); nothing was changed") from error
         for _, backup in moved:
             if backup is not None:
