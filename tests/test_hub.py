@@ -334,7 +334,12 @@ def test_offline_pull_of_a_partly_cached_repo_is_refused(model_folder, hub_serve
     hub_server.fail_next("/preprocessor_config.json", 500, count=10)
     assert call_main(capsys, "pull", "org/tiny")[0] == 1
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    assert_cli_error(call_main(capsys, "pull", "org/tiny", "--output", tmp_path / "out"), "pull", "has no model.safetensors")
+    message = assert_cli_error(
+        call_main(capsys, "pull", "org/tiny", "--output", tmp_path / "out"),
+        "pull",
+        "the Hugging Face cache holds part of org/tiny at ",
+    )
+    assert "has no model.safetensors" in message and message.endswith("; pull it again online")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     AutoModel.from_pretrained("org/tiny")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)

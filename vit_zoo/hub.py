@@ -239,7 +239,14 @@ def pull(
                 for shard in weight_files(snapshot):
                     if shard.name in listed:
                         api.hf_hub_download(repo_id, shard.name, revision=commit)
-    folder = check_folder(snapshot)
+    try:
+        folder = check_folder(snapshot)
+    except FolderError as error:
+        if not constants.HF_HUB_OFFLINE:
+            raise
+        raise FolderError(
+            f"the Hugging Face cache holds part of {repo_id} at {commit} ({first_line(error)}); pull it again online"
+        ) from None
     if output is None:
         return folder
     if Path(output).exists() or Path(output).is_symlink():  # a dangling link too: the folder would land where it points
