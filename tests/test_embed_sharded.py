@@ -150,11 +150,19 @@ def test_job_arrays_together_equal_one_process(model_folder, image_dir, tmp_path
     assert files_of(tmp_path / "jobs") == files_of(tmp_path / "one")
 
 
+LAUNCHERS = {  # two processes on the CPU (gloo), as each launcher starts them
+    "torchrun": ["torch.distributed.run", "--standalone", "--nproc-per-node", "2"],
+    "accelerate": ["accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1"]
+    + ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"],
+}
+
+
 @pytest.mark.slow
-def test_torchrun_ranks_together_equal_one_process(model_folder, image_dir, tmp_path, capsys):
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_ranks_of_a_launcher_together_equal_one_process(model_folder, image_dir, tmp_path, capsys, launcher):
     common = [model_folder, image_dir, "--shard-size", 4, "--batch-size", 2, "--num-workers", 1]
     assert call_main(capsys, "embed", *common, "--output-dir", tmp_path / "one")[0] == 0
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "vit_zoo"]
+    command = [sys.executable, "-m", *LAUNCHERS[launcher], "-m", "vit_zoo"]
     result = subprocess.run(
         [*command, "embed", *map(str, common), "--output-dir", str(tmp_path / "ranks")],
         capture_output=True,
