@@ -69,24 +69,46 @@ def script(*args: str) -> list[str]:
     return [sys.executable, str(REPO_ROOT / "conversion" / "convert_openai_clip.py"), *args]
 
 
+# Runs `vit-zoo convert` once per case in one interpreter (each refusal would otherwise pay its own torch import):
+# argv = [[work folder, [arguments...]], ...]; prints [[exit code, stdout, stderr], ...] as JSON.
+REFUSALS_IN_ONE_PROCESS = """
+import contextlib, io, json, os, sys
+from vit_zoo.cli import main
+results = []
+for work, arguments in json.loads(sys.argv[1]):
+    os.chdir(work)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(arguments)
+    results.append([code, out.getvalue(), err.getvalue()])
+print(json.dumps(results))
+"""
+
+
 @pytest.fixture(scope="module")
 def runs(files, tmp_path_factory):
-    """Run every case, as many at once as there are CPUs; ``runs[case]`` = (completed process, its work folder)."""
+    """Run every case, as many at once as there are CPUs; ``runs[case]`` = (completed process, its work folder).
+    The refusals (``ERRORS``) share one process; each run that writes a folder has its own."""
     inputs = files["folder"]
     with FileServer() as server:
         server.files["/weights/ViT-T-8.pt"] = files["archive"].read_bytes()
         zoo = tmp_path_factory.mktemp("zoo")
         (zoo / "served.yaml").write_text(served_entry_yaml(f"{server.url}/weights/ViT-T-8.pt", files["sha256"]))
+        refusals = {
+            "missing": [str(inputs / "nope.pt"), "--output", "out"],
+            "empty": [str(inputs / "empty.pt"), "--output", "out"],
+            "random": [str(inputs / "random.pt"), "--output", "out"],
+            "truncated": [str(inputs / "truncated.pt"), "--output", "out"],
+            "malicious": [str(inputs / "evil.pt"), "--output", "out"],
+            "wrong_geometry": [str(files["archive"]), "--output", "out", "--name", "vit_zoo_base_patch32_clip_224"],
+            "missing_blocks": [str(files["holey"]), "--output", "out", "--name", TINY_NAME],
+            "output_exists": [str(files["archive"]), "--output", str(inputs / "exists")],
+            "unknown_name": ["ViT-X/99", "--output", "out"],
+        }
+        works = {case: tmp_path_factory.mktemp(case) for case in refusals}
+        batch = json.dumps([[str(works[case]), ["convert", *arguments]] for case, arguments in refusals.items()])
         cases = {
-            "missing": command(str(inputs / "nope.pt"), "--output", "out"),
-            "empty": command(str(inputs / "empty.pt"), "--output", "out"),
-            "random": command(str(inputs / "random.pt"), "--output", "out"),
-            "truncated": command(str(inputs / "truncated.pt"), "--output", "out"),
-            "malicious": command(str(inputs / "evil.pt"), "--output", "out"),
-            "wrong_geometry": command(str(files["archive"]), "--output", "out", "--name", "vit_zoo_base_patch32_clip_224"),
-            "missing_blocks": command(str(files["holey"]), "--output", "out", "--name", TINY_NAME),
-            "output_exists": command(str(files["archive"]), "--output", str(inputs / "exists")),
-            "unknown_name": command("ViT-X/99", "--output", "out"),
+            "refusals": [sys.executable, "-c", REFUSALS_IN_ONE_PROCESS, batch],
             "archive": command(str(files["archive"]), "--output", "nested/out", "--name", TINY_NAME),
             "script": script(str(files["archive"]), "--output", "out", "--dtype", "float32", "--name", TINY_NAME),
             "by_name": command(SERVED_NAME, "--output", "out", "--cache-dir", "cache"),
@@ -105,6 +127,10 @@ def runs(files, tmp_path_factory):
 
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
             results = dict(zip(cases, pool.map(run, cases), strict=True))
+    batch_result, _ = results.pop("refusals")
+    assert batch_result.returncode == 0 and batch_result.stderr == "", batch_result.stderr  # nothing at import either
+    for (case, arguments), (code, out, err) in zip(refusals.items(), json.loads(batch_result.stdout), strict=True):
+        results[case] = subprocess.CompletedProcess(arguments, code, out, err), works[case]
     return results
 
 
