@@ -567,20 +567,15 @@ def _hub_failure(situation: str, server, folder: Path, monkeypatch) -> Exception
         push()
 
     def pull_from_a_hub_that_never_answers():
-        from huggingface_hub import set_client_factory
-        from huggingface_hub.utils import _http
-
-        from vit_zoo.hub import bound_hub_waits
+        from huggingface_hub import close_session
 
         push()
         monkeypatch.setenv("VIT_ZOO_HUB_TIMEOUT", "1")
-        previous = _http._GLOBAL_CLIENT_FACTORY
-        bound_hub_waits()  # what the vit-zoo commands do
         server.hang_next("/", count=100)
         try:
             pull("org/tiny")
         finally:
-            set_client_factory(previous)
+            close_session()  # the next test's client waits as long as its own default
 
     actions = {
         "bad or missing token": lambda: push(token="hf_wrong"),

@@ -24,7 +24,8 @@ from safetensors.torch import load_file
 from torchvision import transforms
 from transformers import AutoImageProcessor
 
-from vit_zoo import VitZooModel, convert_checkpoint, embed, list_entries
+import vit_zoo.convert
+from vit_zoo import VitZooModel, convert_checkpoint, embed_inputs, list_entries
 from vit_zoo.embed import Embedder
 from vit_zoo.embed_data import Preprocess, load_image
 from vit_zoo.embed_inputs import overlay_names
@@ -54,14 +55,17 @@ def images(tmp_path):
     return folder
 
 
-def direct_outputs(model_folder, paths):
-    """Embeddings and attention maps from transformers' own classes: AutoImageProcessor (PIL) + VitZooModel."""
+def direct_outputs(model_folder, paths, batch_size=64):
+    """Embeddings and attention maps from transformers' own classes: AutoImageProcessor (PIL) + VitZooModel, in
+    batches of ``batch_size`` as the run made them (a CPU's kernels may round a batch of 1 and one of 3 apart)."""
     model = VitZooModel.from_pretrained(model_folder).eval()
     processor = AutoImageProcessor.from_pretrained(model_folder, backend="pil")
-    pictures = [Image.open(path).convert("RGB") for path in paths]
-    with torch.no_grad():
-        out = model(**processor(images=pictures, return_tensors="pt"), output_attention_map=True)
-    return out.image_embeds, out.attention_map
+    outputs = []
+    for start in range(0, len(paths), batch_size):
+        pictures = [Image.open(path).convert("RGB") for path in paths[start : start + batch_size]]
+        with torch.no_grad():
+            outputs.append(model(**processor(images=pictures, return_tensors="pt"), output_attention_map=True))
+    return torch.cat([out.image_embeds for out in outputs]), torch.cat([out.attention_map for out in outputs], dim=1)
 
 
 def test_embed_writes_embeddings_attention_maps_and_bounded_overlays(model_folder, images, tmp_path):
@@ -90,7 +94,7 @@ def test_embed_writes_embeddings_attention_maps_and_bounded_overlays(model_folde
         names = json.loads(file.metadata()["files"])
     expected_paths = [images / "a_noise.png", images / "b_gradient.jpg", images / "nested" / "c_gray.bmp"]
     assert names == [str(p) for p in expected_paths]
-    expected, attention_map = direct_outputs(model_folder, expected_paths)
+    expected, attention_map = direct_outputs(model_folder, expected_paths, batch_size=2)
     torch.testing.assert_close(embeddings, expected, rtol=0, atol=0)
     assert maps.dtype == torch.float16 and maps.shape == (3, TINY["layers"], 4, 4)
     torch.testing.assert_close(maps, reduce_attention(attention_map, all_layers=True).half(), rtol=0, atol=1e-3)
@@ -344,6 +348,56 @@ def test_refusals_come_before_importing_torch(model_folder, images, tmp_path):
     assert len(result.stderr.strip().splitlines()) == len(cases), result.stderr
 
 
+def _hostile_folders(model_folder: Path, corrupt_safetensors: dict[str, Path], root: Path) -> dict[str, tuple[Path, str]]:
+    """Copies of ``model_folder`` damaged each way the tables of ``hostile`` list, plus files that block or never
+    end where a JSON file should be, with a fragment of what the refusal says."""
+    folders = {}
+    for case, (edit, fragment, *_) in HOSTILE_FOLDERS.items():
+        edit(folder := Path(shutil.copytree(model_folder, root / case)))
+        folders[case] = (folder, fragment)
+    for damage, path in corrupt_safetensors.items():
+        shutil.copyfile(path, (folder := Path(shutil.copytree(model_folder, root / damage))) / "model.safetensors")
+        folders[damage] = (folder, CORRUPT_SAFETENSORS[damage])
+    fifo = Path(shutil.copytree(model_folder, root / "config-fifo"))
+    (fifo / "config.json").unlink()
+    os.mkfifo(fifo / "config.json")
+    folders["config-fifo"] = (fifo, "config.json is a FIFO (named pipe), not a regular file")
+    endless = Path(shutil.copytree(model_folder, root / "processor-dev-zero"))
+    (endless / "preprocessor_config.json").unlink()
+    (endless / "preprocessor_config.json").symlink_to("/dev/zero")
+    folders["processor-dev-zero"] = (endless, "preprocessor_config.json is a symlink to /dev/zero, outside the folder")
+    nested = Path(shutil.copytree(model_folder, root / "config-nesting-bomb"))
+    (nested / "config.json").write_text("[" * 100_000)
+    folders["config-nesting-bomb"] = (nested, "config.json is not valid JSON (nested too deeply)")
+    return folders
+
+
+def test_hostile_folders_are_refused_before_importing_torch(model_folder, corrupt_safetensors, images, tmp_path):
+    """A hostile folder cost the torch import to refuse (~850 MB, seconds): embed, export and push now read every
+    file of it first, with neither torch, transformers nor huggingface_hub imported."""
+    folders = _hostile_folders(model_folder, corrupt_safetensors, tmp_path / "hostile")
+    commands = {
+        "embed": lambda folder: ["embed", str(folder), str(images), "-o", str(tmp_path / "e.npy")],
+        "export": lambda folder: ["export", str(folder), "--format", "pt2", "-o", str(tmp_path / "m.pt2")],
+        "push": lambda folder: ["push", str(folder), "org/never-created"],
+    }
+    for command, arguments in commands.items():
+        cases = [arguments(folder) for folder, _ in folders.values()]
+        result = subprocess.run(
+            [sys.executable, "-c", REFUSALS_WITHOUT_TORCH, *map(json.dumps, cases)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "HF_ENDPOINT": "http://127.0.0.1:9"},
+            timeout=300,
+        )
+        assert json.loads(result.stdout) == {"codes": [1] * len(cases), "heavy": []}, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == len(folders), result.stderr
+        for line, (case, (_, fragment)) in zip(lines, folders.items()):
+            assert line.startswith(f"vit-zoo {command}: error: ") and fragment in line, (case, line)
+    assert not list(tmp_path.glob("[em].*"))
+
+
 def test_list_shows_every_zoo_entry():
     result = run_cli("list")
     assert result.returncode == 0, result.stderr
@@ -515,7 +569,7 @@ def test_concurrent_embeds_of_one_zoo_name_convert_once(tiny_archive, tmp_path, 
         time.sleep(1)  # both runs are in here at once without the lock
         return convert_checkpoint(tiny_archive, output)
 
-    monkeypatch.setattr(embed, "convert_checkpoint", convert_slowly)
-    results, errors = twice_at_once(lambda: embed.resolve_model_folder("ViT-B/32", tmp_path / "cache"))
+    monkeypatch.setattr(vit_zoo.convert, "convert_checkpoint", convert_slowly)
+    results, errors = twice_at_once(lambda: embed_inputs.resolve_model_folder("ViT-B/32", tmp_path / "cache"))
     assert errors == [] and len(conversions) == 1
     assert results == [tmp_path / "cache" / "converted" / "vit_zoo_base_patch32_clip_224"] * 2

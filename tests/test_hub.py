@@ -7,9 +7,13 @@ push and pull move only sound vit_zoo folders (``hostile.HOSTILE_FOLDERS``, corr
 format) and never into a read-only or full disk.
 """
 
+import errno
 import hashlib
 import json
+import os
 import shutil
+import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -214,14 +218,13 @@ def no_backoff(monkeypatch):
 
 @pytest.fixture
 def one_second_hub_waits(monkeypatch):
-    """``VIT_ZOO_HUB_TIMEOUT=1``; huggingface_hub's client factory as it was afterwards (the CLI replaces it)."""
-    from huggingface_hub import set_client_factory
-    from huggingface_hub.utils import _http
+    """``VIT_ZOO_HUB_TIMEOUT=1``; afterwards a fresh huggingface_hub client (push and pull bound the shared one)."""
+    from huggingface_hub import close_session
 
     monkeypatch.setenv("VIT_ZOO_HUB_TIMEOUT", "1")
-    previous = _http._GLOBAL_CLIENT_FACTORY
+    close_session()
     yield
-    set_client_factory(previous)
+    close_session()
 
 
 @pytest.mark.parametrize("command", ["pull", "push"])
@@ -232,6 +235,29 @@ def test_a_hub_that_never_answers_is_named_after_the_timeout(hub_server, one_sec
     hub_server.hang_next("/", count=100)
     args = ["pull", "org/tiny"] if command == "pull" else ["push", folder, "org/tiny", "--token", WRITE_TOKEN]
     assert_cli_error(call_main(capsys, *args), command, f"the Hub at {hub_server.endpoint} did not answer within 1 s")
+
+
+@pytest.mark.parametrize("function", ["pull", "push_folder"])
+def test_python_push_and_pull_bound_their_waits_too(hub_server, one_second_hub_waits, tmp_path, function):
+    """From Python, push_folder waited for ever on huggingface_hub's shared client (it has no timeout) unless the
+    program bounded it; now both bound it."""
+    folder = write_plain_folder(tmp_path / "model")
+    push_folder(folder, "org/tiny", token=WRITE_TOKEN)
+    hub_server.hang_next("/", count=100)
+    started = time.monotonic()
+    with pytest.raises(HubError, match=f"the Hub at {hub_server.endpoint} did not answer within 1 s"):
+        pull("org/tiny") if function == "pull" else push_folder(folder, "org/tiny", token=WRITE_TOKEN)
+    assert time.monotonic() - started < 30  # huggingface_hub retries some requests, each bounded
+
+
+def test_a_client_with_timeouts_of_its_own_keeps_them(hub_server, one_second_hub_waits, tmp_path):
+    from huggingface_hub import get_session
+
+    own = get_session()
+    own.timeout = 123.0  # as a program's client factory may set it
+    push_folder(write_plain_folder(tmp_path / "model"), "org/tiny", token=WRITE_TOKEN)
+    pull("org/tiny")
+    assert get_session() is own and own.timeout.read == 123.0
 
 
 def test_the_hub_timeout_setting_is_checked(monkeypatch, tmp_path, capsys):
@@ -358,6 +384,40 @@ def test_pull_into_a_read_only_or_full_output(model_folder, hub_server, read_onl
         if mounted:
             message = assert_cli_error(call_main(capsys, "pull", "org/tiny", "--output", tmp_path / "full" / "out"), "pull")
             assert "No space left on device" in message and listing(tmp_path / "full") == []
+
+
+@pytest.mark.parametrize("short_of", ["bytes", "file entries"])
+def test_pull_into_a_full_cache_names_the_cache(model_folder, hub_server, tmp_path, monkeypatch, short_of, capsys):
+    """A full Hugging Face cache gave huggingface_hub's warning with its source line, then [Errno 28] without a path.
+    Too few bytes for a file is known before its download; too few file entries (inodes) only when one is made."""
+    import huggingface_hub.file_download
+    from huggingface_hub import constants
+
+    push_folder(model_folder, "org/tiny", token=WRITE_TOKEN)
+    cache = tmp_path / "cache"
+    options = "size=64k" if short_of == "bytes" else "size=16m,nr_inodes=10"  # the tiny model's weights take 400 KiB
+    with tmpfs(cache, options) as mounted:
+        if not mounted and short_of == "bytes":  # a disk that says it is full, as a non-root user's test sees it
+            monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(64 << 10, 64 << 10, 0))
+        elif not mounted:  # a disk that runs out of entries once a download starts writing
+
+            def no_entries_left(*args, **kwargs):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+            monkeypatch.setattr(huggingface_hub.file_download, "http_get", no_entries_left)
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert_cli_error(
+                call_main(capsys, "pull", "org/tiny", "--output", tmp_path / "out"),
+                "pull",
+                f"the Hugging Face cache at {cache} has no room for org/tiny (",
+                "file entries free); free some space there, or set HF_HUB_CACHE to a folder on a larger disk",
+            )
+        assert [str(warning.message) for warning in caught if "disk space" in str(warning.message)] == []
+        if short_of == "bytes":
+            assert not [path.name for path in cache.rglob("*") if path.name.startswith("model.safetensors")]
+    assert not (tmp_path / "out").exists()
 
 
 # --- push and pull move only sound vit_zoo folders ------------------------------------------------------------------

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ._version import __version__
-from .config import VitZooConfig
 from .zoo import PretrainedSource, ZooEntry
+
+if TYPE_CHECKING:
+    from .config import VitZooConfig
 
 __all__ = ["Provenance", "model_card"]
 

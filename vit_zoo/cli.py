@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ._version import DISTRIBUTION, __version__, check_no_namesake
 from .download import BASE_URL_ENV, CACHE_ENV
-from .errors import CliError, FolderError, first_line
+from .errors import CliError, first_line
 from .exporter import DEFAULT_OPSET, EXPORT_DTYPES, FORMATS, export, output_names
 from .spec import ACTIVATIONS, DTYPE_NAMES
 from .zoo import list_entries, openai_names
@@ -93,10 +93,10 @@ def _add_convert_arguments(parser: argparse.ArgumentParser) -> None:
 def _run_convert(args: argparse.Namespace) -> int:
     """Convert CLIP weights (an OpenAI name or a local file) into a vit_zoo folder of safetensors."""
     from .convert import convert_checkpoint
-    from .hub import bound_hub_waits, push_folder
+    from .hub import hub_timeout, push_folder
 
     if args.push_to_hub:
-        bound_hub_waits()
+        hub_timeout()  # a bad $VIT_ZOO_HUB_TIMEOUT is refused before the conversion, not after it
     output = convert_checkpoint(
         args.source,
         args.output,
@@ -124,11 +124,11 @@ def _add_push_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run_push(args: argparse.Namespace) -> int:
     """Upload a converted folder to the Hugging Face Hub as one commit."""
-    if not Path(args.folder).is_dir():  # before the Hub's imports (torch: seconds, most of a GB)
-        raise FolderError.not_a_folder(args.folder)
-    from .hub import bound_hub_waits, push_folder
+    from .folder_check import check_folder
 
-    bound_hub_waits()
+    check_folder(args.folder)  # before huggingface_hub's import (half a second): a hostile folder is refused at once
+    from .hub import push_folder
+
     commit = push_folder(
         args.folder,
         args.repo_id,
@@ -150,9 +150,8 @@ def _add_pull_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run_pull(args: argparse.Namespace) -> int:
     """Download a vit_zoo repo from the Hub (through the HF cache) and print its local folder."""
-    from .hub import bound_hub_waits, pull
+    from .hub import pull
 
-    bound_hub_waits()
     print(pull(args.repo_id, revision=args.revision, output=args.output, token=args.token))
     return 0
 
@@ -302,7 +301,14 @@ def _embed_outputs(args: argparse.Namespace) -> list[tuple[str, Path]]:
 
 def _run_embed(args: argparse.Namespace) -> int:
     """Embed images with a vit_zoo model (one file, or sharded and resumable); optionally keep or draw attention maps."""
-    from .embed_inputs import FileInputs, check_not_inside, check_output_location, collect_inputs
+    from .embed_inputs import (
+        FileInputs,
+        check_head_and_layer,
+        check_not_inside,
+        check_output_location,
+        collect_inputs,
+        resolve_model_folder,
+    )
 
     _check_embed_arguments(args)
     inputs = collect_inputs(args.images, args.path_column)
@@ -318,10 +324,15 @@ def _run_embed(args: argparse.Namespace) -> int:
         )
     if args.output is not None and args.output.endswith(".safetensors"):
         _check_names_fit_a_header(inputs.paths)
-    file_inputs = inputs if isinstance(inputs, FileInputs) else None
-    if Path(args.model).is_dir():
-        check_not_inside(outputs, Path(args.model), file_inputs)
-    return _embed(args, inputs, outputs, file_inputs)
+    from .folder_check import read_geometry
+
+    # a local folder is checked here, before torch: a hostile one costs milliseconds to refuse, not the import
+    folder = resolve_model_folder(args.model, args.cache_dir)
+    check_not_inside(outputs, folder, inputs if isinstance(inputs, FileInputs) else None)
+    if args.attention_map or args.overlays is not None:
+        geometry = read_geometry(folder / "config.json")
+        check_head_and_layer(args.layer, args.heads, geometry.layers, geometry.heads)
+    return _embed(args, folder, inputs)
 
 
 SAFETENSORS_MAX_HEADER = 100_000_000  # safetensors refuses to read (or write) a longer header
@@ -339,24 +350,17 @@ def _check_names_fit_a_header(paths: Sequence[str]) -> None:
         )
 
 
-def _embed(args: argparse.Namespace, inputs, outputs, file_inputs) -> int:
+def _embed(args: argparse.Namespace, folder: Path, inputs) -> int:
     """The heavy part of ``vit-zoo embed``: the model, the loader and the writers (torch imported here)."""
     import json
 
     import torch
 
-    from .embed import AttentionChoice, RunOptions, distributed_environment, print_skipped, resolve_model_folder
-    from .embed_inputs import check_head_and_layer, check_not_inside
-    from .hub import bound_hub_waits
+    from .embed import AttentionChoice, RunOptions, distributed_environment, print_skipped
 
-    bound_hub_waits()
     rank, world_size, local_rank, local_world_size = distributed_environment()
-    folder = resolve_model_folder(args.model, args.cache_dir)
-    check_not_inside(outputs, folder, file_inputs)
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     maps_wanted = args.attention_map or args.overlays is not None
-    if maps_wanted:
-        check_head_and_layer(args.layer, args.heads, config["layers"], config["heads"])
     cores = max(1, (os.cpu_count() or 1) // local_world_size)
     torch.set_num_threads(cores)
     device = f"cuda:{local_rank}" if args.device == "cuda" and "LOCAL_RANK" in os.environ else args.device

@@ -20,25 +20,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from filelock import FileLock
-from huggingface_hub.errors import HFValidationError
-from huggingface_hub.utils import validate_repo_id
 from PIL import Image
 
-from .convert import DTYPES, convert_checkpoint
-from .download import default_cache_dir
+from .convert import DTYPES
 from .embed_data import Batch, EmbedDataset, Preprocess, make_loader
 from .embed_inputs import FileInputs, TarInputs, overlay_names
-from .errors import UnknownVariantError
 from .folder_check import check_folder, folder_files
-from .hub import pull
 from .image_processing import load_image_processor
 from .model import VisionTransformer
 from .modeling import VitZooModel
 from .outputs import StagedFiles, write_atomically
 from .shards import ShardResult, ShardWriter, collect_shards
 from .visualize import reduce_attention, write_overlays
-from .zoo import get_entry
 
 EMBEDDING_DTYPES = {"float32": np.float32, "float16": np.float16}
 
@@ -46,42 +39,6 @@ EMBEDDING_DTYPES = {"float32": np.float32, "float16": np.float16}
 class NonFiniteEmbeddingError(ValueError):
     """The model gave a NaN or Inf embedding: the run stops, since every later one is suspect (an overflow of the
     compute dtype, or damaged weights), and nothing holding it is written."""
-
-
-def resolve_model_folder(model: str, cache_dir: str | os.PathLike | None = None) -> Path:
-    """A vit_zoo folder for ``model``: a local folder as is; a zoo or OpenAI name downloaded and converted once
-    into ``<cache>/converted/<name>``; otherwise a Hub repo id, pulled through the HF cache."""
-    if Path(model).is_dir():
-        return check_folder(model)
-    try:
-        entry = get_entry(model)
-    except UnknownVariantError:
-        if Path(model).exists():
-            raise ValueError(f"{model} is a file, not a vit_zoo folder; give the --output folder of `vit-zoo convert`") from None
-        if not _is_repo_id(model):
-            raise ValueError(
-                f"no such folder {model}, and not a zoo name or a Hub repo id (ORG/NAME); check the path, or see `vit-zoo list`"
-            ) from None
-        return pull(model)
-    if not entry.pretrained:
-        raise ValueError(f"zoo variant {entry.name} has no pretrained weights; convert or train some and give the folder")
-    converted = Path(cache_dir or default_cache_dir()) / "converted" / entry.name
-    converted.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(converted.with_name(f"{entry.name}.lock")):  # a second run waits, then uses the first one's folder
-        if not converted.is_dir():
-            convert_checkpoint(entry.name, converted, cache_dir=cache_dir)
-    return check_folder(converted)
-
-
-def _is_repo_id(model: str) -> bool:
-    """``ORG/NAME`` as the Hub spells repo ids; ``./name``, ``a/b/c`` or ``~/x`` are paths."""
-    if model.count("/") != 1 or model.startswith((".", "~")):
-        return False
-    try:
-        validate_repo_id(model)
-    except HFValidationError:
-        return False
-    return True
 
 
 def load_model(folder: Path, device: str = "cpu", dtype: str = "float32"):

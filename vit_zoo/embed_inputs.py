@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import shown
+from .errors import UnknownVariantError, shown
 from .files import file_kind
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
@@ -233,3 +233,52 @@ def overlay_names(paths: Sequence[str]) -> list[str]:
         used.add(unique)
         names.append(unique)
     return names
+
+
+def resolve_model_folder(model: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """A vit_zoo folder for ``model``: a local folder as is; a zoo or OpenAI name downloaded and converted once
+    into ``<cache>/converted/<name>``; otherwise a Hub repo id, pulled through the HF cache."""
+    from .folder_check import check_folder
+    from .zoo import get_entry
+
+    if Path(model).is_dir():
+        return check_folder(model)
+    try:
+        entry = get_entry(model)
+    except UnknownVariantError:
+        if Path(model).exists():
+            raise ValueError(f"{model} is a file, not a vit_zoo folder; give the --output folder of `vit-zoo convert`") from None
+        if not _is_repo_id(model):
+            raise ValueError(
+                f"no such folder {model}, and not a zoo name or a Hub repo id (ORG/NAME); check the path, or see `vit-zoo list`"
+            ) from None
+        from .hub import pull  # huggingface_hub: not at the command's start
+
+        return pull(model)
+    if not entry.pretrained:
+        raise ValueError(f"zoo variant {entry.name} has no pretrained weights; convert or train some and give the folder")
+    from filelock import FileLock
+
+    from .convert import convert_checkpoint  # torch
+    from .download import default_cache_dir
+
+    converted = Path(cache_dir or default_cache_dir()) / "converted" / entry.name
+    converted.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(converted.with_name(f"{entry.name}.lock")):  # a second run waits, then uses the first one's folder
+        if not converted.is_dir():
+            convert_checkpoint(entry.name, converted, cache_dir=cache_dir)
+    return check_folder(converted)
+
+
+def _is_repo_id(model: str) -> bool:
+    """``ORG/NAME`` as the Hub spells repo ids; ``./name``, ``a/b/c`` or ``~/x`` are paths."""
+    if model.count("/") != 1 or model.startswith((".", "~")):
+        return False
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(model)
+    except HFValidationError:
+        return False
+    return True

@@ -90,13 +90,15 @@ def export(
     """
     output = Path(output)
     opset = _check_request(output, format, dtype, opset)
-    from .embed import load_model, resolve_model_folder
+    from .embed_inputs import resolve_model_folder
 
-    folder = resolve_model_folder(str(model), cache_dir)
+    folder = resolve_model_folder(str(model), cache_dir)  # a local folder is checked before torch is imported
     if folder.resolve() in output.resolve().parents:
         raise ValueError(f"--output {output} is inside the model folder {folder}; write it elsewhere")
     if format == "onnx":
         _check_onnx_size(folder, dtype)
+    from .embed import load_model
+
     tower, processor = load_model(folder, "cpu", dtype)
     names = output_names(patch_tokens, attention_map)
     metadata = artifact_metadata(str(model), folder, tower.geometry, processor, dtype, names)
@@ -158,9 +160,9 @@ def _check_opset(opset: int) -> int:
 
 def _check_onnx_size(folder: Path, dtype: str) -> None:
     """One ONNX file holds at most 2 GB (protobuf's limit); vit-zoo writes no side files of weights."""
-    from .folder_check import read_config
+    from .folder_check import read_geometry
 
-    geometry = read_config(folder / "config.json").geometry
+    geometry = read_geometry(folder / "config.json")
     size = geometry.num_params * (2 if dtype == "float16" else 4)
     if size >= ONNX_MAX_BYTES:
         raise ValueError(

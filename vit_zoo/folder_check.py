@@ -1,32 +1,51 @@
-"""What a vit_zoo folder must hold, and the check that it does: ``check_folder`` (what ``push``, ``pull`` and ``embed``
-run before they trust a folder), ``folder_files`` (what a push uploads and a pull copies) and ``read_config``."""
+"""What a vit_zoo folder must hold, and the check that it does: ``check_folder`` (what ``push``, ``pull``, ``embed`` and
+``export`` run before they trust a folder), ``folder_files`` (what a push uploads and a pull copies) and
+``read_geometry``.
+
+It reads the files alone, with NumPy and without torch or transformers, so that the command line refuses a hostile
+folder in milliseconds, before the seconds and most of a gigabyte those imports cost.
+"""
 
 from __future__ import annotations
 
+import math
 import os
 import re
-from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors import SafetensorError, safe_open
+import numpy as np
 
-from .config import VitZooConfig
-from .errors import CheckpointError, FolderError, first_line, shown
+from .errors import CheckpointError, FolderError, first_line, os_reason, shown
 from .files import read_json_object
-from .image_processing import load_image_processor
-from .spec import DTYPE_NAMES, check_weights_fit, read_weight_map, safetensors_header
-from .state_dicts import refuse_non_finite
+from .image_processing import read_preprocessor_config
+from .spec import (
+    DEFAULT_GEOMETRY,
+    DTYPE_NAMES,
+    GEOMETRY_FIELDS,
+    MODEL_TYPE,
+    Geometry,
+    check_weights_fit,
+    listed,
+    read_weight_map,
+    safetensors_layout,
+)
 
-__all__ = ["FORMAT_FILES", "REMOTE_CODE_FILES", "WEIGHT_FILES", "check_folder", "folder_files", "read_config", "weight_files"]
+__all__ = ["FORMAT_FILES", "REMOTE_CODE_FILES", "WEIGHT_FILES", "check_folder", "folder_files", "read_geometry", "weight_files"]
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 # what transformers copies for trust_remote_code: modeling.py and the siblings it imports
 REMOTE_CODE_FILES = ("config.py", "errors.py", "files.py", "model.py", "modeling.py", "spec.py")
 FORMAT_FILES = ("config.json", "preprocessor_config.json", "README.md", *REMOTE_CODE_FILES)
 _SHARD_NAME = re.compile(r"^[\w.-]+\.safetensors$")
-_FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
+# a float is NaN or Inf when its exponent bits are all set: (little-endian integer type, exponent mask) per dtype
+_EXPONENT_BITS = {
+    "F64": ("<u8", 0x7FF0_0000_0000_0000),
+    "F32": ("<u4", 0x7F80_0000),
+    "F16": ("<u2", 0x7C00),
+    "BF16": ("<u2", 0x7F80),
+}
+_CHUNK_ELEMENTS = 1 << 22  # a NaN check holds at most this many elements' temporaries (32 MB of float64)
 HEADS = ("head.", "classifier.")  # timm's and transformers' classifiers, beside the tower
 
 
@@ -39,23 +58,27 @@ def check_folder(folder: str | os.PathLike) -> Path:
     folder = Path(folder)
     if not folder.is_dir():
         raise FolderError.not_a_folder(folder)
-    config = read_config(folder / "config.json")
+    geometry = read_geometry(folder / "config.json")
     weights = weight_files(folder)
     for path in [folder / name for name in FORMAT_FILES] + weights:
         _check_inside(path, folder)
-    headers = _headers(weights)
+    layouts = _layouts(weights)
     # bare names as vit-zoo writes them, or under `visual.` as transformers' save_pretrained does; a classifier beside
-    tower = {name.removeprefix("visual."): shape for name, (_, _, shape) in headers.items() if not name.startswith(HEADS)}
-    odd = [f"{name} ({dtype})" for name, (_, dtype, _) in headers.items() if dtype not in _FLOAT_DTYPES]
+    tower = {name.removeprefix("visual."): shape for name, (_, _, shape, _) in layouts.items() if not name.startswith(HEADS)}
+    odd = [f"{name} ({dtype})" for name, (_, dtype, _, _) in layouts.items() if dtype not in _EXPONENT_BITS]
     try:
-        check_weights_fit(config.geometry, tower, f"the weights in {folder}")
-        if odd:
-            raise CheckpointError(f"{folder}: tensors that are not floating point: {', '.join(odd[:4])}")
-        refuse_non_finite(_floating_tensors(headers), f"the weights in {folder} are damaged, convert or pull the model again")
+        check_weights_fit(geometry, tower, f"the weights in {folder}")
     except CheckpointError as error:
         raise FolderError(first_line(error)) from None
-    if config.in_channels == 3:
-        _check_preprocessing(folder / "preprocessor_config.json", config)
+    if odd:
+        raise FolderError(f"{folder}: tensors that are not floating point: {', '.join(odd[:4])}")
+    non_finite = [name for name, layout in layouts.items() if _has_non_finite(*layout)]
+    if non_finite:
+        raise FolderError(
+            f"NaN or Inf values in {listed(non_finite)}: the weights in {folder} are damaged, convert or pull the model again"
+        )
+    if geometry.in_channels == 3:
+        _check_preprocessing(folder / "preprocessor_config.json", geometry)
     return folder
 
 
@@ -69,14 +92,15 @@ def folder_files(folder: str | os.PathLike) -> list[str]:
     return names + [path.name for path in weight_files(folder)]
 
 
-def read_config(path: Path) -> VitZooConfig:
-    """The ``VitZooConfig`` of a folder's ``config.json``; ``FolderError`` naming the file and the field."""
+def read_geometry(path: Path) -> Geometry:
+    """The ``Geometry`` a folder's ``config.json`` describes (a field it leaves out has ``VitZooConfig``'s default);
+    ``FolderError`` naming the file and the field."""
     settings = check_model_type(path)
     dtype = settings.get("dtype", DTYPE_NAMES[0])
     if dtype not in DTYPE_NAMES:
         raise FolderError(f"{path}: dtype {shown(dtype)} is not one of {', '.join(DTYPE_NAMES)}")
     try:
-        return VitZooConfig.from_dict(settings)
+        return Geometry(**{name: settings.get(name, DEFAULT_GEOMETRY[name]) for name in GEOMETRY_FIELDS})
     except ValueError as error:
         raise FolderError(f"{path}: {first_line(error)}") from None
 
@@ -96,10 +120,9 @@ def check_model_type(config_path: Path) -> dict[str, Any]:
             f"create_model('local-dir:{folder}'); for transformers and vit-zoo convert its weights: "
             f"vit-zoo convert {folder / 'model.safetensors'} --name {architecture.partition('.')[0]} --output NEW_FOLDER"
         )
-    if model_type != VitZooConfig.model_type:
+    if model_type != MODEL_TYPE:
         raise FolderError(
-            f"{config_path} describes a {shown(model_type)} model, not a {VitZooConfig.model_type!r} one; "
-            "use a repo written by vit-zoo"
+            f"{config_path} describes a {shown(model_type)} model, not a {MODEL_TYPE!r} one; use a repo written by vit-zoo"
         )
     return settings
 
@@ -136,37 +159,40 @@ def weight_files(folder: Path) -> list[Path]:
     return [folder / shard for shard in shards]
 
 
-def _headers(weights: list[Path]) -> dict[str, tuple[Path, str, tuple[int, ...]]]:
-    """Each tensor's file, safetensors dtype name and shape, from the headers alone."""
-    headers = {}
+def _layouts(weights: list[Path]) -> dict[str, tuple[Path, str, tuple[int, ...], int]]:
+    """Each tensor's file, safetensors dtype name, shape and data offset, from the headers alone."""
+    layouts = {}
     for path in weights:
         try:
-            headers.update({name: (path, dtype, shape) for name, (dtype, shape) in safetensors_header(path).items()})
+            layouts.update({name: (path, *layout) for name, layout in safetensors_layout(path).items()})
         except CheckpointError as error:
             raise FolderError(first_line(error)) from None
-    return headers
+    return layouts
 
 
-def _floating_tensors(headers: Mapping[str, tuple[Path, str, tuple[int, ...]]]) -> Iterator[tuple[str, torch.Tensor]]:
-    """The floating tensors of the headers with their names, each read from its file when reached."""
-    for name, (path, dtype, _) in headers.items():
-        if dtype in _FLOAT_DTYPES:
-            try:
-                with safe_open(path, "pt") as file:
-                    yield name, file.get_tensor(name)
-            except (SafetensorError, OSError) as error:
-                raise FolderError(
-                    f"{path} is not a readable safetensors file ({first_line(error)}); pull the model again"
-                ) from None
-
-
-def _check_preprocessing(path: Path, config: VitZooConfig) -> None:
+def _has_non_finite(path: Path, dtype: str, shape: tuple[int, ...], offset: int) -> bool:
+    """Whether the tensor at ``offset`` in ``path`` holds a NaN or Inf, read a chunk at a time from a memory map."""
+    count = math.prod(shape)
+    if count == 0:
+        return False
+    kind, exponent = _EXPONENT_BITS[dtype]
     try:
-        processor = load_image_processor(path)
+        bits = np.memmap(path, dtype=np.uint8, mode="r", offset=offset, shape=(count * np.dtype(kind).itemsize,)).view(kind)
+    except OSError as error:
+        raise FolderError(f"{path} cannot be read ({os_reason(error)}); pull the model again") from None
+    return any(
+        np.any(np.bitwise_and(bits[start : start + _CHUNK_ELEMENTS], exponent) == exponent)
+        for start in range(0, count, _CHUNK_ELEMENTS)
+    )
+
+
+def _check_preprocessing(path: Path, geometry: Geometry) -> None:
+    try:
+        settings = read_preprocessor_config(path)
     except ValueError as error:
         raise FolderError(f"{first_line(error)}; convert or pull the model again") from None
-    if processor.crop_size["height"] != config.input_resolution:
+    if settings["crop_size"]["height"] != geometry.input_resolution:
         raise FolderError(
-            f"{path}: crop_size {processor.crop_size['height']} differs from config.json's input_resolution "
-            f"{config.input_resolution}; convert or pull the model again"
+            f"{path}: crop_size {settings['crop_size']['height']} differs from config.json's input_resolution "
+            f"{geometry.input_resolution}; convert or pull the model again"
         )

@@ -7,16 +7,18 @@ usual places (``HF_ENDPOINT``, ``HF_TOKEN``, ``hf auth login``); pulls go throug
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from huggingface_hub import CommitOperationAdd, HfApi, constants, set_client_factory
+from huggingface_hub import CommitOperationAdd, HfApi, constants, get_session
 from huggingface_hub.errors import (
     EntryNotFoundError,
     HfHubHTTPError,
@@ -24,16 +26,16 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
-from huggingface_hub.utils._http import default_client_factory  # what set_client_factory replaces; no public name
 
 from .card import REPO_ID_PLACEHOLDER
-from .errors import FolderError, HubError, OutputExistsError, first_line
-from .folder import save_model_folder
+from .errors import FolderError, HubError, OutputError, OutputExistsError, first_line
 from .folder_check import FORMAT_FILES, WEIGHT_FILES, check_folder, check_model_type, folder_files, weight_files
-from .model import VisionTransformer
-from .modeling import VitZooPreTrainedModel
 from .outputs import write_atomically
-from .zoo import ZooEntry
+
+if TYPE_CHECKING:  # torch: a push or pull of a folder needs none of it
+    from .model import VisionTransformer
+    from .modeling import VitZooPreTrainedModel
+    from .zoo import ZooEntry
 
 __all__ = ["pull", "push_folder", "push_to_hub"]
 
@@ -56,18 +58,19 @@ def hub_timeout() -> float:
     return seconds
 
 
-def bound_hub_waits() -> None:
-    """Give the HTTP client that huggingface_hub shares a timeout (``hub_timeout()``) on every wait: it has none, so a
-    Hub that accepts a connection and never answers holds a push for ever. The ``vit-zoo`` commands call it; a program
-    may too (it replaces huggingface_hub's client factory for the whole process, as ``set_client_factory`` does)."""
-    seconds = hub_timeout()
+_bounded_session: Any = None  # the client _bound_waits gave a timeout
 
-    def bounded_client() -> Any:
-        client = default_client_factory()
-        client.timeout = seconds
-        return client
 
-    set_client_factory(bounded_client)
+def _bound_waits() -> None:
+    """Give the HTTP client that huggingface_hub shares a timeout (``hub_timeout()``) on every wait when it has none:
+    its default has none, so a Hub that accepts a connection and never answers would hold a push for ever. A client
+    the program gave its own timeouts (``huggingface_hub.set_client_factory``) is left as it is."""
+    global _bounded_session
+    session = get_session()
+    unbounded = type(session.timeout)(None)  # httpx's Timeout (huggingface_hub's own httpx: not imported by name)
+    if session is _bounded_session or session.timeout == unbounded:
+        session.timeout = hub_timeout()  # read at each push and pull: $VIT_ZOO_HUB_TIMEOUT may change
+        _bounded_session = session
 
 
 def push_to_hub(
@@ -79,6 +82,8 @@ def push_to_hub(
 ) -> str:
     """Save ``model`` with ``vit_zoo.folder.save_model_folder`` into a temporary folder and push it
     (``push_folder`` options: ``token``, ``private``, ``revision``, ``commit_message``); returns the commit id."""
+    from .folder import save_model_folder
+
     with tempfile.TemporaryDirectory(prefix="vit-zoo-push-") as staging:
         folder = save_model_folder(model, Path(staging) / repo_id.rpartition("/")[2], entry=entry)
         return push_folder(folder, repo_id, **push_options)
@@ -168,10 +173,12 @@ def push_folder(
 
     Only the folder format's files go up (``vit_zoo.folder.folder_files``: no dotfiles, notes or symlinks out of
     the folder), after ``check_folder`` found the folder sound. Creates the repo (``private`` if asked) and the
-    ``revision`` branch when missing; ``private`` onto an existing public repo is refused before any upload.
+    ``revision`` branch when missing; ``private`` onto an existing public repo is refused before any upload. Each
+    wait on the Hub takes at most ``$VIT_ZOO_HUB_TIMEOUT`` seconds (default 60).
     """
     folder = check_folder(folder)
     operations = _commit_operations(folder, folder_files(folder), repo_id)
+    _bound_waits()
     api = HfApi(endpoint=constants.ENDPOINT, token=token)
     with _hub_errors(repo_id, revision, writing=True):
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
@@ -219,9 +226,12 @@ def pull(
     so a Hub that fails mid-way raises its own error (``snapshot_download`` would hand back whatever part the
     cache holds), and the result must pass ``check_folder`` - offline too, where the cache may hold part of a
     repo. ``output`` copies the folder into a new folder (written atomically) instead of returning the cache path.
+    Each wait on the Hub takes at most ``$VIT_ZOO_HUB_TIMEOUT`` seconds (default 60); a cache without room for the
+    repo raises ``OutputError`` naming it.
     """
+    _bound_waits()
     api = HfApi(token=token, endpoint=constants.ENDPOINT)
-    with _hub_errors(repo_id, revision):
+    with _hub_errors(repo_id, revision), _cache_space(repo_id):
         if not constants.HF_HUB_OFFLINE:
             # One request without huggingface_hub's retries: an unreachable Hub is reported at once, not after ~25 s
             api.model_info(repo_id, revision=revision, timeout=hub_timeout())
@@ -252,6 +262,30 @@ def pull(
     if Path(output).exists() or Path(output).is_symlink():  # a dangling link too: the folder would land where it points
         raise OutputExistsError(f"{output} already exists; choose a new --output folder or remove it")
     return write_atomically(output, lambda staging: _copy_files(folder, folder_files(folder), staging))
+
+
+_CACHE_TOO_SMALL = "Not enough free disk space"  # how huggingface_hub's warning before a download starts
+
+
+@contextmanager
+def _cache_space(repo_id: str) -> Iterator[None]:
+    """A Hugging Face cache too small for the repo: one ``OutputError`` naming the cache and the fix, raised before
+    the download that would not fit (huggingface_hub only warns, then fails with ``[Errno 28]`` and no path)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=_CACHE_TOO_SMALL, category=UserWarning)
+        try:
+            yield
+        except (UserWarning, OSError) as error:
+            full = error.errno == errno.ENOSPC if isinstance(error, OSError) else str(error).startswith(_CACHE_TOO_SMALL)
+            if not full:
+                raise
+            cache = Path(constants.HF_HUB_CACHE)
+            disk = os.statvfs(next(path for path in (cache, *cache.parents) if path.is_dir()))
+            raise OutputError(
+                f"the Hugging Face cache at {cache} has no room for {repo_id} ({disk.f_bavail * disk.f_frsize / 1e6:.1f} MB "
+                f"and {disk.f_favail} file entries free); free some space there, or set HF_HUB_CACHE to a folder on a "
+                "larger disk"
+            ) from None
 
 
 def _repo_files(api: HfApi, repo_id: str, commit: str) -> list[str]:

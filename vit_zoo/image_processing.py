@@ -12,15 +12,18 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from transformers import CLIPImageProcessor, CLIPImageProcessorPil
-from transformers.image_utils import PILImageResampling
+from PIL.Image import Resampling
 
-from .config import VitZooConfig, clip_image_processor
 from .errors import shown
 from .files import read_json_object
 from .zoo import ZooEntry, get_entry
+
+if TYPE_CHECKING:  # transformers imports torch: what a folder check reads (read_preprocessor_config) needs neither
+    from transformers import CLIPImageProcessor, CLIPImageProcessorPil
+
+    from .config import VitZooConfig
 
 PROCESSOR_TYPES = ("CLIPImageProcessor", "CLIPImageProcessorPil")
 MAX_RESIZE_FACTOR = 4  # shortest edge / crop side: crop_pct down to 0.25
@@ -43,6 +46,8 @@ def image_processor_for(
         ValueError: unknown ``backend``, a variant that does not take 3-channel images, or a mean/std
             without 3 values.
     """
+    from .config import clip_image_processor
+
     if isinstance(source, str):
         source = get_entry(source)
     if not isinstance(source, ZooEntry):
@@ -64,11 +69,21 @@ def image_processor_for(
 
 
 def load_image_processor(path: str | os.PathLike) -> CLIPImageProcessorPil:
-    """The ``CLIPImageProcessorPil`` a ``preprocessor_config.json`` describes, every value checked.
+    """The ``CLIPImageProcessorPil`` a ``preprocessor_config.json`` describes, every value checked
+    (``read_preprocessor_config``).
 
     vit_zoo builds the processor itself instead of asking ``AutoImageProcessor``: a folder's ``auto_map`` is never
     followed, so no repo code can be offered or run. Raises ``ValueError`` naming the file and the field.
     """
+    from transformers import CLIPImageProcessorPil
+
+    return CLIPImageProcessorPil(**read_preprocessor_config(path))
+
+
+def read_preprocessor_config(path: str | os.PathLike) -> dict[str, Any]:
+    """The settings of a ``preprocessor_config.json`` as ``CLIPImageProcessorPil`` arguments, each checked: OpenAI's
+    steps all on, a square crop, a resize within reach of it, a PIL filter and a normalisation that keeps pixels
+    finite. Reads the file alone (no transformers, no torch); ``ValueError`` naming the file and the field."""
     path = Path(path)
     settings = read_json_object(path)
     kind = settings.get("image_processor_type", PROCESSOR_TYPES[0])
@@ -85,8 +100,8 @@ def load_image_processor(path: str | os.PathLike) -> CLIPImageProcessorPil:
         raise ValueError(
             f"{path}: size.shortest_edge {shortest_edge} must lie between crop_size ({crop}) and {MAX_RESIZE_FACTOR}x it"
         )
-    resample = settings.get("resample", PILImageResampling.BICUBIC)
-    if type(resample) is not int or resample not in set(PILImageResampling):
+    resample = settings.get("resample", int(Resampling.BICUBIC))
+    if type(resample) is not int or resample not in set(Resampling):
         raise ValueError(f"{path}: resample {shown(resample)} is not a PIL resampling filter (0-5; bicubic is 3)")
     mean, std = (_channel_values(path, settings, field) for field in ("image_mean", "image_std"))
     if min(std) <= 0:
@@ -100,14 +115,14 @@ def load_image_processor(path: str | os.PathLike) -> CLIPImageProcessorPil:
             f"{path}: rescale_factor, image_mean and image_std map 8-bit pixels as far as {reach:.3g} from 0, past "
             f"{MAX_NORMALISED_PIXEL:g} (OpenAI's map them within 2.2; extreme values make NaN embeddings); fix these fields"
         )
-    return CLIPImageProcessorPil(
-        size={"shortest_edge": shortest_edge},
-        crop_size={"height": crop, "width": crop},
-        resample=resample,
-        image_mean=mean,
-        image_std=std,
-        rescale_factor=rescale_factor,
-    )
+    return {
+        "size": {"shortest_edge": shortest_edge},
+        "crop_size": {"height": crop, "width": crop},
+        "resample": resample,
+        "image_mean": mean,
+        "image_std": std,
+        "rescale_factor": rescale_factor,
+    }
 
 
 def _finite_number(value: Any) -> bool:

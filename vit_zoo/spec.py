@@ -141,6 +141,9 @@ class Geometry(Mapping):
 
 
 GEOMETRY_FIELDS = tuple(field.name for field in fields(Geometry))
+DEFAULT_GEOMETRY = Geometry(input_resolution=224, patch_size=32, width=768, layers=12, heads=12, output_dim=512)
+"""``VitZooConfig()``'s geometry (ViT-B/32), and what a ``config.json`` that leaves a field out means by it."""
+MODEL_TYPE = "vit_zoo"  # transformers' model_type of VitZooConfig
 SHAPE_FIELDS = tuple(name for name in GEOMETRY_FIELDS if name not in ("heads", "activation", "layer_norm_eps"))
 """The fields that decide tensor shapes, so the ones a state dict shows."""
 
@@ -161,6 +164,15 @@ def block_indices(tensor_names: Iterable[str]) -> set[int]:
 
 def safetensors_header(path: str | os.PathLike) -> dict[str, tuple[str, tuple[int, ...]]]:
     """Each tensor's safetensors dtype name and shape, from the file's header alone (no tensor is read).
+
+    Raises:
+        CheckpointError: as ``safetensors_layout``.
+    """
+    return {name: (dtype, shape) for name, (dtype, shape, _) in safetensors_layout(path).items()}
+
+
+def safetensors_layout(path: str | os.PathLike) -> dict[str, tuple[str, tuple[int, ...], int]]:
+    """Each tensor's safetensors dtype name, shape and the offset of its first byte in the file, from the header.
 
     Raises:
         CheckpointError: not a regular file, a header larger than ``MAX_HEADER_BYTES``, not a JSON object, or
@@ -185,11 +197,11 @@ def safetensors_header(path: str | os.PathLike) -> dict[str, tuple[str, tuple[in
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: the safetensors header is not a JSON object; convert or download the weights again")
     header.pop("__metadata__", None)
-    data_bytes = size - 8 - header_bytes
-    return {str(name): _checked_entry(path, name, entry, data_bytes) for name, entry in header.items()}
+    data_start = 8 + header_bytes
+    return {str(name): _checked_entry(path, name, entry, data_start, size) for name, entry in header.items()}
 
 
-def _checked_entry(path: Path, name: str, entry: Any, data_bytes: int) -> tuple[str, tuple[int, ...]]:
+def _checked_entry(path: Path, name: str, entry: Any, data_start: int, size: int) -> tuple[str, tuple[int, ...], int]:
     dtype = entry.get("dtype") if isinstance(entry, dict) else None
     shape = entry.get("shape") if isinstance(entry, dict) else None
     offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
@@ -200,10 +212,10 @@ def _checked_entry(path: Path, name: str, entry: Any, data_bytes: int) -> tuple[
         and isinstance(offsets, list)
         and len(offsets) == 2
         and all(type(offset) is int for offset in offsets)
-        and 0 <= offsets[0] <= offsets[1] <= data_bytes
+        and 0 <= offsets[0] <= offsets[1] <= size - data_start
         and offsets[1] - offsets[0] == math.prod(shape) * _ELEMENT_BYTES[dtype]
     ):
-        return dtype, tuple(shape)
+        return dtype, tuple(shape), data_start + offsets[0]
     raise CheckpointError(
         f"{path}: tensor {name[:80]!r} has a header entry that does not fit the file ({str(entry)[:80]}); the file is "
         "truncated or damaged, convert or download the weights again"
