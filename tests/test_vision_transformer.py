@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -645,6 +646,22 @@ def test_hf_hub_repo_claiming_more_layers_than_its_weights_hold(copied_folder, h
     HfApi(token=WRITE_TOKEN).upload_folder(repo_id="org/timm-bomb", folder_path=copied_folder, repo_type="model")
     with budget(60), pytest.raises(CheckpointError, match="the config asks for layers=20000 but the weights hold"):
         timm.create_model("hf-hub:org/timm-bomb", pretrained=True)
+
+
+@pytest.mark.parametrize("kind", ["a FIFO (named pipe)", "a device"])
+def test_weights_that_are_no_regular_file_are_named_by_every_loader(copied_folder, kind):
+    """A FIFO for the weights ended timm's local-dir: with an empty FileNotFoundError (and transformers with "no
+    file named model.safetensors"), /dev/zero would be read for ever: both loaders now name the file."""
+    weights = copied_folder / "model.safetensors"
+    weights.unlink()
+    os.mkfifo(weights) if kind.startswith("a FIFO") else weights.symlink_to("/dev/zero")
+    from transformers import AutoModel
+
+    loaders = [lambda: timm.create_model(f"local-dir:{copied_folder}", pretrained=True)]
+    loaders.append(lambda: AutoModel.from_pretrained(copied_folder))
+    for load in loaders:
+        with budget(10), pytest.raises(ValueError, match=re.escape(f"{weights} is {kind}, not a regular file")):
+            load()
 
 
 def test_folder_of_another_model_type(clip_vision_folder):

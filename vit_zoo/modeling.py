@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import zipfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import cast
 
 import torch
@@ -31,6 +32,7 @@ from transformers.utils import ModelOutput
 
 from .config import VitZooConfig
 from .errors import first_line
+from .files import regular_file_size
 from .model import Attention, ResidualAttentionBlock, TowerOutput, VisionTransformer
 from .spec import check_weights_fit, read_weight_map, safetensors_header
 
@@ -324,6 +326,9 @@ def weight_shapes(source, hub_kwargs: dict) -> tuple[str, dict[str, tuple[int, .
     from transformers.utils import cached_file
 
     def fetch(name: str) -> str | None:
+        local = Path(source) / name
+        if Path(source).is_dir() and (local.exists() or local.is_symlink()):
+            regular_file_size(local)  # a FIFO or device there: named, where transformers and timm call it missing
         return cached_file(source, name, _raise_exceptions_for_missing_entries=False, **hub_kwargs)
 
     for weights, index in (
