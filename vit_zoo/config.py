@@ -56,11 +56,17 @@ def clip_image_processor(
 class VitZooConfig(PreTrainedConfig):
     r"""Geometry of OpenAI CLIP's vision tower, field names as OpenAI's ``VisionTransformer`` arguments.
 
-    The fields ``input_resolution``, ``patch_size``, ``width``, ``layers``, ``heads``, ``output_dim`` (the size of
-    ``image_embeds``), ``in_channels``, ``mlp_ratio``, ``activation`` and ``layer_norm_eps`` are the tower's
-    ``Geometry``: ``vit_zoo.VisionTransformer``'s arguments, documented there. The defaults are ViT-B/32's.
-
     Args:
+        input_resolution: side of the square input image in pixels.
+        patch_size: side of a square patch; must divide ``input_resolution``.
+        width: token dimension.
+        layers: number of residual attention blocks.
+        heads: attention heads; must divide ``width``.
+        output_dim: dimension of the projected CLS embedding (``image_embeds``).
+        in_channels: image channels.
+        mlp_ratio: MLP hidden size as a multiple of ``width``.
+        activation: ``"quick_gelu"`` (OpenAI) or ``"gelu"``.
+        layer_norm_eps: LayerNorm epsilon.
         initializer_factor: scale of the random initialisation (1.0 = OpenAI's).
 
     Invalid values raise ``ValueError`` naming the field and the fix.
