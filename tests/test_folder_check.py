@@ -54,6 +54,20 @@ def test_corrupt_weights_are_refused_naming_the_file(corrupt_safetensors, copied
     assert message.startswith(str(copied_folder / "model.safetensors"))
 
 
+def test_a_config_must_state_the_geometry_and_may_leave_out_what_has_a_default(copied_folder):
+    """The check reads config.json without transformers: a field VitZooConfig would fill with ViT-B/32's value is
+    not guessed; the ones Geometry has defaults for (OpenAI's MLP, activation and eps, RGB) may be left out."""
+    config_path = copied_folder / "config.json"
+    settings = json.loads(config_path.read_text())
+    optional = {name: settings.pop(name) for name in ("in_channels", "mlp_ratio", "activation", "layer_norm_eps")}
+    assert optional == {"in_channels": 3, "mlp_ratio": 4.0, "activation": "quick_gelu", "layer_norm_eps": 1e-5}
+    config_path.write_text(json.dumps(settings))
+    assert check_folder(copied_folder) == copied_folder
+    del settings["layers"], settings["heads"]
+    config_path.write_text(json.dumps(settings))
+    refused(copied_folder, f"{config_path} does not state layers, heads; convert or pull the model again")
+
+
 def test_integer_tensors_are_refused(copied_folder):
     edit_weights(lambda w: w.__setitem__("ln_pre.bias", w["ln_pre.bias"].int()))(copied_folder)
     refused(copied_folder, f"{copied_folder}: tensors that are not floating point: ln_pre.bias (I32)")

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from transformers import PreTrainedConfig
 
-from .spec import DEFAULT_GEOMETRY, GEOMETRY_FIELDS, MODEL_TYPE, Geometry
+from .spec import GEOMETRY_FIELDS, MODEL_TYPE, Geometry
 
 if TYPE_CHECKING:
     from transformers import CLIPImageProcessor, CLIPImageProcessorPil
@@ -92,16 +92,16 @@ class VitZooConfig(PreTrainedConfig):
         "hidden_act": "activation",
     }
 
-    input_resolution: int = DEFAULT_GEOMETRY.input_resolution
-    patch_size: int = DEFAULT_GEOMETRY.patch_size
-    width: int = DEFAULT_GEOMETRY.width
-    layers: int = DEFAULT_GEOMETRY.layers
-    heads: int = DEFAULT_GEOMETRY.heads
-    output_dim: int = DEFAULT_GEOMETRY.output_dim
-    in_channels: int = DEFAULT_GEOMETRY.in_channels
-    mlp_ratio: float = DEFAULT_GEOMETRY.mlp_ratio
-    activation: str = DEFAULT_GEOMETRY.activation
-    layer_norm_eps: float = DEFAULT_GEOMETRY.layer_norm_eps
+    input_resolution: int = 224
+    patch_size: int = 32
+    width: int = 768
+    layers: int = 12
+    heads: int = 12
+    output_dim: int = 512
+    in_channels: int = 3
+    mlp_ratio: float = 4.0
+    activation: str = "quick_gelu"
+    layer_norm_eps: float = 1e-5
     initializer_factor: float = 1.0
 
     def __post_init__(self, **kwargs) -> None:

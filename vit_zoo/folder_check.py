@@ -20,10 +20,10 @@ from .errors import CheckpointError, FolderError, first_line, os_reason, shown
 from .files import read_json_object
 from .image_processing import read_preprocessor_config
 from .spec import (
-    DEFAULT_GEOMETRY,
     DTYPE_NAMES,
     GEOMETRY_FIELDS,
     MODEL_TYPE,
+    REQUIRED_GEOMETRY_FIELDS,
     Geometry,
     check_weights_fit,
     listed,
@@ -93,14 +93,17 @@ def folder_files(folder: str | os.PathLike) -> list[str]:
 
 
 def read_geometry(path: Path) -> Geometry:
-    """The ``Geometry`` a folder's ``config.json`` describes (a field it leaves out has ``VitZooConfig``'s default);
-    ``FolderError`` naming the file and the field."""
+    """The ``Geometry`` a folder's ``config.json`` describes (every field ``save_pretrained`` writes; the ones
+    ``Geometry`` has defaults for may be left out); ``FolderError`` naming the file and the field."""
     settings = check_model_type(path)
     dtype = settings.get("dtype", DTYPE_NAMES[0])
     if dtype not in DTYPE_NAMES:
         raise FolderError(f"{path}: dtype {shown(dtype)} is not one of {', '.join(DTYPE_NAMES)}")
+    missing = [name for name in REQUIRED_GEOMETRY_FIELDS if name not in settings]
+    if missing:
+        raise FolderError(f"{path} does not state {', '.join(missing)}; convert or pull the model again")
     try:
-        return Geometry(**{name: settings.get(name, DEFAULT_GEOMETRY[name]) for name in GEOMETRY_FIELDS})
+        return Geometry(**{name: settings[name] for name in GEOMETRY_FIELDS if name in settings})
     except ValueError as error:
         raise FolderError(f"{path}: {first_line(error)}") from None
 

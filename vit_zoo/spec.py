@@ -12,7 +12,7 @@ import math
 import os
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -141,8 +141,7 @@ class Geometry(Mapping):
 
 
 GEOMETRY_FIELDS = tuple(field.name for field in fields(Geometry))
-DEFAULT_GEOMETRY = Geometry(input_resolution=224, patch_size=32, width=768, layers=12, heads=12, output_dim=512)
-"""``VitZooConfig()``'s geometry (ViT-B/32), and what a ``config.json`` that leaves a field out means by it."""
+REQUIRED_GEOMETRY_FIELDS = tuple(field.name for field in fields(Geometry) if field.default is MISSING)
 MODEL_TYPE = "vit_zoo"  # transformers' model_type of VitZooConfig
 SHAPE_FIELDS = tuple(name for name in GEOMETRY_FIELDS if name not in ("heads", "activation", "layer_norm_eps"))
 """The fields that decide tensor shapes, so the ones a state dict shows."""
