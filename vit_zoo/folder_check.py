@@ -72,7 +72,10 @@ def check_folder(folder: str | os.PathLike) -> Path:
         raise FolderError(first_line(error)) from None
     if odd:
         raise FolderError(f"{folder}: tensors that are not floating point: {', '.join(odd[:4])}")
-    non_finite = [name for name, layout in layouts.items() if _has_non_finite(*layout)]
+    files = {path: _memory_map(path) for path in weights}  # one map per file: a header may list 80 000 tensors
+    non_finite = [
+        name for name, (path, dtype, shape, offset) in layouts.items() if _has_non_finite(files[path], dtype, shape, offset)
+    ]
     if non_finite:
         raise FolderError(
             f"NaN or Inf values in {listed(non_finite)}: the weights in {folder} are damaged, convert or pull the model again"
@@ -173,16 +176,19 @@ def _layouts(weights: list[Path]) -> dict[str, tuple[Path, str, tuple[int, ...],
     return layouts
 
 
-def _has_non_finite(path: Path, dtype: str, shape: tuple[int, ...], offset: int) -> bool:
-    """Whether the tensor at ``offset`` in ``path`` holds a NaN or Inf, read a chunk at a time from a memory map."""
-    count = math.prod(shape)
-    if count == 0:
-        return False
-    kind, exponent = _EXPONENT_BITS[dtype]
+def _memory_map(path: Path) -> np.memmap:
+    """The bytes of ``path``, mapped (read only as they are reached)."""
     try:
-        bits = np.memmap(path, dtype=np.uint8, mode="r", offset=offset, shape=(count * np.dtype(kind).itemsize,)).view(kind)
+        return np.memmap(path, dtype=np.uint8, mode="r")
     except OSError as error:
         raise FolderError(f"{path} cannot be read ({os_reason(error)}); pull the model again") from None
+
+
+def _has_non_finite(data: np.memmap, dtype: str, shape: tuple[int, ...], offset: int) -> bool:
+    """Whether the tensor at byte ``offset`` of the mapped file ``data`` holds a NaN or Inf, a chunk at a time."""
+    count = math.prod(shape)
+    kind, exponent = _EXPONENT_BITS[dtype]
+    bits = data[offset : offset + count * np.dtype(kind).itemsize].view(kind)
     return any(
         np.any(np.bitwise_and(bits[start : start + _CHUNK_ELEMENTS], exponent) == exponent)
         for start in range(0, count, _CHUNK_ELEMENTS)
